@@ -1,0 +1,33 @@
+"""qjax: bit-exact quantized integer arithmetic (fbgemm, qnnpack, onednn, hardware) in pure jax.lax.
+
+Data flows one way: qparams -> :func:`quantize` -> integer kernel -> requantization
+spec (the *engine*) -> :class:`QArray` output -> :func:`dequantize`.
+"""
+
+from . import engines, float32, kernels, requant
+from .checks import QuantizationError
+from .dtypes import QDType, qint8, qint32, quint8
+from .engines import Fbgemm
+from .ops import conv, linear
+from .qarray import QArray
+from .quantize import dequantize, quantize
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "QArray",
+    "QDType",
+    "QuantizationError",
+    "quint8",
+    "qint8",
+    "qint32",
+    "quantize",
+    "dequantize",
+    "conv",
+    "linear",
+    "Fbgemm",
+    "engines",
+    "kernels",
+    "requant",
+    "float32",
+]

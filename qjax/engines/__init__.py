@@ -1,0 +1,17 @@
+"""Engines: how a quantized conv/linear accumulates and requantizes.
+
+An engine is a small frozen dataclass (hashable, so ``jit`` caches by it) with two
+methods, ``conv`` and ``linear``, that take integer operands in channels-last layout
+and return the output integers.  ``engine="fbgemm"`` in the public ops resolves to
+``Fbgemm()``; pass an instance to change its options (e.g. ``Fbgemm(isa="avx2")``)
+or your own object with the same two methods to model your hardware.
+"""
+
+from __future__ import annotations
+
+from .base import ConvGeometry, Engine, register_engine, resolve_engine
+from .fbgemm import Fbgemm
+
+__all__ = ["Engine", "ConvGeometry", "Fbgemm", "register_engine", "resolve_engine"]
+
+register_engine("fbgemm", Fbgemm)

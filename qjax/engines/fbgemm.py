@@ -1,0 +1,77 @@
+"""The fbgemm engine: torch 2.13's x86 default kernels, including their ISA quirks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..kernels.conv import conv_accumulate
+from ..kernels.fbgemm_paths import ISAS, fbgemm_conv_path
+from ..kernels.linear import linear_accumulate
+from ..requant.fbgemm import requantize_fbgemm
+from .base import ConvGeometry
+
+__all__ = ["Fbgemm"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Fbgemm:
+    """fbgemm arithmetic as torch 2.13 runs it on an x86 CPU.
+
+    Args:
+      isa: the CPU's instruction set as fbgemm sees it: ``"avx512_vnni"`` (default;
+        any AVX512-VNNI or AVX-VNNI server since Cascade Lake / Zen 4), ``"avx512"``
+        (Skylake-SP) or ``"avx2"``.  Without VNNI, fbgemm's GEMM kernels saturate
+        pairs of u8*s8 products to int16 (pytorch#44939) — torch run with
+        ``FBGEMM_ENABLE_INSTRUCTIONS=AVX2`` shows it.  The depthwise kernels
+        saturate on every ISA.
+    """
+
+    isa: str = "avx512_vnni"
+    name = "fbgemm"
+
+    def __post_init__(self):
+        if self.isa not in ISAS:
+            raise ValueError(f"isa={self.isa!r}; use one of {ISAS}")
+
+    @property
+    def vnni(self) -> bool:
+        return self.isa == "avx512_vnni"
+
+    def conv_saturation(self, in_channels, out_channels, kernel, geometry: ConvGeometry):
+        path = fbgemm_conv_path(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            groups=geometry.groups,
+            kernel=kernel,
+            strides=geometry.strides,
+            padding=geometry.padding,
+            dilation=geometry.dilation,
+            isa=self.isa,
+        )
+        if path == "depthwise":
+            return "depthwise_pairs"
+        return None if self.vnni else "gemm_pairs"
+
+    def conv(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias,
+             out_scale, out_zero_point, geometry: ConvGeometry, relu: bool):
+        kernel = w.shape[:-2]
+        sat = self.conv_saturation(x.shape[-1], w.shape[-1], kernel, geometry)
+        acc = conv_accumulate(
+            x, x_zero_point, w, w_zero_point,
+            strides=geometry.strides, padding=geometry.padding, dilation=geometry.dilation,
+            groups=geometry.groups, saturation=sat,
+        )
+        return requantize_fbgemm(
+            acc, x_scale=x_scale, w_scale=w_scale, bias=bias, out_scale=out_scale,
+            out_zero_point=out_zero_point, relu=relu, per_channel=w_per_channel,
+        )
+
+    def linear(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias,
+               out_scale, out_zero_point, relu: bool):
+        acc = linear_accumulate(x, x_zero_point, w, w_zero_point, saturation=None if self.vnni else "gemm_pairs")
+        return requantize_fbgemm(
+            acc, x_scale=x_scale, w_scale=w_scale, bias=bias, out_scale=out_scale,
+            out_zero_point=out_zero_point, relu=relu, per_channel=w_per_channel,
+        )
+
+

@@ -1,0 +1,231 @@
+"""Integer convolution accumulators: exact int32 sums of ``(x - zx) * (w - zw)``.
+
+Layout here is channels-last (the fast one for XLA's int8 convolution):
+``x`` is ``(N, *spatial, C)`` uint8, ``w`` is ``(*kernel, C // groups, O)`` int8,
+the result is ``(N, *out_spatial, O)`` int32.  Padding contributes nothing, as in
+torch: padded taps hold the input zero point, so ``x - zx == 0`` there.
+
+Three ways to accumulate, chosen by the caller (see :mod:`qjax.kernels.fbgemm_paths`):
+
+* exact (``saturation=None``): the true int32 sum (wrapping on overflow, like the
+  int32 registers of every CPU kernel).  Computed as an int8 x int8 convolution of
+  ``x - 128`` with ``w`` plus zero-point corrections, the decomposition fbgemm uses
+  (``raw - zx * col_offset - zw * row_offset``).
+* ``"depthwise_pairs"``: fbgemm's depthwise kernels (``src/GenerateI8Depthwise.cc``)
+  multiply raw u8 activations by raw s8 weights with ``vpmaddubsw``, which adds the
+  products of taps ``(0,1), (2,3), ...`` (row-major over the kernel window, a last
+  odd tap paired with 0) and saturates each pair sum to int16 — on every x86 ISA.
+* ``"gemm_pairs"``: fbgemm's GEMM kernels do the same on ISAs without VNNI, pairing
+  consecutive K indices with K ordered ``(kernel tap, channel)`` within a group.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+__all__ = ["conv_accumulate", "output_spatial", "pad_input", "offset_corrected", "pair_saturated_dot"]
+
+_I32 = jnp.int32
+
+
+def output_spatial(in_spatial, kernel, strides, padding, dilation):
+    """Output extent per spatial dim: ``(in + lo + hi - dil*(k-1) - 1) // stride + 1``."""
+    return tuple(
+        (n + lo + hi - d * (k - 1) - 1) // s + 1
+        for n, k, s, (lo, hi), d in zip(in_spatial, kernel, strides, padding, dilation)
+    )
+
+
+def pad_input(x, value, padding):
+    """Pad the spatial dims of a channels-last array with ``value`` (a scalar of x's dtype)."""
+    cfg = [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding] + [(0, 0, 0)]
+    return lax.pad(x, jnp.asarray(value, x.dtype), cfg)
+
+
+def _taps(xp, kernel, strides, dilation, out_sp):
+    """Strided views of the padded input, one per kernel tap, in row-major tap order."""
+    views = []
+    for tap in itertools.product(*[range(k) for k in kernel]):
+        start = (0,) + tuple(t * d for t, d in zip(tap, dilation)) + (0,)
+        limit = (
+            (xp.shape[0],)
+            + tuple(t * d + s * (o - 1) + 1 for t, d, s, o in zip(tap, dilation, strides, out_sp))
+            + (xp.shape[-1],)
+        )
+        views.append(lax.slice(xp, start, limit, (1,) + tuple(strides) + (1,)))
+    return views
+
+
+def _window_sums(v, kernel, strides, dilation):
+    """Sum of ``v`` (N, *spatial, G) over each kernel window (VALID, already padded)."""
+    return lax.reduce_window(
+        v,
+        np.int32(0),
+        lax.add,
+        (1,) + tuple(kernel) + (1,),
+        (1,) + tuple(strides) + (1,),
+        "VALID",
+        window_dilation=(1,) + tuple(dilation) + (1,),
+    )
+
+
+def offset_corrected(raw, zx, sum_w, zw, sum_x, taps):
+    """``sum (x - zx)(w - zw)`` from ``raw = sum x w``: ``raw - zx*sum_w - zw*sum_x + taps*zx*zw``.
+
+    fbgemm's row/column-offset decomposition; exact in wrapping int32 arithmetic.
+    """
+    return raw - zx * sum_w - zw * sum_x + taps * zx * zw
+
+
+def conv_accumulate(x, zx, w, zw, *, strides, padding, dilation, groups, saturation=None):
+    """int32 accumulator of a quantized convolution (channels-last layout).
+
+    Args:
+      x: ``(N, *spatial, C)`` uint8 activations.
+      zx: int32 scalar activation zero point.
+      w: ``(*kernel, C // groups, O)`` int8 weights.
+      zw: int32 weight zero point, scalar or ``(O,)``.
+      strides, dilation: one int per spatial dim.
+      padding: one ``(lo, hi)`` pair per spatial dim.
+      groups: feature groups; ``C`` and ``O`` are multiples of it.
+      saturation: ``None`` (exact), ``"depthwise_pairs"`` or ``"gemm_pairs"`` (see module doc).
+
+    Returns:
+      ``(N, *out_spatial, O)`` int32.
+    """
+    kernel = w.shape[:-2]
+    cg, out_ch = w.shape[-2], w.shape[-1]
+    zx = jnp.asarray(zx, _I32)
+    zw = jnp.broadcast_to(jnp.asarray(zw, _I32), (out_ch,))
+    out_sp = output_spatial(x.shape[1:-1], kernel, strides, padding, dilation)
+    depthwise = cg == 1 and groups > 1
+    if saturation == "depthwise_pairs":
+        if not depthwise:
+            raise ValueError("depthwise pair saturation needs a depthwise convolution (C // groups == 1)")
+        return _depthwise(x, zx, w, zw, kernel, strides, padding, dilation, groups, out_sp, True)
+    if saturation == "gemm_pairs":
+        return _gemm_pairs(x, zx, w, zw, kernel, strides, padding, dilation, groups, out_sp)
+    if saturation is not None:
+        raise ValueError(f"saturation={saturation!r}; use None, 'depthwise_pairs' or 'gemm_pairs'")
+    if depthwise:
+        return _depthwise(x, zx, w, zw, kernel, strides, padding, dilation, groups, out_sp, False)
+    return _exact_int8(x, zx, w, zw, kernel, strides, padding, dilation, groups)
+
+
+def _exact_int8(x, zx, w, zw, kernel, strides, padding, dilation, groups):
+    # x - 128 fits int8 exactly (flip the top bit); pad it with zx - 128 so padded taps
+    # cancel.  With x' = x - 128 and z' = zx - 128, over the K taps of a window:
+    #   sum (x - zx)(w - zw) = sum x'w - z' sum w - zw sum x' + K z' zw
+    nd = len(kernel)
+    xs = lax.bitcast_convert_type(x ^ jnp.uint8(0x80), jnp.int8)
+    zs = zx - 128
+    xp = pad_input(xs, zs.astype(jnp.int8), padding)
+    spatial = "DHW"[-nd:] if nd <= 3 else None
+    if spatial is None:
+        raise ValueError("only 1-d, 2-d and 3-d convolutions are supported")
+    lhs = "N" + spatial + "C"
+    dn = (lhs, spatial + "IO", lhs)
+    raw = lax.conv_general_dilated(
+        xp,
+        w,
+        window_strides=tuple(strides),
+        padding="VALID",
+        rhs_dilation=tuple(dilation),
+        dimension_numbers=dn,
+        feature_group_count=groups,
+        preferred_element_type=_I32,
+    )
+    out_ch = w.shape[-1]
+    taps = math.prod(kernel) * w.shape[-2]
+    sum_w = jnp.sum(w.astype(_I32), axis=tuple(range(nd + 1)))  # (O,)
+    # sum of x' over each window, per group, broadcast to the group's output channels
+    xg = jnp.sum(xp.astype(_I32).reshape(xp.shape[:-1] + (groups, -1)), axis=-1)
+    sum_x = _window_sums(xg, kernel, strides, dilation)  # (N, *out, G)
+    sum_x = jnp.repeat(sum_x, out_ch // groups, axis=-1)
+    return offset_corrected(raw, zs, sum_w, zw, sum_x, taps)
+
+
+def _depthwise(x, zx, w, zw, kernel, strides, padding, dilation, groups, out_sp, saturate):
+    # One input channel per group; output channel o reads input channel o // m.
+    mult = w.shape[-1] // groups
+    xp = pad_input(x, zx.astype(x.dtype), padding)
+    views = _taps(xp, kernel, strides, dilation, out_sp)
+    wt = w.reshape((-1, w.shape[-1])).astype(_I32)  # (T, O)
+
+    def expand(v):  # (N, *out, C) -> (N, *out, O)
+        v = v.astype(_I32)
+        return jnp.repeat(v, mult, axis=-1) if mult > 1 else v
+
+    if not saturate:
+        acc = None
+        for t, v in enumerate(views):
+            term = (expand(v) - zx) * (wt[t] - zw)
+            acc = term if acc is None else acc + term
+        return acc
+    # raw u8 * s8 products, tap pairs summed and saturated to int16 (vpmaddubsw)
+    raw = None
+    sum_x = None
+    for t in range(0, len(views), 2):
+        a = expand(views[t])
+        pair = a * wt[t]
+        sx = a
+        if t + 1 < len(views):
+            b = expand(views[t + 1])
+            pair = pair + b * wt[t + 1]
+            sx = sx + b
+        pair = jnp.clip(pair, -32768, 32767)
+        raw = pair if raw is None else raw + pair
+        sum_x = sx if sum_x is None else sum_x + sx
+    n_taps = len(views)
+    sum_w = jnp.sum(wt, axis=0)
+    return offset_corrected(raw, zx, sum_w, zw, sum_x, n_taps)
+
+
+def _gemm_pairs(x, zx, w, zw, kernel, strides, padding, dilation, groups, out_sp):
+    # im2col with K ordered (tap, channel) inside each group, consecutive K pairs
+    # saturated to int16, then fbgemm's exact row/column-offset corrections.
+    cg, out_ch = w.shape[-2], w.shape[-1]
+    og = out_ch // groups
+    xp = pad_input(x, zx.astype(x.dtype), padding)
+    views = _taps(xp, kernel, strides, dilation, out_sp)
+    t = len(views)
+    cols = jnp.stack(views, axis=-2).astype(_I32)  # (N, *out, T, C)
+    cols = cols.reshape(cols.shape[:-1] + (groups, cg))  # (N, *out, T, G, Cg)
+    cols = jnp.moveaxis(cols, -2, -3).reshape(cols.shape[:-3] + (groups, t * cg))  # (N,*out,G,K)
+    wk = w.reshape((t, cg, groups, og)).astype(_I32)  # (T, Cg, G, Og)
+    wk = jnp.transpose(wk, (2, 3, 0, 1)).reshape(groups, og, t * cg)  # (G, Og, K)
+    raw = pair_saturated_dot(cols, wk).reshape(cols.shape[:-2] + (out_ch,))
+    row = jnp.repeat(jnp.sum(cols, axis=-1), og, axis=-1)  # (N,*out,O)
+    return offset_corrected(raw, zx, jnp.sum(wk, axis=-1).reshape(out_ch), zw, row, t * cg)
+
+
+def pair_saturated_dot(a, b, chunk: int = 64):
+    """``vpmaddubsw`` dot product: ``sum_j sat16(a[2j] b[2j] + a[2j+1] b[2j+1])``.
+
+    ``a``: ``(..., G, K)`` raw activations, ``b``: ``(G, O_g, K)`` raw weights, both int32;
+    an odd K is padded with a zero column.  Returns ``(..., G, O_g)`` int32.  K is
+    processed in chunks of ``chunk`` pairs to bound the size of the pair tensor.
+    """
+    k = a.shape[-1]
+    if k % 2:
+        a = jnp.concatenate([a, jnp.zeros(a.shape[:-1] + (1,), _I32)], axis=-1)
+        b = jnp.concatenate([b, jnp.zeros(b.shape[:-1] + (1,), _I32)], axis=-1)
+    kp = a.shape[-1] // 2
+    a2 = a.reshape(a.shape[:-1] + (kp, 2))
+    b2 = b.reshape(b.shape[:-1] + (kp, 2))
+    out = None
+    for c0 in range(0, kp, chunk):
+        pairs = jnp.einsum(
+            "...gcp,gocp->...goc",
+            a2[..., c0 : c0 + chunk, :],
+            b2[..., c0 : c0 + chunk, :],
+            preferred_element_type=_I32,
+        )
+        part = jnp.sum(jnp.clip(pairs, -32768, 32767), axis=-1)
+        out = part if out is None else out + part
+    return out

@@ -1,0 +1,250 @@
+"""Public quantized ops: ``conv`` and ``linear`` = integer kernel + engine requantization.
+
+Shapes (torch layout, the default):
+
+* ``conv``: ``xq`` ``(N, C, *spatial)`` quint8 per-tensor; ``wq`` ``(O, C // groups, *kernel)``
+  qint8, per-tensor or per-channel with ``axis=0``; ``bias`` float ``(O,)`` or None;
+  result ``(N, O, *out_spatial)`` quint8 per-tensor with the given ``scale``/``zero_point``.
+  1-d, 2-d or 3-d follows from the rank of ``xq``.
+* ``linear``: ``xq`` ``(..., K)`` quint8; ``wq`` ``(O, K)`` qint8 (per-channel ``axis=0``);
+  result ``(..., O)`` quint8.
+
+With ``channels_last=True`` a conv takes ``xq`` as ``(N, *spatial, C)`` and ``wq`` as
+``(*kernel, C // groups, O)`` (per-channel ``axis=-1``), the layout Flax uses, and
+returns ``(N, *out_spatial, O)`` — no transposes.
+
+Both are pure and jit/vmap compatible; all integer arithmetic is exact int32 (or the
+engine's documented saturation) and requantization is bit-exact to the engine.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .checks import QuantizationError, check_scale, check_zero_point, is_concrete
+from .dtypes import qint8, quint8
+from .engines import ConvGeometry, resolve_engine
+from .kernels.conv import output_spatial
+from .qarray import QArray, as_f32, as_i32
+
+__all__ = ["conv", "linear", "conv_geometry", "accumulator_bound"]
+
+
+def _tuple(v, n, argname):
+    if isinstance(v, (int, np.integer)):
+        return (int(v),) * n
+    v = tuple(int(i) for i in v)
+    if len(v) != n:
+        raise QuantizationError(f"{argname} needs {n} values (one per spatial dim), got {v}")
+    return v
+
+
+def _padding(padding, n):
+    if isinstance(padding, str):
+        raise QuantizationError("padding must be ints or (lo, hi) pairs; strings like 'SAME' are not supported")
+    if isinstance(padding, (int, np.integer)):
+        return ((int(padding), int(padding)),) * n
+    padding = tuple(padding)
+    if len(padding) != n:
+        raise QuantizationError(f"padding needs {n} entries (one per spatial dim), got {padding}")
+    out = []
+    for p in padding:
+        if isinstance(p, (int, np.integer)):
+            out.append((int(p), int(p)))
+        else:
+            lo, hi = p
+            out.append((int(lo), int(hi)))
+    if any(lo < 0 or hi < 0 for lo, hi in out):
+        raise QuantizationError(f"padding must be >= 0, got {out}")
+    return tuple(out)
+
+
+def conv_geometry(nd, stride=1, padding=0, dilation=1, groups=1) -> ConvGeometry:
+    """Normalise conv arguments into a :class:`ConvGeometry` (validated)."""
+    strides = _tuple(stride, nd, "stride")
+    dil = _tuple(dilation, nd, "dilation")
+    if any(s < 1 for s in strides):
+        raise QuantizationError(f"stride must be >= 1, got {strides}")
+    if any(d < 1 for d in dil):
+        raise QuantizationError(f"dilation must be >= 1, got {dil}")
+    if not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise QuantizationError(f"groups must be a positive int, got {groups!r}")
+    return ConvGeometry(strides, _padding(padding, nd), dil, int(groups))
+
+
+def _check_input(xq, argname):
+    if not isinstance(xq, QArray):
+        raise TypeError(f"{argname} must be a QArray (use qjax.quantize), got {type(xq).__name__}")
+    if xq.dtype != quint8:
+        raise QuantizationError(f"{argname} must be quint8 (fbgemm/qnnpack activations), got {xq.dtype.name}")
+    if xq.axis is not None:
+        raise QuantizationError(f"{argname} must be quantized per tensor, got a per-channel QArray (axis={xq.axis})")
+
+
+def _check_weight(wq, out_axis, argname="wq"):
+    if not isinstance(wq, QArray):
+        raise TypeError(f"{argname} must be a QArray (use qjax.quantize), got {type(wq).__name__}")
+    if wq.dtype != qint8:
+        raise QuantizationError(f"{argname} must be qint8, got {wq.dtype.name}")
+    if wq.axis is not None and wq.axis != out_axis % wq.ndim:
+        raise QuantizationError(
+            f"{argname} is per-channel along axis {wq.axis}, but its output-channel axis is {out_axis % wq.ndim}"
+        )
+
+
+def _check_bias(bias, out_ch):
+    if bias is None:
+        return None
+    if not jnp.issubdtype(jnp.result_type(bias), jnp.floating):
+        raise TypeError(f"bias must be a float array (torch keeps it in float32), got dtype {jnp.result_type(bias)}")
+    if np.shape(bias) != (out_ch,):
+        raise QuantizationError(f"bias must have shape ({out_ch},) (one per output channel), got {np.shape(bias)}")
+    return as_f32(bias)
+
+
+def _check_out(scale, zero_point):
+    check_scale(scale, "scale")
+    if np.ndim(scale) != 0 or np.ndim(zero_point) != 0:
+        raise QuantizationError("output scale and zero_point must be scalars (per-tensor output)")
+    check_zero_point(zero_point, quint8, "zero_point")
+
+
+def accumulator_bound(taps, x_zero_point, w_zero_point) -> int:
+    """Largest possible ``|sum (x - zx)(w - zw)|`` over ``taps`` products.
+
+    Uses the zero points when they are concrete, else the dtype ranges' worst case.
+    """
+    if is_concrete(x_zero_point):
+        zx = np.asarray(x_zero_point).astype(np.int64)
+        mx = int(np.max(np.maximum(np.abs(0 - zx), np.abs(255 - zx))))
+    else:
+        mx = 255
+    if is_concrete(w_zero_point):
+        zw = np.asarray(w_zero_point).astype(np.int64)
+        mw = int(np.max(np.maximum(np.abs(-128 - zw), np.abs(127 - zw))))
+    else:
+        mw = 255
+    return int(taps) * mx * mw
+
+
+def _check_overflow(taps, xq, wq):
+    bound = accumulator_bound(taps, xq.zero_point, wq.zero_point)
+    if bound >= 2**31:
+        raise QuantizationError(
+            f"int32 overflow risk: {taps} products per output of up to {bound // taps} each can reach {bound} "
+            ">= 2**31 (torch's int32 accumulator would wrap); split the reduction (channels/groups) into "
+            "smaller layers"
+        )
+
+
+def conv(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0, dilation=1, groups=1, relu=False,
+         engine="fbgemm", channels_last=False) -> QArray:
+    """Quantized convolution, bit-exact to the engine (see the module docstring for shapes).
+
+    Args:
+      xq: quint8 per-tensor QArray input.
+      wq: qint8 QArray weight, per tensor or per output channel.
+      bias: float ``(O,)`` or None (torch keeps conv bias in float32).
+      scale, zero_point: output quantization parameters.
+      stride, dilation: int or one per spatial dim.
+      padding: int, one int per spatial dim, or one ``(lo, hi)`` pair per spatial dim.
+        Padded positions hold the input zero point (they add 0).
+      groups: feature groups (``groups == C`` is depthwise).
+      relu: fuse ReLU (torch's ``ConvReLU`` modules).
+      engine: ``"fbgemm"`` or an engine instance (see :mod:`qjax.engines`).
+      channels_last: operands in ``(N, *spatial, C)`` / ``(*kernel, C//groups, O)`` layout.
+
+    Returns:
+      quint8 per-tensor QArray with the output ``scale`` and ``zero_point``.
+    """
+    _check_input(xq, "xq")
+    nd = xq.ndim - 2
+    if nd not in (1, 2, 3):
+        raise QuantizationError(f"xq must be (N, C, *spatial) with 1-3 spatial dims, got shape {xq.shape}")
+    _check_weight(wq, -1 if channels_last else 0)
+    if wq.ndim != xq.ndim:
+        raise QuantizationError(f"wq must have rank {xq.ndim} like xq, got shape {wq.shape}")
+    geom = conv_geometry(nd, stride, padding, dilation, groups)
+    if channels_last:
+        c, sp = xq.shape[-1], xq.shape[1:-1]
+        o, cg, kernel = wq.shape[-1], wq.shape[-2], wq.shape[:-2]
+    else:
+        c, sp = xq.shape[1], xq.shape[2:]
+        o, cg, kernel = wq.shape[0], wq.shape[1], wq.shape[2:]
+    g = geom.groups
+    if c % g or o % g:
+        raise QuantizationError(f"groups={g} must divide input channels ({c}) and output channels ({o})")
+    if cg * g != c:
+        raise QuantizationError(
+            f"wq has {cg} input channels per group but xq has {c} channels and groups={g} (needs {c // g})"
+        )
+    out_sp = output_spatial(sp, kernel, geom.strides, geom.padding, geom.dilation)
+    if any(n < 1 for n in out_sp):
+        raise QuantizationError(f"kernel {tuple(kernel)} (dilation {geom.dilation}) does not fit the padded input {tuple(sp)}")
+    b = _check_bias(bias, o)
+    _check_out(scale, zero_point)
+    _check_overflow(cg * math.prod(kernel), xq, wq)
+    eng = resolve_engine(engine)
+    values = _conv_values(
+        xq.values, xq.scale, xq.zero_point, wq.values, wq.scale, wq.zero_point, b,
+        as_f32(scale), as_i32(zero_point),
+        engine=eng, geometry=geom, relu=bool(relu), per_channel=wq.axis is not None,
+        channels_last=bool(channels_last),
+    )
+    return QArray(values, as_f32(scale), as_i32(zero_point), quint8, None, check=False)
+
+
+@functools.partial(jax.jit, static_argnames=("engine", "geometry", "relu", "per_channel", "channels_last"))
+def _conv_values(x, sx, zx, w, sw, zw, bias, sy, zy, *, engine, geometry, relu, per_channel, channels_last):
+    if not channels_last:
+        nd = x.ndim - 2
+        x = jnp.moveaxis(x, 1, -1)  # (N, C, *S) -> (N, *S, C)
+        w = jnp.transpose(w, tuple(range(2, 2 + nd)) + (1, 0))  # (O, I, *K) -> (*K, I, O)
+    out = engine.conv(x, sx, zx, w, sw, zw, per_channel, bias, sy, zy, geometry, relu)
+    if not channels_last:
+        out = jnp.moveaxis(out, -1, 1)
+    return out.astype(jnp.uint8)
+
+
+def linear(xq, wq, bias=None, *, scale, zero_point, relu=False, engine="fbgemm") -> QArray:
+    """Quantized linear layer ``y = x @ w.T + b``, bit-exact to the engine.
+
+    Args:
+      xq: quint8 per-tensor QArray ``(..., K)``.
+      wq: qint8 QArray ``(O, K)``, per tensor or per output channel (``axis=0``).
+      bias: float ``(O,)`` or None.
+      scale, zero_point: output quantization parameters.
+      relu: fuse ReLU (torch's ``LinearReLU``).
+      engine: ``"fbgemm"`` or an engine instance.
+
+    Returns:
+      quint8 per-tensor QArray ``(..., O)``.
+    """
+    _check_input(xq, "xq")
+    if xq.ndim < 1:
+        raise QuantizationError("xq must have at least one dimension (features last)")
+    _check_weight(wq, 0)
+    if wq.ndim != 2:
+        raise QuantizationError(f"wq must be (out_features, in_features), got shape {wq.shape}")
+    o, k = wq.shape
+    if xq.shape[-1] != k:
+        raise QuantizationError(f"xq has {xq.shape[-1]} features but wq expects in_features={k}")
+    b = _check_bias(bias, o)
+    _check_out(scale, zero_point)
+    _check_overflow(k, xq, wq)
+    eng = resolve_engine(engine)
+    values = _linear_values(
+        xq.values, xq.scale, xq.zero_point, wq.values, wq.scale, wq.zero_point, b,
+        as_f32(scale), as_i32(zero_point), engine=eng, relu=bool(relu), per_channel=wq.axis is not None,
+    )
+    return QArray(values, as_f32(scale), as_i32(zero_point), quint8, None, check=False)
+
+
+@functools.partial(jax.jit, static_argnames=("engine", "relu", "per_channel"))
+def _linear_values(x, sx, zx, w, sw, zw, bias, sy, zy, *, engine, relu, per_channel):
+    return engine.linear(x, sx, zx, w, sw, zw, per_channel, bias, sy, zy, relu).astype(jnp.uint8)
