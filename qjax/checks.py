@@ -9,6 +9,7 @@ parameters once outside the jitted function (e.g. when a model is built).
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .dtypes import QDType
@@ -31,10 +32,14 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def _dtype_of(x):
+    return np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
+
+
 def check_scale(scale, argname: str = "scale"):
     """Scales must be float, finite and > 0 (torch rejects the rest or computes garbage)."""
-    dt = np.result_type(scale) if not hasattr(scale, "dtype") else np.dtype(scale.dtype)
-    if not (np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer)):
+    dt = _dtype_of(scale)
+    if not (jnp.issubdtype(dt, jnp.floating) or jnp.issubdtype(dt, jnp.integer)):
         raise TypeError(f"{argname} must be a real number or float array, got dtype {dt}")
     if np.ndim(scale) > 1:
         raise QuantizationError(f"{argname} must be a scalar or a 1-d per-channel vector, got shape {np.shape(scale)}")
@@ -53,7 +58,7 @@ def check_zero_point(zero_point, dtype: QDType, argname: str = "zero_point"):
         raise QuantizationError(
             f"{argname} must be a scalar or a 1-d per-channel vector, got shape {np.shape(zero_point)}"
         )
-    dt = np.result_type(zero_point) if not hasattr(zero_point, "dtype") else np.dtype(zero_point.dtype)
+    dt = _dtype_of(zero_point)
     if is_concrete(zero_point):
         z = np.asarray(zero_point)
         if np.issubdtype(dt, np.floating):
@@ -80,6 +85,6 @@ def check_axis(axis, ndim: int, argname: str = "axis") -> int | None:
 
 
 def check_float(x, argname: str):
-    dt = np.dtype(getattr(x, "dtype", np.result_type(x)))
-    if not np.issubdtype(dt, np.floating):
+    dt = _dtype_of(x)
+    if not jnp.issubdtype(dt, jnp.floating):
         raise TypeError(f"{argname} must be a float array, got dtype {dt}")

@@ -17,6 +17,9 @@ contract ``x * inv + zp`` into an FMA or not depending on fusion, so both rules 
 
 Dequantize is ``fl32(float(int32(q - zp)) * scale)`` per tensor and
 ``fl32(fl32(float(q) - float(zp)) * scale)`` per channel (they differ for qint32 only).
+torch multiplies per-channel values by its *double* scales; qjax stores float32
+scales, which is the same whenever the scales are float32 values — as every torch
+observer produces them.  Per-tensor kernels round the scale to float32 anyway.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ _INT32_FLOAT_MAX = np.float32(2**31 - 128)
 
 def reciprocal(scale):
     """``fl32(1.0f / fl32(scale))``: the inverse scale every torch CPU quantize kernel multiplies by."""
-    return jnp.float32(1.0) / jnp.asarray(scale, jnp.float32)
+    return f32x.div_rn(1.0, scale)
 
 
 def round_half_even(v):

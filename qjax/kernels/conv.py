@@ -103,7 +103,7 @@ def conv_accumulate(x, zx, w, zw, *, strides, padding, dilation, groups, saturat
     zx = jnp.asarray(zx, _I32)
     zw = jnp.broadcast_to(jnp.asarray(zw, _I32), (out_ch,))
     out_sp = output_spatial(x.shape[1:-1], kernel, strides, padding, dilation)
-    depthwise = cg == 1 and groups > 1
+    depthwise = cg == 1  # one input channel per group (groups == C)
     if saturation == "depthwise_pairs":
         if not depthwise:
             raise ValueError("depthwise pair saturation needs a depthwise convolution (C // groups == 1)")

@@ -37,7 +37,7 @@ def fbgemm_multipliers(x_scale, w_scale, out_scale):
     sx = jnp.asarray(x_scale, jnp.float32)
     sw = jnp.asarray(w_scale, jnp.float32)
     atw = f32x.mul_rn(sx, sw)
-    return atw, atw / jnp.asarray(out_scale, jnp.float32)
+    return atw, f32x.div_rn(atw, out_scale)
 
 
 def round_to_int32_cvtps2dq(y):
@@ -74,9 +74,9 @@ def requantize_fbgemm(acc, *, x_scale, w_scale, bias, out_scale, out_zero_point,
     else:
         b = jnp.asarray(bias, jnp.float32)
         if per_channel:
-            xf = accf + b / atw
+            xf = accf + f32x.div_rn(b, atw)
         else:
-            xf = f32x.fma(b, jnp.float32(1.0) / atw, accf)
+            xf = f32x.fma(b, f32x.div_rn(1.0, atw), accf)
     r = round_to_int32_cvtps2dq(xf * mult)
     zy = jnp.asarray(out_zero_point, jnp.int32)
     # r <= 2**31 - 128 and zy <= 255, so r + zy cannot overflow int32
