@@ -79,6 +79,8 @@ def conv_cases(draw, nds=(1, 2, 3), kinds=CONV_KINDS):
     spatial = []
     for kk, p, d in zip(kernel, pad, dil):
         lo = max(d * (kk - 1) + 1 - 2 * p, 1)
+        if kind == "depthwise_fast" and nd == 3:
+            lo = kk  # smaller inputs make torch's fbgemm 3-d depthwise kernel corrupt the heap
         spatial.append(draw(st.integers(lo, max(lo, small) + 2)))
     n = draw(st.integers(1, 2))
     case = dict(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..kernels.conv import conv_accumulate
-from ..kernels.fbgemm_paths import ISAS, fbgemm_conv_path
+from ..kernels.fbgemm_paths import ISAS, fbgemm_conv_path, host_isa
 from ..kernels.linear import linear_accumulate
 from ..requant.fbgemm import requantize_fbgemm
 from .base import ConvGeometry
@@ -32,6 +32,11 @@ class Fbgemm:
     def __post_init__(self):
         if self.isa not in ISAS:
             raise ValueError(f"isa={self.isa!r}; use one of {ISAS}")
+
+    @classmethod
+    def host(cls) -> "Fbgemm":
+        """The fbgemm this machine's torch runs (its ISA read from ``/proc/cpuinfo``)."""
+        return cls(isa=host_isa())
 
     @property
     def vnni(self) -> bool:

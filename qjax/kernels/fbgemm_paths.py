@@ -7,9 +7,29 @@ to int16, the GEMM-based paths only on ISAs without VNNI.  torch runs conv1d as 
 
 from __future__ import annotations
 
-__all__ = ["fbgemm_conv_path", "ISAS"]
+__all__ = ["fbgemm_conv_path", "ISAS", "host_isa"]
 
 ISAS = ("avx512_vnni", "avx512", "avx2")
+
+
+def host_isa(cpuinfo_path: str = "/proc/cpuinfo") -> str:
+    """The ISA fbgemm dispatches to on this machine (``cpuinfo``'s flags, as fbgemm reads them).
+
+    ``avx512_vnni`` needs AVX512 F/BW/DQ/VL plus VNNI (``fbgemmHasAvx512VnniSupport``);
+    AVX-VNNI without AVX512 (e.g. Alder Lake) runs fbgemm's AVX2 kernels, which saturate.
+    Returns ``"avx512_vnni"`` when the flags cannot be read.
+    """
+    try:
+        with open(cpuinfo_path) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if not flags:
+        return "avx512_vnni"
+    avx512 = all(f in flags for f in ("avx512f", "avx512bw", "avx512dq", "avx512vl"))
+    if avx512 and "avx512_vnni" in flags:
+        return "avx512_vnni"
+    return "avx512" if avx512 else "avx2"
 
 
 def _as_2d(kernel, strides, padding, dilation):

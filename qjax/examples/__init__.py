@@ -1,0 +1,1 @@
+"""Runnable examples (need the ``torch`` extra)."""
