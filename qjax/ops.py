@@ -202,17 +202,31 @@ def conv(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0, dilation=
 @functools.partial(jax.jit, static_argnames=("engine", "geometry", "relu", "per_channel", "channels_last"))
 def _conv_values(x, sx, zx, w, sw, zw, bias, sy, zy, *, engine, geometry, relu, per_channel, channels_last):
     if not channels_last:
-        nd = x.ndim - 2
-        # (N, C, *S) -> (N, *S, C) and (O, I, *K) -> (*K, I, O).  The barrier makes XLA
-        # materialise the channels-last copy: left to itself it folds the transpose into
-        # the int8 convolution's layout and runs it ~20x slower.
-        x = jnp.moveaxis(x, 1, -1)
-        w = jnp.transpose(w, tuple(range(2, 2 + nd)) + (1, 0))
-        x, w = jax.lax.optimization_barrier((x, w))
+        x = _channels_to_last(x)  # (N, C, *S) -> (N, *S, C)
+        w = _weight_to_last(w)  # (O, I, *K) -> (*K, I, O)
     out = engine.conv(x, sx, zx, w, sw, zw, per_channel, bias, sy, zy, geometry, relu)
     if not channels_last:
-        out = jnp.moveaxis(out, -1, 1)
+        out = _channels_to_first(out)
     return out.astype(jnp.uint8)
+
+
+# Layout changes as transposes *between reshapes*.  A plain transpose lets XLA's layout
+# assignment turn it into a free relabelling, which hands the int8 convolution a
+# non-row-major operand; XLA then falls back from its fast int8 kernel to a generic
+# int32 loop (~25x slower).  Reshapes need row-major operands, so the data really moves.
+def _channels_to_last(x):
+    n, c, sp = x.shape[0], x.shape[1], x.shape[2:]
+    return jnp.transpose(x.reshape(n, c, -1), (0, 2, 1)).reshape((n,) + sp + (c,))
+
+
+def _channels_to_first(x):
+    n, c, sp = x.shape[0], x.shape[-1], x.shape[1:-1]
+    return jnp.transpose(x.reshape(n, -1, c), (0, 2, 1)).reshape((n, c) + sp)
+
+
+def _weight_to_last(w):
+    o, i, k = w.shape[0], w.shape[1], w.shape[2:]
+    return jnp.transpose(w.reshape(o, i, -1), (2, 1, 0)).reshape(k + (i, o))
 
 
 def linear(xq, wq, bias=None, *, scale, zero_point, relu=False, engine="fbgemm") -> QArray:
