@@ -23,12 +23,41 @@ import functools
 
 import numpy as np
 
-__all__ = ["CONTIGUOUS", "CHANNELS_LAST", "STRIDED", "vector_mask", "memory_order", "GRAIN"]
+__all__ = ["CONTIGUOUS", "CHANNELS_LAST", "STRIDED", "vector_mask", "memory_order", "GRAIN", "suggest_memory_format"]
 
 CONTIGUOUS = "contiguous"
 CHANNELS_LAST = "channels_last"
 STRIDED = "strided"  # neither: every element takes the scalar lambda
 GRAIN = 32768  # at::internal::GRAIN_SIZE
+
+
+def _channels_last_strides(sizes, strides, order):
+    # c10 is_channels_last_strides_{2d,3d}_s4: the implicit memory format of a strided tensor
+    if strides[1] == 0:
+        return False
+    smallest = 0
+    for d in order:
+        if sizes[d] == 0 or strides[d] < smallest:
+            return False
+        if d == 0 and smallest == strides[1]:  # ambiguous N111-like tensors default to contiguous
+            return False
+        smallest = strides[d] * (sizes[d] if sizes[d] > 1 else 1)
+    return True
+
+
+def suggest_memory_format(sizes, strides) -> str:
+    """torch's ``Tensor.suggest_memory_format()`` from sizes and strides (in elements).
+
+    A dense NCHW tensor whose spatial size is 1 is *contiguous* here even though
+    ``is_contiguous(channels_last)`` also holds: this is the distinction behind the
+    pooling layout bug that :mod:`qjax.qops.pooling` reproduces.
+    """
+    sizes, strides = tuple(sizes), tuple(strides)
+    if len(sizes) == 4 and _channels_last_strides(sizes, strides, (1, 3, 2, 0)):
+        return CHANNELS_LAST
+    if len(sizes) == 5 and _channels_last_strides(sizes, strides, (1, 4, 3, 2, 0)):
+        return CHANNELS_LAST
+    return CONTIGUOUS
 
 
 def memory_order(ndim: int, memory_format: str):
