@@ -8,7 +8,7 @@ from . import engines, float32, kernels, requant
 from .checks import QuantizationError
 from .dtypes import QDType, qint8, qint32, quint8
 from .engines import Fbgemm
-from .ops import conv, linear
+from .ops import conv, conv_transpose, linear
 from .qarray import QArray
 from .quantize import dequantize, quantize
 
@@ -24,6 +24,7 @@ __all__ = [
     "quantize",
     "dequantize",
     "conv",
+    "conv_transpose",
     "linear",
     "Fbgemm",
     "engines",

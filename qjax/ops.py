@@ -28,11 +28,12 @@ import numpy as np
 
 from .checks import QuantizationError, check_scale, check_zero_point, is_concrete
 from .dtypes import qint8, quint8
-from .engines import ConvGeometry, resolve_engine
+from .engines import ConvGeometry, ConvTransposeGeometry, resolve_engine
+from .kernels.conv_transpose import conv_transpose_output_size
 from .kernels.conv import output_spatial
 from .qarray import QArray, as_f32, as_i32
 
-__all__ = ["conv", "linear", "conv_geometry", "accumulator_bound"]
+__all__ = ["conv", "conv_transpose", "linear", "conv_geometry", "accumulator_bound"]
 
 
 def _tuple(v, n, argname):
@@ -227,6 +228,65 @@ def _channels_to_first(x):
 def _weight_to_last(w):
     o, i, k = w.shape[0], w.shape[1], w.shape[2:]
     return jnp.transpose(w.reshape(o, i, -1), (2, 1, 0)).reshape(k + (i, o))
+
+
+def conv_transpose(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0, output_padding=0, dilation=1,
+                   groups=1, engine="fbgemm") -> QArray:
+    """Quantized transposed convolution (torch's ``ConvTranspose{1,2,3}d``), torch layout.
+
+    Args:
+      xq: quint8 per-tensor ``(N, C_in, *spatial)``.
+      wq: qint8 ``(C_in, C_out // groups, *kernel)``, per tensor (or per channel along axis 1
+        where the engine supports it).
+      bias: float ``(C_out,)`` or None.
+      scale, zero_point: output quantization parameters.
+      stride, padding, output_padding, dilation: int or one per spatial dim (symmetric padding).
+      groups: feature groups.
+      engine: ``"fbgemm"`` or an engine instance (``Fbgemm(torch_bugs=False)`` for the correct math
+        where torch's fbgemm computes a wrong result).
+
+    Returns:
+      quint8 per-tensor QArray ``(N, C_out, *out)``.
+    """
+    _check_input(xq, "xq")
+    nd = xq.ndim - 2
+    if nd not in (1, 2, 3):
+        raise QuantizationError(f"xq must be (N, C, *spatial) with 1-3 spatial dims, got shape {xq.shape}")
+    _check_weight(wq, 1)
+    if wq.ndim != xq.ndim:
+        raise QuantizationError(f"wq must have rank {xq.ndim} like xq, got shape {wq.shape}")
+    strides = _tuple(stride, nd, "stride")
+    pads = _tuple(padding, nd, "padding")
+    opad = _tuple(output_padding, nd, "output_padding")
+    dil = _tuple(dilation, nd, "dilation")
+    if any(v < 1 for v in strides + dil) or any(v < 0 for v in pads + opad):
+        raise QuantizationError(f"stride/dilation must be >= 1 and padding/output_padding >= 0, got "
+                                f"{strides}, {dil}, {pads}, {opad}")
+    g = int(groups)
+    c = xq.shape[1]
+    if g < 1 or c % g or wq.shape[0] != c:
+        raise QuantizationError(f"wq must be (C_in={c}, C_out/groups, *kernel) with groups={g} dividing C_in, "
+                                f"got shape {wq.shape}")
+    out_ch = wq.shape[1] * g
+    kernel = wq.shape[2:]
+    out_sp = conv_transpose_output_size(xq.shape[2:], kernel, strides, pads, opad, dil)
+    if any(o < 1 for o in out_sp):
+        raise QuantizationError(f"conv_transpose output size {out_sp} is empty")
+    b = _check_bias(bias, out_ch)
+    _check_out(scale, zero_point)
+    _check_overflow(c // g * math.prod(kernel), xq, wq)
+    eng = resolve_engine(engine)
+    geom = ConvTransposeGeometry(strides, pads, opad, dil, g)
+    values = _conv_transpose_values(
+        xq.values, xq.scale, xq.zero_point, wq.values, wq.scale, wq.zero_point, b, as_f32(scale), as_i32(zero_point),
+        engine=eng, geometry=geom, per_channel=wq.axis is not None)
+    return QArray(values, as_f32(scale), as_i32(zero_point), quint8, None, check=False)
+
+
+@functools.partial(jax.jit, static_argnames=("engine", "geometry", "per_channel"))
+def _conv_transpose_values(x, sx, zx, w, sw, zw, bias, sy, zy, *, engine, geometry, per_channel):
+    out = engine.conv_transpose(_channels_to_last(x), sx, zx, w, sw, zw, per_channel, bias, sy, zy, geometry)
+    return _channels_to_first(out).astype(jnp.uint8)
 
 
 def linear(xq, wq, bias=None, *, scale, zero_point, relu=False, engine="fbgemm") -> QArray:

@@ -126,3 +126,16 @@ def run_in_subprocess(cases, tmp_path, env_extra, engine="fbgemm"):
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
     res = np.load(out_path)
     return [res[f"r{i}"] for i in range(len(cases))]
+
+
+def conv_transpose(x, sx, zx, w, sw, zw, per_channel, bias, sy, zy, stride, padding, output_padding, dilation, groups):
+    """torch.ops.quantized.conv_transpose{1,2,3}d; x (N,C,*S) uint8, w (C, O/g, *K) int8."""
+    torch = _torch()
+    nd = x.ndim - 2
+    qx = qtensor(x, sx, zx)
+    qw = qtensor(w, sw, zw, 1 if per_channel else None)
+    b = None if bias is None else torch.from_numpy(np.asarray(bias, np.float32))
+    prepack = getattr(torch.ops.quantized, f"conv_transpose{nd}d_prepack")
+    packed = prepack(qw, b, list(stride), list(padding), list(output_padding), list(dilation), int(groups))
+    op = getattr(torch.ops.quantized, f"conv_transpose{nd}d")
+    return op(qx, packed, float(sy), int(zy)).int_repr().numpy()

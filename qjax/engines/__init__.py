@@ -9,9 +9,9 @@ or your own object with the same two methods to model your hardware.
 
 from __future__ import annotations
 
-from .base import ConvGeometry, Engine, register_engine, resolve_engine
+from .base import ConvGeometry, ConvTransposeGeometry, Engine, register_engine, resolve_engine
 from .fbgemm import Fbgemm
 
-__all__ = ["Engine", "ConvGeometry", "Fbgemm", "register_engine", "resolve_engine"]
+__all__ = ["Engine", "ConvGeometry", "ConvTransposeGeometry", "Fbgemm", "register_engine", "resolve_engine"]
 
 register_engine("fbgemm", Fbgemm)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Protocol, runtime_checkable
 
-__all__ = ["ConvGeometry", "Engine", "register_engine", "resolve_engine"]
+__all__ = ["ConvGeometry", "ConvTransposeGeometry", "Engine", "register_engine", "resolve_engine"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,6 +18,17 @@ class ConvGeometry:
 
     strides: tuple
     padding: tuple
+    dilation: tuple
+    groups: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvTransposeGeometry:
+    """Static transposed-convolution geometry (one int per spatial dim; symmetric padding as in torch)."""
+
+    strides: tuple
+    padding: tuple
+    output_padding: tuple
     dilation: tuple
     groups: int
 

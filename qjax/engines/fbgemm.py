@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..checks import QuantizationError
 from ..kernels.conv import conv_accumulate
+from ..kernels.conv_transpose import conv_transpose_accumulate, fbgemm_direct_conv_transpose, fbgemm_direct_path
 from ..kernels.fbgemm_paths import ISAS, fbgemm_conv_path, host_isa
 from ..kernels.linear import linear_accumulate
 from ..requant.fbgemm import requantize_fbgemm
-from .base import ConvGeometry
+from .base import ConvGeometry, ConvTransposeGeometry
 
 __all__ = ["Fbgemm"]
 
@@ -24,9 +26,14 @@ class Fbgemm:
         pairs of u8*s8 products to int16 (pytorch#44939) — torch run with
         ``FBGEMM_ENABLE_INSTRUCTIONS=AVX2`` shows it.  The depthwise kernels
         saturate on every ISA.
+      torch_bugs: reproduce what torch 2.13 computes where fbgemm is wrong (default);
+        ``False`` gives the mathematically correct result instead.  Affects
+        conv_transpose2d on fbgemm's direct path (see
+        :func:`qjax.kernels.conv_transpose.fbgemm_direct_conv_transpose`).
     """
 
     isa: str = "avx512_vnni"
+    torch_bugs: bool = True
     name = "fbgemm"
 
     def __post_init__(self):
@@ -70,6 +77,27 @@ class Fbgemm:
             acc, x_scale=x_scale, w_scale=w_scale, bias=bias, out_scale=out_scale,
             out_zero_point=out_zero_point, relu=relu, per_channel=w_per_channel,
         )
+
+    def conv_transpose(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias,
+                       out_scale, out_zero_point, geometry: ConvTransposeGeometry):
+        if w_per_channel:
+            raise QuantizationError(
+                "fbgemm does not support per-channel weights for transposed convolution (torch raises "
+                "'Per Channel Quantization is currently disabled for transposed conv')"
+            )
+        kernel = w.shape[2:]
+        direct = self.torch_bugs and fbgemm_direct_path(
+            in_channels=w.shape[0], out_channels=w.shape[1] * geometry.groups, groups=geometry.groups,
+            kernel=kernel, strides=geometry.strides, padding=geometry.padding, dilation=geometry.dilation)
+        if direct:
+            acc = fbgemm_direct_conv_transpose(x, x_zero_point, w, w_zero_point, strides=geometry.strides,
+                                               output_padding=geometry.output_padding)
+        else:
+            acc = conv_transpose_accumulate(
+                x, x_zero_point, w, w_zero_point, strides=geometry.strides, padding=geometry.padding,
+                output_padding=geometry.output_padding, dilation=geometry.dilation, groups=geometry.groups)
+        return requantize_fbgemm(acc, x_scale=x_scale, w_scale=w_scale, bias=bias, out_scale=out_scale,
+                                 out_zero_point=out_zero_point, relu=False, per_channel=False)
 
     def linear(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias,
                out_scale, out_zero_point, relu: bool):
