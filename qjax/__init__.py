@@ -8,6 +8,8 @@ from . import engines, float32, kernels, requant
 from .checks import QuantizationError
 from .dtypes import QDType, qint8, qint32, quint8
 from .engines import Fbgemm
+from .graph import QModel
+from .interop import from_torch
 from .ops import conv, conv_transpose, linear
 from .qarray import QArray
 from .quantize import dequantize, quantize
@@ -27,6 +29,8 @@ __all__ = [
     "conv_transpose",
     "linear",
     "Fbgemm",
+    "QModel",
+    "from_torch",
     "engines",
     "kernels",
     "requant",

@@ -52,7 +52,7 @@ def as_qdtype(dtype, argname: str = "dtype") -> QDType:
         return dtype
     name = None
     if isinstance(dtype, str):
-        name = dtype
+        name = dtype[len("torch."):] if dtype.startswith("torch.") else dtype
     else:
         text = str(dtype)  # torch.quint8 -> "torch.quint8", without importing torch
         if text.startswith("torch."):

@@ -40,8 +40,12 @@ def fold_batch_norm(weight, bias, mean, var, eps, in_scale, out_scale):
     return alpha, beta
 
 
-def batch_norm(x: QArray, weight, bias, mean, var, eps, scale, zero_point, *, relu=False) -> QArray:
-    """Quantized BatchNorm over channel axis 1 of ``(N, C, *spatial)`` (2-d or 3-d)."""
+def batch_norm(x: QArray, weight, bias, mean, var, eps, scale, zero_point, *, relu=False, in_scale=None) -> QArray:
+    """Quantized BatchNorm over channel axis 1 of ``(N, C, *spatial)`` (2-d or 3-d).
+
+    ``in_scale`` overrides ``x.scale`` for the fold (needed when ``x.scale`` is traced, e.g.
+    inside a jitted model: torch folds with the scale in double precision).
+    """
     _check_8bit(x, "x")
     _check_out(x, scale, zero_point)
     c = x.shape[1]
@@ -50,9 +54,11 @@ def batch_norm(x: QArray, weight, bias, mean, var, eps, scale, zero_point, *, re
             raise QuantizationError(f"batch_norm {name} must be concrete: torch folds it in float64 arithmetic")
         if np.shape(arr) != (c,):
             raise QuantizationError(f"batch_norm {name} must have shape ({c},), got {np.shape(arr)}")
-    if not (is_concrete(x.scale) and is_concrete(scale)):
-        raise QuantizationError("batch_norm needs concrete input and output scales (the fold is done in double)")
-    alpha, beta = fold_batch_norm(weight, bias, mean, var, eps, np.asarray(x.scale), np.asarray(scale))
+    si = x.scale if in_scale is None else in_scale
+    if not (is_concrete(si) and is_concrete(scale)):
+        raise QuantizationError("batch_norm needs concrete input and output scales (the fold is done in double); "
+                                "pass in_scale= when x.scale is traced")
+    alpha, beta = fold_batch_norm(weight, bias, mean, var, eps, np.asarray(si), np.asarray(scale))
     shp = (1, c) + (1,) * (x.ndim - 2)
     a, b = jnp.asarray(alpha).reshape(shp), jnp.asarray(beta).reshape(shp)
     zo = as_i32(zero_point)

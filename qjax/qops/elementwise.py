@@ -94,34 +94,51 @@ def _wrap(q, values, scale, zero_point):
     return QArray(values.astype(q.dtype.storage), as_f32(scale), as_i32(zero_point), q.dtype, None, check=False)
 
 
-def _mask(shape, memory_format, threads):
-    return vector_mask(shape, memory_format, 64, threads)
+def _mask(shape, memory_format, threads, operands=None):
+    return vector_mask(shape, memory_format, 64, threads, operands)
+
+
+def _binary_shape(a, b, op):
+    _check_8bit(a, "a")
+    _check_8bit(b, "b")
+    if a.dtype != b.dtype:
+        raise QuantizationError(f"{op} needs equal dtypes, got {a.dtype.name} and {b.dtype.name}")
+    try:
+        return tuple(np.broadcast_shapes(a.shape, b.shape))
+    except ValueError as e:
+        raise QuantizationError(f"{op}: shapes {a.shape} and {b.shape} do not broadcast") from e
+
+
+def _operands(a, b, memory_format, input_formats):
+    fa, fb = input_formats if input_formats is not None else (memory_format, memory_format)
+    return ((tuple(a.shape), fa), (tuple(b.shape), fb))
 
 
 # ------------------------------------------------------------------------------------------------ binary
 
 
-def add(a: QArray, b: QArray, scale, zero_point, *, relu=False, memory_format=CONTIGUOUS, threads=1) -> QArray:
-    """``quantized::add`` / ``add_relu``: ``a + b`` requantized to (``scale``, ``zero_point``).
+def add(a: QArray, b: QArray, scale, zero_point, *, relu=False, memory_format=CONTIGUOUS, threads=1,
+        input_formats=None) -> QArray:
+    """``quantized::add`` / ``add_relu``: ``a + b`` (broadcasting) requantized to (``scale``, ``zero_point``).
 
     vector: ``c = fl32(dq_vec(a) + dq_vec(b))``; relu: ``max(c, 0)``; ``quantize_vec(c, fl32(1/fl32(scale)))``.
     scalar: ``c = fl32(dq_scalar(a) + dq_scalar(b))``; relu; ``quantize_scalar``.
-    ``memory_format`` is that of ``a`` (the output follows it); ``b`` must match it.
+    ``memory_format`` is the output's (torch allocates it like ``a``), ``input_formats`` the
+    inputs' (default: the same).
     """
-    _check_8bit(a, "a")
-    _check_8bit(b, "b")
-    if a.dtype != b.dtype or a.shape != b.shape:
-        raise QuantizationError(f"add needs equal dtypes and shapes, got {a.dtype.name}{a.shape} and {b.dtype.name}{b.shape}")
+    out_shape = _binary_shape(a, b, "add")
     _check_out(a, scale, zero_point)
     v = _add_values(a.values, a.scale, a.zero_point, b.values, b.scale, b.zero_point, as_f32(scale),
                     as_i32(zero_point), qmin=a.dtype.qmin, qmax=a.dtype.qmax, relu=bool(relu),
-                    memory_format=memory_format, threads=int(threads))
+                    memory_format=memory_format, threads=int(threads),
+                    operands=_operands(a, b, memory_format, input_formats), out_shape=out_shape)
     return _wrap(a, v, scale, zero_point)
 
 
-@functools.partial(jax.jit, static_argnames=("qmin", "qmax", "relu", "memory_format", "threads"))
-def _add_values(qa, sa, za, qb, sb, zb, so, zo, *, qmin, qmax, relu, memory_format, threads):
-    mask = _mask(qa.shape, memory_format, threads)
+@functools.partial(jax.jit, static_argnames=("qmin", "qmax", "relu", "memory_format", "threads", "operands",
+                                             "out_shape"))
+def _add_values(qa, sa, za, qb, sb, zb, so, zo, *, qmin, qmax, relu, memory_format, threads, operands, out_shape):
+    mask = _mask(out_shape, memory_format, threads, operands)
     inv = f32x.div_rn(1.0, so)
     cv = dequantize_vec(qa, sa, za) + dequantize_vec(qb, sb, zb)
     cs = dequantize_scalar(qa, sa, za) + dequantize_scalar(qb, sb, zb)
@@ -130,27 +147,27 @@ def _add_values(qa, sa, za, qb, sb, zb, so, zo, *, qmin, qmax, relu, memory_form
     return select_path(mask, quantize_vec(cv, inv, zo, qmin, qmax), quantize_scalar(cs, inv, zo, qmin, qmax))
 
 
-def mul(a: QArray, b: QArray, scale, zero_point, *, relu=False, memory_format=CONTIGUOUS, threads=1) -> QArray:
+def mul(a: QArray, b: QArray, scale, zero_point, *, relu=False, memory_format=CONTIGUOUS, threads=1,
+        input_formats=None) -> QArray:
     """``quantized::mul`` / ``mul_relu``: integer product requantized.
 
     ``m = fl32(fl32(sa*sb) * fl32(1/so))`` (multiplications, left to right), ``c = (a-za)(b-zb)``
     exact int32; vector ``requantize_vec(c, m)`` (wraps on overflow), scalar ``requantize_scalar``;
-    relu: ``max(q, zo)``.
+    relu: ``max(q, zo)``.  Broadcasting as :func:`add`.
     """
-    _check_8bit(a, "a")
-    _check_8bit(b, "b")
-    if a.dtype != b.dtype or a.shape != b.shape:
-        raise QuantizationError(f"mul needs equal dtypes and shapes, got {a.dtype.name}{a.shape} and {b.dtype.name}{b.shape}")
+    out_shape = _binary_shape(a, b, "mul")
     _check_out(a, scale, zero_point)
     v = _mul_values(a.values, a.scale, a.zero_point, b.values, b.scale, b.zero_point, as_f32(scale),
                     as_i32(zero_point), qmin=a.dtype.qmin, qmax=a.dtype.qmax, relu=bool(relu),
-                    memory_format=memory_format, threads=int(threads))
+                    memory_format=memory_format, threads=int(threads),
+                    operands=_operands(a, b, memory_format, input_formats), out_shape=out_shape)
     return _wrap(a, v, scale, zero_point)
 
 
-@functools.partial(jax.jit, static_argnames=("qmin", "qmax", "relu", "memory_format", "threads"))
-def _mul_values(qa, sa, za, qb, sb, zb, so, zo, *, qmin, qmax, relu, memory_format, threads):
-    mask = _mask(qa.shape, memory_format, threads)
+@functools.partial(jax.jit, static_argnames=("qmin", "qmax", "relu", "memory_format", "threads", "operands",
+                                             "out_shape"))
+def _mul_values(qa, sa, za, qb, sb, zb, so, zo, *, qmin, qmax, relu, memory_format, threads, operands, out_shape):
+    mask = _mask(out_shape, memory_format, threads, operands)
     m = f32x.mul_rn(f32x.mul_rn(sa, sb), f32x.div_rn(1.0, so))
     c = (qa.astype(jnp.int32) - za) * (qb.astype(jnp.int32) - zb)
     out = select_path(mask, requantize_vec(c, m, zo, qmin, qmax), requantize_scalar(c, m, zo, qmin, qmax))

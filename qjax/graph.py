@@ -1,0 +1,182 @@
+"""A small dataflow graph of qjax ops: what :func:`qjax.from_torch` returns.
+
+A :class:`QModel` is a pytree: its ``params`` (weights as :class:`~qjax.QArray`, biases,
+scales and zero points — everything a user may inspect, change or train) are leaves;
+the graph (op names, wiring, static configuration) is static metadata.  So
+
+    model(x)                      # jitted forward
+    jax.jit(lambda m, x: m(x))    # the model as an argument
+    jax.vmap(model)(xs)           # batched
+    model.apply(params, x)        # pure function of new parameters
+
+all work.  :meth:`QModel.apply` with ``capture=True`` also returns every node's value
+(the integers, for layer-by-layer verification).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+__all__ = ["Ref", "Node", "QModel", "register_op", "OPS", "Static"]
+
+OPS: dict[str, Callable] = {}
+
+
+def register_op(name: str):
+    """Register a runtime op ``fn(static, params, *args)`` under ``name``."""
+
+    def deco(fn):
+        OPS[name] = fn
+        return fn
+
+    return deco
+
+
+@dataclasses.dataclass(frozen=True)
+class Ref:
+    """A reference to another node's output (or to an input, by its placeholder name)."""
+
+    name: str
+
+
+class Static:
+    """A hashable wrapper for static numpy data in a node's configuration."""
+
+    __slots__ = ("value", "_key")
+
+    def __init__(self, value):
+        self.value = value
+        arr = np.asarray(value)
+        self._key = (arr.dtype.str, arr.shape, arr.tobytes())
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, Static) and self._key == other._key
+
+    def __repr__(self):
+        return f"Static(shape={np.shape(self.value)})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    """One op: ``op`` from :data:`OPS`, its ``args`` (Refs and constants, nested tuples
+    allowed), static configuration ``static`` (a tuple of (key, value) pairs) and a
+    human-readable ``source`` (the torch module or function it came from)."""
+
+    name: str
+    op: str
+    args: tuple
+    static: tuple = ()
+    source: str = ""
+
+    def config(self) -> dict:
+        return dict(self.static)
+
+
+def _resolve(spec, env):
+    if isinstance(spec, Ref):
+        return env[spec.name]
+    if isinstance(spec, tuple):
+        return tuple(_resolve(s, env) for s in spec)
+    if isinstance(spec, list):
+        return [_resolve(s, env) for s in spec]
+    if isinstance(spec, dict):
+        return {k: _resolve(v, env) for k, v in spec.items()}
+    return spec
+
+
+def _freeze(spec):
+    if isinstance(spec, list):
+        return ("__list__",) + tuple(_freeze(s) for s in spec)
+    if isinstance(spec, tuple):
+        return tuple(_freeze(s) for s in spec)
+    return spec
+
+
+def _thaw(spec):
+    if isinstance(spec, tuple):
+        if spec and spec[0] == "__list__":
+            return [_thaw(s) for s in spec[1:]]
+        return tuple(_thaw(s) for s in spec)
+    return spec
+
+
+@jax.tree_util.register_pytree_node_class
+class QModel:
+    """An imported quantized model (see the module docstring)."""
+
+    def __init__(self, inputs, nodes, output, params, meta=None):
+        self.inputs = tuple(inputs)
+        self.nodes = tuple(nodes)
+        self.output = _freeze(output)
+        self.params = dict(params)
+        self.meta = tuple(sorted((meta or {}).items()))
+
+    # pytree -----------------------------------------------------------------------------
+    def tree_flatten(self):
+        keys = tuple(sorted(self.params))
+        return tuple(self.params[k] for k in keys), (self.inputs, self.nodes, self.output, keys, self.meta)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        obj.inputs, obj.nodes, obj.output, keys, obj.meta = aux
+        obj.params = dict(zip(keys, children))
+        return obj
+
+    # running ----------------------------------------------------------------------------
+    def apply(self, params, *inputs, capture=False):
+        """Run the graph with ``params`` (same structure as ``self.params``) on ``inputs``."""
+        if len(inputs) != len(self.inputs):
+            raise TypeError(f"the model takes {len(self.inputs)} input(s) {self.inputs}, got {len(inputs)}")
+        env: dict[str, Any] = dict(zip(self.inputs, inputs))
+        for node in self.nodes:
+            fn = OPS[node.op]
+            args = _resolve(_thaw(node.args), env)
+            env[node.name] = fn(node.config(), params.get(node.name), *args)
+        out = _resolve(_thaw(self.output), env)
+        if capture:
+            return out, {n.name: env[n.name] for n in self.nodes}
+        return out
+
+    def __call__(self, *inputs):
+        return _jitted_apply(self, *inputs)
+
+    def capture(self, *inputs):
+        """``(output, {node name: value})`` — every intermediate, jitted."""
+        return _jitted_capture(self, *inputs)
+
+    @property
+    def info(self) -> dict:
+        return dict(self.meta)
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(f"no node named {name!r}; nodes: {[n.name for n in self.nodes]}")
+
+    def summary(self) -> str:
+        lines = [f"QModel({', '.join(self.inputs)}) with {len(self.nodes)} nodes:"]
+        for n in self.nodes:
+            lines.append(f"  {n.name:30s} {n.op:18s} {n.source}")
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return f"QModel(inputs={self.inputs}, nodes={len(self.nodes)}, params={len(self.params)})"
+
+
+@jax.jit
+def _jitted_apply(model, *inputs):
+    return model.apply(model.params, *inputs)
+
+
+@jax.jit
+def _jitted_capture(model, *inputs):
+    return model.apply(model.params, *inputs, capture=True)

@@ -1,0 +1,11 @@
+"""Interop with other frameworks (torch import; torch is imported lazily)."""
+
+
+def from_torch(*args, **kwargs):
+    """See :func:`qjax.interop.torch.from_torch`."""
+    from .torch import from_torch as _from_torch
+
+    return _from_torch(*args, **kwargs)
+
+
+__all__ = ["from_torch"]
