@@ -8,4 +8,11 @@ def from_torch(*args, **kwargs):
     return _from_torch(*args, **kwargs)
 
 
-__all__ = ["from_torch"]
+def from_torchscript(*args, **kwargs):
+    """See :func:`qjax.interop.torchscript.from_torchscript`."""
+    from .torchscript import from_torchscript as _from_ts
+
+    return _from_ts(*args, **kwargs)
+
+
+__all__ = ["from_torch", "from_torchscript"]

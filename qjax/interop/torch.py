@@ -307,6 +307,19 @@ def _rt_python(cfg, p, *args):
     return _PY_OPS[kind](*args)
 
 
+_PYFUNCS = {
+    "len": len, "int": int, "floordiv": operator.floordiv, "mul": operator.mul, "add": operator.add,
+    "sub": operator.sub, "neg": operator.neg, "ne": operator.ne, "eq": operator.eq, "gt": operator.gt,
+    "lt": operator.lt, "ge": operator.ge, "le": operator.le,
+}
+
+
+@register_op("pyfunc")
+def _rt_pyfunc(cfg, p, *args):
+    """Python arithmetic on static values (sizes) recorded from TorchScript graphs."""
+    return _PYFUNCS[cfg["kind"]](*args)
+
+
 @register_op("mean")
 def _rt_mean(cfg, p, x):
     if not isinstance(x, QArray):
@@ -732,8 +745,8 @@ def trace(model):
     if isinstance(model, torch.fx.GraphModule):
         return model
     if isinstance(model, torch.jit.ScriptModule):
-        raise TorchImportError("TorchScript modules cannot be traced by torch.fx; pass the Python model "
-                               "(qjax verify accepts a factory 'module:function')")
+        raise TorchImportError("TorchScript modules are imported by qjax.interop.from_torchscript (from_torch "
+                               "dispatches there)")
     try:
         return torch.fx.symbolic_trace(model)
     except Exception as e:  # noqa: BLE001 - surface fx's reason
@@ -767,6 +780,11 @@ def from_torch(model, example_input=None, *, engine=None, threads=None) -> QMode
     except ValueError as e:
         raise TorchImportError(f"engine {engine!r} is not supported by qjax yet: {e}") from e
     threads = int(threads if threads is not None else torch.get_num_threads())
+    if isinstance(model, torch.jit.ScriptModule):
+        from .torchscript import from_torchscript
+
+        return from_torchscript(model, example_input if example_input is not None else torch.zeros(1, 3, 224, 224),
+                                engine=engine, threads=threads)
     if getattr(model, "training", False):
         raise TorchImportError("the model is in training mode; call model.eval() first")
     gm = trace(model)

@@ -14,7 +14,8 @@ Three ways to accumulate, chosen by the caller (see :mod:`qjax.kernels.fbgemm_pa
 * ``"depthwise_pairs"``: fbgemm's depthwise kernels (``src/GenerateI8Depthwise.cc``)
   multiply raw u8 activations by raw s8 weights with ``vpmaddubsw``, which adds the
   products of taps ``(0,1), (2,3), ...`` (row-major over the kernel window, a last
-  odd tap paired with 0) and saturates each pair sum to int16 — on every x86 ISA.
+  odd tap paired with 0) and saturates each pair sum to int16 — on every x86 ISA; they
+  also sum the row offset (the window's raw activations) with saturating int16 adds.
 * ``"gemm_pairs"``: fbgemm's GEMM kernels do the same on ISAs without VNNI, pairing
   consecutive K indices with K ordered ``(kernel tap, channel)`` within a group.
 """
@@ -190,6 +191,9 @@ def _depthwise(x, zx, w, zw, kernel, strides, padding, dilation, groups, out_sp,
         sum_x = sx if sum_x is None else sum_x + sx
     n_taps = len(views)
     sum_w = jnp.sum(wt, axis=0)
+    # the kernel accumulates the row offset (sum of raw activations) with saturating int16
+    # adds; it only matters when zw != 0, and only for >= 129 taps (e.g. 3x7x7)
+    sum_x = jnp.minimum(sum_x, 32767)
     return offset_corrected(raw, zx, sum_w, zw, sum_x, n_taps)
 
 

@@ -49,7 +49,10 @@ def conv_acc(x, zx, w, zw, stride, padding, dilation, groups, saturation=None):
                 if k + 1 < K:
                     s = s + a[:, k + 1] * b[k + 1]
                 raw += np.clip(s, -32768, 32767)
-            out[:, oc] = raw - zx * (b.sum() - zw[oc] * K) - zw[oc] * a.sum(axis=1)
+            rows = a.sum(axis=1)
+            if saturation == "depthwise_pairs":
+                rows = np.minimum(rows, 32767)  # int16 saturating row-offset sum
+            out[:, oc] = raw - zx * (b.sum() - zw[oc] * K) - zw[oc] * rows
     return out
 
 

@@ -124,3 +124,13 @@ def test_unknown_saturation_mode():
     with pytest.raises(ValueError, match="needs a depthwise"):
         conv_accumulate(x, 0, w, 0, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1,
                         saturation="depthwise_pairs")
+
+
+def test_depthwise_row_offset_saturates():
+    # 3x7x7 = 147 taps of 255: the int16 row-offset sum saturates; visible with a weight zero point
+    x = np.full((1, 8, 3, 7, 7), 255, np.uint8)
+    w = np.ones((8, 1, 3, 7, 7), np.int8)
+    case = (x, 0, w, 5, (1, 1, 1), ((0, 0),) * 3, (1, 1, 1), 8)
+    got = run(*case, "depthwise_pairs")
+    np.testing.assert_array_equal(got, conv_acc(*case, saturation="depthwise_pairs"))
+    assert got[0, 0, 0, 0, 0] == 147 * 255 - 5 * 32767 - 0  # raw - zw * min(row, 32767)
