@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
+
+# torch 2.13 prints a C++ deprecation warning for every quantized tensor it creates (pytorch#184982)
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
 __all__ = ["main"]
 
@@ -14,8 +18,65 @@ def _quiet_torch():
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
 
 
+def _parse_index(text):
+    return tuple(int(v) for v in text.replace(" ", "").split(","))
+
+
+def _model_input(args, qmodel_example=None):
+    import numpy as np
+
+    from .verify import load_inputs
+
+    if args.inputs:
+        return load_inputs(args.inputs)[: max(1, args.batch_size)]
+    if args.shape:
+        shape = (max(1, args.batch_size),) + _parse_index(args.shape)
+        return np.random.default_rng(args.seed).standard_normal(shape).astype(np.float32)
+    if qmodel_example is not None:
+        return np.asarray(qmodel_example, np.float32)
+    raise SystemExit("qjax: give --shape C,H,W (per-sample input shape) or --inputs FILE")
+
+
+def _explain_layer(args) -> int:
+    import numpy as np
+
+    from .explain import explain
+    from .interop.torch import from_torch
+    from .verify import load_torch_model
+
+    model, example = load_torch_model(args.model)
+    x = _model_input(args, example)
+    qm = from_torch(model, x, engine=args.engine)
+    try:
+        node = qm.node(args.layer)
+    except KeyError as e:
+        print(f"qjax explain: {e.args[0]}", file=sys.stderr)
+        return 2
+    if node.op not in ("conv", "linear"):
+        print(f"qjax explain: node {args.layer!r} is a {node.op} ({node.source}); explain traces conv and linear "
+              "layers", file=sys.stderr)
+        return 2
+    src = node.args[0].name
+    _, inter = qm.capture(x, names=(src,))
+    xq = inter[src]
+    cfg, p = node.config(), qm.params[node.name]
+    kw = dict(scale=float(np.asarray(p["scale"])), zero_point=int(np.asarray(p["zero_point"])),
+              index=_parse_index(args.index), relu=cfg["relu"], engine=cfg["engine"])
+    if node.op == "conv":
+        kw.update(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"], groups=cfg["groups"])
+    e = explain(xq, p["weight"], p.get("bias"), op=node.op, **kw)
+    print(f"model {args.model}, layer {node.name} ({node.source})")
+    print(e)
+    return 0
+
+
 def _explain(args) -> int:
     _quiet_torch()
+    if args.model:
+        if not (args.layer and args.index):
+            print("qjax explain --model needs --layer NAME and --index n,c,h,w", file=sys.stderr)
+            return 2
+        return _explain_layer(args)
     if args.example == "seed":
         try:
             from .examples import seed
@@ -30,8 +91,19 @@ def _explain(args) -> int:
         print()
         print(e)
         return 0 if mism == 0 and e.qjax_output == e.torch_output else 1
-    print("qjax explain: give --example seed (models and layers arrive with `qjax verify`)", file=sys.stderr)
+    print("qjax explain: give --example seed, or --model MODEL --layer NAME --index n,c,h,w", file=sys.stderr)
     return 2
+
+
+def _verify(args) -> int:
+    _quiet_torch()
+    from .verify import verify
+
+    shape = _parse_index(args.shape) if args.shape else None
+    report = verify(args.model, n=args.n, batch_size=args.batch_size, seed=args.seed, inputs=args.inputs,
+                    input_shape=shape, engine=args.engine, shard=not args.no_shard, progress=not args.json)
+    print(report.to_json() if args.json else report)
+    return 0 if report.mismatches == 0 else 1
 
 
 def main(argv=None) -> int:
@@ -41,9 +113,34 @@ def main(argv=None) -> int:
     p.add_argument("--example", choices=["seed"], help="a built-in example: 'seed' is the PyTorch forum model")
     p.add_argument("--seed", type=int, default=0, help="calibration seed of the example (default 0)")
     p.add_argument("--input-value", type=int, default=24, help="trace the output of this input integer (default 24)")
+    p.add_argument("--model", help="a TorchScript file or a factory module:function returning the converted model")
+    p.add_argument("--layer", help="graph node name of a conv/linear layer (see QModel.summary())")
+    p.add_argument("--index", help="output element, e.g. 0,3,5,7 (n,c,h,w) or 2,1 for linear")
+    p.add_argument("--shape", help="per-sample input shape for a random input, e.g. 3,224,224")
+    p.add_argument("--inputs", help=".npy/.npz file of inputs")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--engine", default=None, help="torch quantized engine (default: torch's current one)")
     p.set_defaults(func=_explain)
+
+    v = sub.add_parser("verify", help="compare a torch quantized model with its qjax import on many inputs")
+    v.add_argument("model", help="a TorchScript file (torch.jit.save) or a factory module:function")
+    v.add_argument("--n", type=int, default=256, help="number of random inputs (default 256)")
+    v.add_argument("--batch-size", type=int, default=64)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--inputs", help=".npy/.npz file of inputs (overrides --n)")
+    v.add_argument("--shape", help="per-sample input shape, e.g. 3,224,224 (default: the factory's example)")
+    v.add_argument("--engine", default=None)
+    v.add_argument("--no-shard", action="store_true", help="do not shard batches over all JAX devices")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.set_defaults(func=_verify)
     args = parser.parse_args(argv)
-    return args.func(args)
+    from .checks import QuantizationError
+
+    try:
+        return args.func(args)
+    except (QuantizationError, FileNotFoundError, ValueError) as e:
+        print(f"qjax {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,7 @@ all work.  :meth:`QModel.apply` with ``capture=True`` also returns every node's 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -107,15 +108,39 @@ def _thaw(spec):
     return spec
 
 
+def _refs(spec, out):
+    if isinstance(spec, Ref):
+        out.add(spec.name)
+    elif isinstance(spec, (tuple, list)):
+        for s in spec:
+            _refs(s, out)
+    elif isinstance(spec, dict):
+        for s in spec.values():
+            _refs(s, out)
+    return out
+
+
+def _live(nodes, output):
+    """Drop nodes the output does not depend on (e.g. TorchScript's shape-check arithmetic)."""
+    needed = _refs(output, set())
+    keep = []
+    for n in reversed(nodes):
+        if n.name in needed:
+            keep.append(n)
+            _refs(n.args, needed)
+    return tuple(reversed(keep))
+
+
 @jax.tree_util.register_pytree_node_class
 class QModel:
     """An imported quantized model (see the module docstring)."""
 
     def __init__(self, inputs, nodes, output, params, meta=None):
         self.inputs = tuple(inputs)
-        self.nodes = tuple(nodes)
         self.output = _freeze(output)
-        self.params = dict(params)
+        self.nodes = _live(tuple(nodes), self.output)
+        live = {n.name for n in self.nodes}
+        self.params = {k: v for k, v in dict(params).items() if k in live}
         self.meta = tuple(sorted((meta or {}).items()))
 
     # pytree -----------------------------------------------------------------------------
@@ -132,7 +157,11 @@ class QModel:
 
     # running ----------------------------------------------------------------------------
     def apply(self, params, *inputs, capture=False):
-        """Run the graph with ``params`` (same structure as ``self.params``) on ``inputs``."""
+        """Run the graph with ``params`` (same structure as ``self.params``) on ``inputs``.
+
+        ``capture``: ``True`` returns ``(output, {node: value})`` for every node; a tuple of
+        node names captures just those.
+        """
         if len(inputs) != len(self.inputs):
             raise TypeError(f"the model takes {len(self.inputs)} input(s) {self.inputs}, got {len(inputs)}")
         env: dict[str, Any] = dict(zip(self.inputs, inputs))
@@ -141,16 +170,18 @@ class QModel:
             args = _resolve(_thaw(node.args), env)
             env[node.name] = fn(node.config(), params.get(node.name), *args)
         out = _resolve(_thaw(self.output), env)
-        if capture:
+        if capture is True:
             return out, {n.name: env[n.name] for n in self.nodes}
+        if capture:
+            return out, {name: env[name] for name in capture}
         return out
 
     def __call__(self, *inputs):
         return _jitted_apply(self, *inputs)
 
-    def capture(self, *inputs):
-        """``(output, {node name: value})`` — every intermediate, jitted."""
-        return _jitted_capture(self, *inputs)
+    def capture(self, *inputs, names=None):
+        """``(output, {node name: value})`` — every intermediate (or just ``names``), jitted."""
+        return _jitted_capture(self, *inputs, names=tuple(names) if names is not None else True)
 
     @property
     def info(self) -> dict:
@@ -177,6 +208,6 @@ def _jitted_apply(model, *inputs):
     return model.apply(model.params, *inputs)
 
 
-@jax.jit
-def _jitted_capture(model, *inputs):
-    return model.apply(model.params, *inputs, capture=True)
+@functools.partial(jax.jit, static_argnames=("names",))
+def _jitted_capture(model, *inputs, names=True):
+    return model.apply(model.params, *inputs, capture=names)

@@ -76,8 +76,10 @@ class _TSConverter:
         torch = _torch()
         return memory_format_of(t) if isinstance(t, torch.Tensor) else CONTIGUOUS
 
-    def emit(self, node, op, args, static=None, params=None):
+    def emit(self, node, op, args, static=None, params=None, layer=None):
         out = node.output()
+        if layer and out.unique() not in self.names and layer not in self.names.values():
+            self.names[out.unique()] = layer
         name = self.name(out)
         static = dict(static or {})
         static.setdefault("node", name)
@@ -216,17 +218,19 @@ class _TSConverter:
             if transpose:
                 op = getattr(torch.ops.quantized, pref + "output_padding")(packed)
                 static["output_padding"] = tuple(op)
-                name = self.emit(node, "conv_transpose", [self.spec(ins[0])], static, params)
+                name = self.emit(node, "conv_transpose", [self.spec(ins[0])], static, params,
+                                 layer=_layer_name(ins[1]))
             else:
                 static["relu"] = relu
-                name = self.emit(node, "conv", [self.spec(ins[0])], static, params)
+                name = self.emit(node, "conv", [self.spec(ins[0])], static, params, layer=_layer_name(ins[1]))
         elif kind in ("quantized::linear", "quantized::linear_relu"):
             w, b = torch.ops.quantized.linear_unpack(vals[1])
             params = dict(weight=qarray_from_torch(w), scale=jnp.float32(vals[2]), zero_point=jnp.int32(vals[3]))
             if b is not None:
                 params["bias"] = jnp.asarray(b.detach().numpy(), jnp.float32)
             name = self.emit(node, "linear", [self.spec(ins[0])], dict(relu=kind.endswith("relu"),
-                                                                        engine=self.engine), params)
+                                                                        engine=self.engine), params,
+                             layer=_layer_name(ins[1]))
         elif kind in ("quantized::add", "quantized::add_relu", "quantized::mul", "quantized::mul_relu"):
             name = self.emit(node, "binary", [self.spec(ins[0]), self.spec(ins[1])],
                              dict(kind="add" if "add" in kind else "mul", relu=kind.endswith("relu"),
@@ -322,6 +326,17 @@ class _TSConverter:
         else:
             raise TorchImportError(f"unsupported TorchScript op {kind} (node {node.output().debugName()})")
         self.set(out, out_t, Ref(name))
+
+
+def _layer_name(packed_value):
+    """``self.layer1.conv1._packed_params`` -> ``layer1.conv1`` (the module path of a frozen weight)."""
+    name = packed_value.debugName()
+    if name.startswith("self."):
+        name = name[len("self."):]
+    for suffix in ("._packed_params._packed_params", "._packed_params"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
 
 
 def _memory_formats():
