@@ -23,7 +23,9 @@ def test_saved_model_is_bit_exact(name, tmp_path):
     gen = torch.Generator().manual_seed(3)
     for xi in (x, torch.randn(x.shape, generator=gen) * 2):
         with torch.no_grad():
-            want = ts(xi).numpy()
+            # the Python model is the reference: torch itself cannot run a reloaded scripted quantized
+            # BatchNorm2d ("Cannot input a tensor of dimension other than 0 as a scalar argument")
+            want = m(xi).numpy()
         got = np.asarray(qm(xi.numpy()))
         assert (got.view(np.int32) != want.view(np.int32)).sum() == 0, name
     # dead shape-check arithmetic is pruned; conv layers keep their module paths as names
