@@ -212,7 +212,8 @@ def fma(a, b, c):
     v = add_round_to_odd(tl, l)
     r = th + v
     ok = jnp.isfinite(h) & jnp.isfinite(c) & jnp.isfinite(th)
-    return jnp.where(ok, r, h + c)
+    # an exactly-zero result takes IEEE's sign rule for sums (a*b == -c is then exact: h == a*b)
+    return jnp.where(ok & (r != 0), r, h + c)
 
 
 def mul_add(a, b, c):

@@ -7,7 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 import qjax
 from qjax.cli import main

@@ -3,7 +3,8 @@
 import jax
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 import qjax
 from qjax.interop.torch import TorchImportError

@@ -8,7 +8,8 @@ channels-last.
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 import qjax
 from qjax.qops import elementwise as ew

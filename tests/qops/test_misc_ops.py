@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
