@@ -143,6 +143,13 @@ def _check_overflow(taps, xq, wq):
         )
 
 
+def _dispatched(engine, wq, groups, output_padding=()):
+    """Engines that choose a backend per layer (torch's ``x86``) decide here, on concrete weights."""
+    if hasattr(engine, "dispatch") and is_concrete(wq.zero_point):
+        return engine.dispatch(wq.zero_point, groups, output_padding)
+    return engine
+
+
 def conv(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0, dilation=1, groups=1, relu=False,
          engine="fbgemm", channels_last=False) -> QArray:
     """Quantized convolution, bit-exact to the engine (see the module docstring for shapes).
@@ -190,7 +197,7 @@ def conv(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0, dilation=
     b = _check_bias(bias, o)
     _check_out(scale, zero_point)
     _check_overflow(cg * math.prod(kernel), xq, wq)
-    eng = resolve_engine(engine)
+    eng = _dispatched(resolve_engine(engine), wq, g)
     values = _conv_values(
         xq.values, xq.scale, xq.zero_point, wq.values, wq.scale, wq.zero_point, b,
         as_f32(scale), as_i32(zero_point),
@@ -275,7 +282,7 @@ def conv_transpose(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0,
     b = _check_bias(bias, out_ch)
     _check_out(scale, zero_point)
     _check_overflow(c // g * math.prod(kernel), xq, wq)
-    eng = resolve_engine(engine)
+    eng = _dispatched(resolve_engine(engine), wq, g, opad)
     geom = ConvTransposeGeometry(strides, pads, opad, dil, g)
     values = _conv_transpose_values(
         xq.values, xq.scale, xq.zero_point, wq.values, wq.scale, wq.zero_point, b, as_f32(scale), as_i32(zero_point),

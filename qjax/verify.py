@@ -131,7 +131,9 @@ def _first_divergence(model, qmodel, x, engine):
         if isinstance(model, torch.jit.ScriptModule):
             from .interop.torchscript import _TSConverter
 
-            conv = _TSConverter(engine, qmodel.info.get("threads", 1))
+            from .interop.torch import engine_for_torch
+
+            conv = _TSConverter(engine_for_torch(engine), qmodel.info.get("threads", 1))
             frozen = torch.jit.freeze(model.eval())
             with torch.no_grad():
                 conv.convert(frozen.graph, (torch.from_numpy(x),))

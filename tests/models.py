@@ -286,35 +286,40 @@ class Conv1dNet(nn.Module):
 # ---------------------------------------------------------------------------------------------- builders
 
 
-def resnet_basic_block(seed=0):
-    return _quantize(Wrap(BasicBlock(16, 16)), torch.zeros(2, 16, 14, 14), True, seed)
+def resnet_basic_block(seed=0, engine="fbgemm"):
+    return _quantize(Wrap(BasicBlock(16, 16)), torch.zeros(2, 16, 14, 14), True, seed, engine)
 
 
-def resnet_bottleneck(seed=0):
-    return _quantize(Wrap(Bottleneck(32, 8, 2)), torch.zeros(2, 32, 14, 14), True, seed)
+def resnet_bottleneck(seed=0, engine="fbgemm"):
+    return _quantize(Wrap(Bottleneck(32, 8, 2)), torch.zeros(2, 32, 14, 14), True, seed, engine)
 
 
-def mobilenet_v2_block(seed=0):
-    return _quantize(Wrap(InvertedResidual(16)), torch.zeros(2, 16, 12, 12), True, seed)
+def mobilenet_v2_block(seed=0, engine="fbgemm"):
+    return _quantize(Wrap(InvertedResidual(16)), torch.zeros(2, 16, 12, 12), True, seed, engine)
 
 
-def mobilenet_v3_block(seed=0):
-    return _quantize(Wrap(MobileNetV3Block(16)), torch.zeros(2, 16, 10, 10), True, seed)
+def mobilenet_v3_block(seed=0, engine="fbgemm"):
+    return _quantize(Wrap(MobileNetV3Block(16)), torch.zeros(2, 16, 10, 10), True, seed, engine)
 
 
-def shufflenet_unit(seed=0):
-    return _quantize(Wrap(ShuffleNetTiny()), torch.zeros(2, 16, 12, 12), True, seed)
+def shufflenet_unit(seed=0, engine="fbgemm"):
+    return _quantize(Wrap(ShuffleNetTiny()), torch.zeros(2, 16, 12, 12), True, seed, engine)
 
 
-def conv1d_net(seed=0):
-    return _quantize(Conv1dNet(), torch.zeros(3, 4, 32), True, seed)
+def conv1d_net(seed=0, engine="fbgemm"):
+    return _quantize(Conv1dNet(), torch.zeros(3, 4, 32), True, seed, engine)
 
 
-def resnet_tiny(seed=0, width=16):
-    return _quantize(ResNetTiny(width), torch.zeros(2, 3, 64, 64), True, seed)
+def resnet_tiny(seed=0, width=16, classes=10, engine="fbgemm"):
+    return _quantize(ResNetTiny(width, classes), torch.zeros(2, 3, 64, 64), True, seed, engine)
 
 
-def unfused_bn_model(seed=0):
+def resnet_tiny_1000(seed=0):
+    """ResNet-style, 1000 classes (each input gives 1000 outputs) — for the large verify runs."""
+    return resnet_tiny(seed, width=16, classes=1000)
+
+
+def unfused_bn_model(seed=0, engine="fbgemm"):
     """Conv -> (unfused, quantized) BatchNorm2d -> ReLU: exercises quantized::batch_norm2d."""
 
     class M(nn.Module):
@@ -325,7 +330,7 @@ def unfused_bn_model(seed=0):
         def forward(self, x):
             return self.relu(self.bn(self.conv(x)))
 
-    return _quantize(Wrap(M()), torch.zeros(2, 3, 9, 9), False, seed)
+    return _quantize(Wrap(M()), torch.zeros(2, 3, 9, 9), False, seed, engine)
 
 
 BUILDERS = {

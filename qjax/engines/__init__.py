@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from .base import ConvGeometry, ConvTransposeGeometry, Engine, register_engine, resolve_engine
 from .fbgemm import Fbgemm
+from .onednn import Onednn
+from .qnnpack import Qnnpack
+from .x86 import X86
 
-__all__ = ["Engine", "ConvGeometry", "ConvTransposeGeometry", "Fbgemm", "register_engine", "resolve_engine"]
+__all__ = ["Engine", "ConvGeometry", "ConvTransposeGeometry", "Fbgemm", "Onednn", "Qnnpack", "X86",
+           "register_engine", "resolve_engine"]
 
 register_engine("fbgemm", Fbgemm)
+register_engine("qnnpack", Qnnpack)
+register_engine("onednn", Onednn)
+register_engine("x86", X86)

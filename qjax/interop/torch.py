@@ -27,6 +27,7 @@ from ..graph import Node, QModel, Ref, Static, register_op
 from ..ops import conv, conv_transpose, linear
 from ..qarray import QArray
 from ..qops import elementwise as ew
+from ..qops import qnnpack as qq
 from ..qops.batchnorm import batch_norm
 from ..qops.concat import cat
 from ..qops.paths import CHANNELS_LAST, CONTIGUOUS, STRIDED, suggest_memory_format
@@ -92,6 +93,25 @@ def _engine(cfg):
     return resolve_engine(cfg["engine"])
 
 
+def engine_for_torch(name: str):
+    """The qjax engine that reproduces torch's engine ``name`` on this machine (its CPU's ISA)."""
+    from ..engines import Fbgemm, Onednn, Qnnpack, X86
+    from ..kernels.fbgemm_paths import host_isa
+
+    engines = {"fbgemm": lambda: Fbgemm(isa=host_isa()), "x86": lambda: X86(isa=host_isa()),
+               "qnnpack": Qnnpack, "onednn": Onednn}
+    if name not in engines:
+        raise TorchImportError(f"torch engine {name!r} is not supported; qjax models {sorted(engines)}")
+    return engines[name]()
+
+
+def layer_engine(engine, weight: QArray, groups: int, output_padding=()):
+    """Resolve per-layer dispatch (torch's x86 engine) at import, where the weights are concrete."""
+    if hasattr(engine, "dispatch"):
+        return engine.dispatch(np.asarray(weight.zero_point), groups, output_padding)
+    return engine
+
+
 @register_op("quantize")
 def _rt_quantize(cfg, p, x):
     return quantize(jnp.asarray(x, jnp.float32), p["scale"], p["zero_point"], cfg["dtype"])
@@ -131,6 +151,8 @@ def _rt_batch_norm(cfg, p, x):
 
 @register_op("binary")
 def _rt_binary(cfg, p, a, b):
+    if cfg.get("qnnpack") and cfg["kind"] == "add" and a.dtype.name == "quint8" and a.shape == b.shape:
+        return qq.add(a, b, cfg["scale"], cfg["zero_point"], relu=cfg["relu"], in_qparams=cfg["in_qparams"])
     fn = {"add": ew.add, "mul": ew.mul}[cfg["kind"]]
     return fn(a, b, p["scale"], p["zero_point"], relu=cfg["relu"], memory_format=cfg["layout"], threads=cfg["threads"],
               input_formats=cfg["input_formats"])
@@ -139,8 +161,9 @@ def _rt_binary(cfg, p, a, b):
 @register_op("scalar")
 def _rt_scalar(cfg, p, a):
     if cfg["kind"] == "add_scalar":
-        return ew.add_scalar(a, cfg["c"], relu=cfg["relu"], memory_format=cfg["layout"], threads=cfg["threads"])
-    return ew.mul_scalar(a, cfg["c"], relu=cfg["relu"])
+        return ew.add_scalar(a, cfg["c"], relu=cfg["relu"], memory_format=cfg["layout"], threads=cfg["threads"],
+                             in_qparams=cfg["in_qparams"][0])
+    return ew.mul_scalar(a, cfg["c"], relu=cfg["relu"], in_qparams=cfg["in_qparams"][0])
 
 
 @register_op("unary")
@@ -149,6 +172,19 @@ def _rt_unary(cfg, p, x):
     if not isinstance(x, QArray):
         return _float_unary(kind, cfg, x)
     mf, th = cfg.get("layout", CONTIGUOUS), cfg.get("threads", 1)
+    if cfg.get("qnnpack") and x.dtype.name == "quint8":
+        if kind in ("relu6", "hardtanh") and cfg.get("in_layout") == CHANNELS_LAST:
+            lo, hi = (0.0, 6.0) if kind == "relu6" else (cfg["min_val"], cfg["max_val"])
+            return qq.clamp_channels_last(x, lo, hi)
+        if kind == "hardswish":
+            scale, zp = (p["scale"], p["zero_point"]) if p else (x.scale, x.zero_point)
+            return qq.hardswish(x, scale, zp)
+        if kind == "hardsigmoid":
+            return qq.hardsigmoid(x)
+        if kind == "sigmoid" and cfg.get("scale") is None:
+            return qq.sigmoid(x, cfg["in_qparams"][0])
+        if kind == "tanh":
+            return qq.tanh(x, cfg["in_qparams"][0])
     if kind == "relu":
         return ew.relu(x)
     if kind == "relu6":
@@ -161,14 +197,16 @@ def _rt_unary(cfg, p, x):
     if kind == "hardsigmoid":
         return ew.hardsigmoid(x, memory_format=mf, threads=th)
     if kind == "sigmoid":
-        return ew.sigmoid(x, cfg.get("scale"), cfg.get("zero_point"), memory_format=mf, threads=th)
+        return ew.sigmoid(x, cfg.get("scale"), cfg.get("zero_point"), memory_format=mf, threads=th,
+                          in_qparams=cfg["in_qparams"][0])
     if kind == "tanh":
-        return ew.tanh(x, memory_format=mf, threads=th)
+        return ew.tanh(x, memory_format=mf, threads=th, in_qparams=cfg["in_qparams"][0])
     if kind == "leaky_relu":
         scale, zp = (p["scale"], p["zero_point"]) if p else (x.scale, x.zero_point)
         return ew.leaky_relu(x, cfg["slope"], scale, zp, threads=th)
     if kind == "elu":
-        return ew.elu(x, cfg["scale"], cfg["zero_point"], cfg["alpha"], memory_format=mf, threads=th)
+        return ew.elu(x, cfg["scale"], cfg["zero_point"], cfg["alpha"], memory_format=mf, threads=th,
+                      in_qparams=cfg["in_qparams"][0])
     if kind == "identity":
         return x
     raise TorchImportError(f"unknown unary op {kind}")
@@ -191,6 +229,17 @@ def _float_unary(kind, cfg, x):
 @register_op("pool")
 def _rt_pool(cfg, p, x):
     kind = cfg["kind"]
+    if cfg.get("qnnpack") and x.dtype.name == "quint8" and x.ndim == 4:
+        if kind == "avg" and not cfg["ceil_mode"]:
+            return qq.avg_pool2d(x, cfg["kernel"], cfg["stride"], cfg["padding"])
+        if kind == "adaptive":
+            osz = cfg["output_size"]
+            osz = (osz, osz) if isinstance(osz, int) else tuple(osz)
+            (h, w) = x.shape[2:]
+            oh, ow = (h if osz[0] is None else osz[0]), (w if osz[1] is None else osz[1])
+            if (h, w) != (oh, ow) and h % oh == 0 and w % ow == 0:
+                k = (h // oh, w // ow)
+                return qq.avg_pool2d(x, k, k, 0)
     if kind == "max":
         return max_pool(x, cfg["kernel"], cfg["stride"], cfg["padding"], cfg["dilation"], cfg["ceil_mode"],
                         memory_format=cfg["layout"])
@@ -357,6 +406,13 @@ class _Converter:
             return memory_format_of(t)
         return CONTIGUOUS
 
+    def qparams_of(self, arg):
+        """(scale, zero point) of a recorded quantized tensor, or None for float values."""
+        t = self.record.get(arg.name)
+        if t is None or not getattr(t, "is_quantized", False):
+            return None
+        return float(np.float32(t.q_scale())), int(t.q_zero_point())
+
     def in_scale(self, arg):
         """The (static) scale of a quantized input, from the example run."""
         t = self.record.get(arg.name)
@@ -400,6 +456,15 @@ class _Converter:
     def add(self, fxnode, op, args, static=None, params=None, source=""):
         static = dict(static or {})
         static.setdefault("node", fxnode.name)
+        if op in ("binary", "unary", "scalar"):
+            # the concrete input qparams, for kernels that derive tables / multipliers from them
+            static["in_qparams"] = tuple(self.qparams_of(a) for a in args[:2] if hasattr(a, "name"))
+        if op in ("binary", "unary", "pool") and getattr(self.engine, "name", "") == "qnnpack":
+            static["qnnpack"] = True
+            if op == "binary":  # q8vadd derives its fixed-point multipliers from concrete scales
+                static["scale"], static["zero_point"] = float(params["scale"]), int(params["zero_point"])
+            if op == "unary" and args and hasattr(args[0], "name"):
+                static["in_layout"] = self.fmt(args[0])
         self.nodes.append(Node(fxnode.name, op, tuple(self.spec(a) for a in args),
                                tuple(sorted(static.items())), source or str(fxnode.target)))
         if params:
@@ -461,7 +526,9 @@ class _Converter:
             if isinstance(pad, str):
                 raise TorchImportError(f"{src}: string padding {pad!r} is not supported")
             self.add(n, "conv", n.args, dict(stride=tuple(m.stride), padding=tuple(pad), dilation=tuple(m.dilation),
-                                             groups=m.groups, relu=relu, engine=self.engine), params, src)
+                                             groups=m.groups, relu=relu,
+                                             engine=layer_engine(self.engine, params["weight"], m.groups)),
+                     params, src)
         elif isinstance(m, (nnq.ConvTranspose1d, nnq.ConvTranspose2d, nnq.ConvTranspose3d)):
             params = dict(weight=qarray_from_torch(m.weight()), scale=jnp.float32(m.scale),
                           zero_point=jnp.int32(m.zero_point))
@@ -469,7 +536,9 @@ class _Converter:
                 params["bias"] = jnp.asarray(m.bias().detach().numpy(), jnp.float32)
             self.add(n, "conv_transpose", n.args,
                      dict(stride=tuple(m.stride), padding=tuple(m.padding), output_padding=tuple(m.output_padding),
-                          dilation=tuple(m.dilation), groups=m.groups, engine=self.engine), params, src)
+                          dilation=tuple(m.dilation), groups=m.groups,
+                          engine=layer_engine(self.engine, params["weight"], m.groups, tuple(m.output_padding))),
+                     params, src)
         elif isinstance(m, nnq.Linear) and not isinstance(m, torch.ao.nn.quantized.dynamic.Linear):
             relu = isinstance(m, nniq.LinearReLU)
             w, b = m._weight_bias()
@@ -773,12 +842,8 @@ def from_torch(model, example_input=None, *, engine=None, threads=None) -> QMode
     """
     torch = _torch()
     engine = engine or torch.backends.quantized.engine
-    from ..engines import resolve_engine
-
-    try:
-        resolve_engine(engine)
-    except ValueError as e:
-        raise TorchImportError(f"engine {engine!r} is not supported by qjax yet: {e}") from e
+    qengine = engine_for_torch(engine) if isinstance(engine, str) else engine
+    engine = engine if isinstance(engine, str) else qengine.name
     threads = int(threads if threads is not None else torch.get_num_threads())
     if isinstance(model, torch.jit.ScriptModule):
         from .torchscript import from_torchscript
@@ -800,7 +865,7 @@ def from_torch(model, example_input=None, *, engine=None, threads=None) -> QMode
             record = _record(gm, examples)
         finally:
             torch.backends.quantized.engine = previous
-    conv = _Converter(gm, engine, threads, record)
+    conv = _Converter(gm, qengine, threads, record)
     output = conv.convert()
     meta = dict(engine=engine, threads=threads, torch_version=torch.__version__, source=type(model).__name__)
     return QModel(conv.inputs, conv.nodes, output, conv.params, meta)

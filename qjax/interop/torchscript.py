@@ -21,7 +21,7 @@ from ..dtypes import as_qdtype
 from ..graph import Node, QModel, Ref, Static
 from ..qarray import QArray
 from ..qops.paths import CONTIGUOUS, STRIDED
-from .torch import TorchImportError, memory_format_of, qarray_from_torch
+from .torch import TorchImportError, engine_for_torch, layer_engine, memory_format_of, qarray_from_torch
 
 __all__ = ["from_torchscript", "load"]
 
@@ -78,6 +78,16 @@ class _TSConverter:
 
     def emit(self, node, op, args, static=None, params=None, layer=None):
         out = node.output()
+        static = dict(static or {})
+        if op in ("binary", "unary", "scalar"):
+            static["in_qparams"] = tuple(_qparams(self.tv(i)) for i in list(node.inputs())[:2]
+                                         if _qparams(self.tv(i)) is not None)
+        if op in ("binary", "unary", "pool") and getattr(self.engine, "name", "") == "qnnpack":
+            static["qnnpack"] = True
+            if op == "binary":
+                static["scale"], static["zero_point"] = float(params["scale"]), int(params["zero_point"])
+            if op == "unary":
+                static["in_layout"] = self.fmt(list(node.inputs())[0])
         if layer and out.unique() not in self.names and layer not in self.names.values():
             self.names[out.unique()] = layer
         name = self.name(out)
@@ -208,16 +218,17 @@ class _TSConverter:
             params = dict(weight=qarray_from_torch(w), scale=jnp.float32(vals[2]), zero_point=jnp.int32(vals[3]))
             if b is not None:
                 params["bias"] = jnp.asarray(b.detach().numpy(), jnp.float32)
+            opad = tuple(getattr(torch.ops.quantized, pref + "output_padding")(packed)) if transpose else ()
             static = dict(stride=tuple(geo["stride"]), padding=tuple(geo["padding"]),
-                          dilation=tuple(geo["dilation"]), groups=int(geo["groups"]), engine=self.engine)
+                          dilation=tuple(geo["dilation"]), groups=int(geo["groups"]),
+                          engine=layer_engine(self.engine, params["weight"], int(geo["groups"]), opad))
             if nd == "1":  # the packed 2-d geometry has a leading unit dimension
                 static = {k: (v[-1:] if isinstance(v, tuple) else v) for k, v in static.items()}
                 if params["weight"].ndim == 4:
                     w4 = params["weight"]
                     params["weight"] = QArray(w4.values[:, :, 0], w4.scale, w4.zero_point, w4.dtype, w4.axis)
             if transpose:
-                op = getattr(torch.ops.quantized, pref + "output_padding")(packed)
-                static["output_padding"] = tuple(op)
+                static["output_padding"] = opad[-1:] if nd == "1" else opad
                 name = self.emit(node, "conv_transpose", [self.spec(ins[0])], static, params,
                                  layer=_layer_name(ins[1]))
             else:
@@ -328,6 +339,13 @@ class _TSConverter:
         self.set(out, out_t, Ref(name))
 
 
+def _qparams(t):
+    torch = _torch()
+    if isinstance(t, torch.Tensor) and t.is_quantized:
+        return float(np.float32(t.q_scale())), int(t.q_zero_point())
+    return None
+
+
 def _layer_name(packed_value):
     """``self.layer1.conv1._packed_params`` -> ``layer1.conv1`` (the module path of a frozen weight)."""
     name = packed_value.debugName()
@@ -365,6 +383,8 @@ def from_torchscript(module, example_input, *, engine=None, threads=None) -> QMo
     """Import a TorchScript quantized model (see the module docstring); arguments as :func:`qjax.from_torch`."""
     torch = _torch()
     engine = engine or torch.backends.quantized.engine
+    qengine = engine_for_torch(engine) if isinstance(engine, str) else engine
+    engine = engine if isinstance(engine, str) else qengine.name
     threads = int(threads if threads is not None else torch.get_num_threads())
     examples = example_input if isinstance(example_input, tuple) else (example_input,)
     examples = tuple(torch.as_tensor(np.asarray(e)) if not isinstance(e, torch.Tensor) else e for e in examples)
@@ -374,7 +394,7 @@ def from_torchscript(module, example_input, *, engine=None, threads=None) -> QMo
         try:
             torch.backends.quantized.engine = engine
             frozen = torch.jit.freeze(module.eval()) if hasattr(module, "graph") else module
-            conv = _TSConverter(engine, threads)
+            conv = _TSConverter(qengine, threads)
             with torch.no_grad():
                 inputs, output = conv.convert(frozen.graph, examples)
         finally:

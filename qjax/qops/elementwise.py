@@ -189,13 +189,12 @@ def add_scalar_qparams(scale: float, zero_point: int, c: float, dtype):
     return s, z - c_q, c_q, False
 
 
-def add_scalar(a: QArray, c: float, *, relu=False, memory_format=CONTIGUOUS, threads=1) -> QArray:
+def add_scalar(a: QArray, c: float, *, relu=False, memory_format=CONTIGUOUS, threads=1, in_qparams=None) -> QArray:
     """``quantized::add_scalar``: the output qparams are derived from ``a``'s and ``c`` (no rounding
     of the data unless the zero point would leave the dtype's range, then it requantizes with
     ``m = fl32(fl32(s) * fl32(1/fl32(s')))``)."""
     _check_8bit(a, "a")
-    s = float(_concrete(a.scale, "a.scale"))
-    z = int(_concrete(a.zero_point, "a.zero_point"))
+    s, z = _input_qparams(a, in_qparams)
     so, zo, c_q, requant = add_scalar_qparams(s, z, float(c), a.dtype)
     if not requant:
         v = a.values.astype(jnp.int32)
@@ -209,11 +208,10 @@ def add_scalar(a: QArray, c: float, *, relu=False, memory_format=CONTIGUOUS, thr
     return _wrap(a, jnp.maximum(out, zo) if relu else out, so, zo)
 
 
-def mul_scalar(a: QArray, c: float, *, relu=False) -> QArray:
+def mul_scalar(a: QArray, c: float, *, relu=False, in_qparams=None) -> QArray:
     """``quantized::mul_scalar``: no data rounding — positive ``c`` rescales, 0 zeroes, negative mirrors."""
     _check_8bit(a, "a")
-    s = float(_concrete(a.scale, "a.scale"))
-    z = int(_concrete(a.zero_point, "a.zero_point"))
+    s, z = _input_qparams(a, in_qparams)
     c = float(c)
     v = a.values.astype(jnp.int32)
     if c > 0:
@@ -340,7 +338,15 @@ def _sigmoid_tables(si, zi, so, zo, dtype):
     return lut_v, lut_s
 
 
-def sigmoid(a: QArray, scale=None, zero_point=None, *, memory_format=CONTIGUOUS, threads=1) -> QArray:
+def _input_qparams(a, in_qparams):
+    """Concrete input (scale, zero point): ``in_qparams`` when given (a traced ``a`` inside jit), else ``a``'s."""
+    if in_qparams is not None:
+        return float(in_qparams[0]), int(in_qparams[1])
+    return float(_concrete(a.scale, "a.scale (pass in_qparams= inside jit)")), int(
+        _concrete(a.zero_point, "a.zero_point (pass in_qparams= inside jit)"))
+
+
+def sigmoid(a: QArray, scale=None, zero_point=None, *, memory_format=CONTIGUOUS, threads=1, in_qparams=None) -> QArray:
     """``torch.sigmoid`` (fixed qparams) or ``quantized::sigmoid(x, scale, zero_point)``.
 
     vector: ``x = fl32(fl32(q - zi) * si)``; ``y = fl32(1 / fl32(1 + sleef_expf(-x)))``; quantize_vec.
@@ -351,7 +357,7 @@ def sigmoid(a: QArray, scale=None, zero_point=None, *, memory_format=CONTIGUOUS,
     if scale is None:
         scale, zero_point = FIXED_QPARAMS[("sigmoid", a.dtype.name)]
     _check_out(a, scale, zero_point)
-    si, zi = float(_concrete(a.scale, "a.scale")), int(_concrete(a.zero_point, "a.zero_point"))
+    si, zi = _input_qparams(a, in_qparams)
     tables = _sigmoid_tables(np.float32(si).item(), zi, np.float32(scale).item(), int(zero_point), a.dtype)
     return _table_op(a, tables, scale, zero_point, memory_format, threads)
 
@@ -368,11 +374,11 @@ def _tanh_tables(si, zi, so, zo, dtype):
     return lut_v, lut_s
 
 
-def tanh(a: QArray, *, memory_format=CONTIGUOUS, threads=1) -> QArray:
+def tanh(a: QArray, *, memory_format=CONTIGUOUS, threads=1, in_qparams=None) -> QArray:
     """``torch.tanh`` on a quantized tensor: SLEEF ``tanhf`` (vector) / libm ``tanhf`` (scalar), fixed qparams."""
     _check_8bit(a, "a")
     so, zo = FIXED_QPARAMS[("tanh", a.dtype.name)]
-    si, zi = float(_concrete(a.scale, "a.scale")), int(_concrete(a.zero_point, "a.zero_point"))
+    si, zi = _input_qparams(a, in_qparams)
     tables = _tanh_tables(np.float32(si).item(), zi, np.float32(so).item(), zo, a.dtype)
     return _table_op(a, tables, so, zo, memory_format, threads)
 
@@ -392,11 +398,11 @@ def _elu_tables(si, zi, so, zo, alpha, dtype):
     return lut_v, lut_s
 
 
-def elu(a: QArray, scale, zero_point, alpha=1.0, *, memory_format=CONTIGUOUS, threads=1) -> QArray:
+def elu(a: QArray, scale, zero_point, alpha=1.0, *, memory_format=CONTIGUOUS, threads=1, in_qparams=None) -> QArray:
     """``quantized::elu``: ``y = x > 0 ? x : fl32(expm1(x) * alpha)`` (SLEEF vector, libm scalar)."""
     _check_8bit(a, "a")
     _check_out(a, scale, zero_point)
-    si, zi = float(_concrete(a.scale, "a.scale")), int(_concrete(a.zero_point, "a.zero_point"))
+    si, zi = _input_qparams(a, in_qparams)
     tables = _elu_tables(np.float32(si).item(), zi, np.float32(scale).item(), int(zero_point), float(alpha), a.dtype)
     return _table_op(a, tables, scale, zero_point, memory_format, threads)
 

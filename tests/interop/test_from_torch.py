@@ -14,8 +14,8 @@ from .. import models
 pytestmark = pytest.mark.torch
 
 
-def compare(model, x, n_inputs=3, seed=1):
-    torch.backends.quantized.engine = "fbgemm"
+def compare(model, x, n_inputs=3, seed=1, engine="fbgemm"):
+    torch.backends.quantized.engine = engine
     qm = qjax.from_torch(model, x)
     gen = torch.Generator().manual_seed(seed)
     total = bad = 0
@@ -37,6 +37,18 @@ def test_model_is_bit_exact(name):
     model, x = models.BUILDERS[name]()
     bad, total, qm = compare(model, x)
     assert bad == 0, f"{name}: {bad} mismatching outputs of {total}"
+
+
+@pytest.mark.parametrize("engine", ["x86", "onednn", "qnnpack"])
+@pytest.mark.parametrize("name", ["resnet_basic_block", "mobilenet_v3_block", "shufflenet_unit", "conv1d_net"])
+def test_model_is_bit_exact_on_other_engines(name, engine):
+    model, x = models.BUILDERS[name](engine=engine)
+    try:
+        bad, total, qm = compare(model, x, engine=engine)
+    finally:
+        torch.backends.quantized.engine = "fbgemm"
+    assert qm.info["engine"] == engine
+    assert bad == 0, f"{name} on {engine}: {bad} mismatching outputs of {total}"
 
 
 def test_fx_converted_model_is_bit_exact():
