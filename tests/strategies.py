@@ -14,20 +14,22 @@ CONV_KINDS = ("generic", "grouped", "depthwise_fast", "depthwise_other", "gconv"
 
 def _qparams(rng, case, per_channel, wzp, full_range, has_bias, relu):
     o = case["out_channels"]
-    sx = float(np.exp(rng.uniform(-6, 0)))
+    # float32-valued scales, as torch's observers produce them (onednn derives factors from the double)
+    f32 = lambda v: np.asarray(v, np.float32).astype(np.float64)  # noqa: E731
+    sx = float(f32(np.exp(rng.uniform(-6, 0))))
     zx = int(rng.integers(0, 256 if full_range else 128))
     xmax = 255 if full_range else 127
     case["x"] = rng.integers(0, xmax + 1, size=case["x_shape"]).astype(np.uint8)
     case["w"] = rng.integers(-128, 128, size=case["w_shape"]).astype(np.int8)
     if per_channel:
-        sw = np.exp(rng.uniform(-8, -2, size=o))
+        sw = f32(np.exp(rng.uniform(-8, -2, size=o)))
         zw = rng.integers(-20, 21, size=o) if wzp else np.zeros(o, np.int64)
     else:
-        sw = float(np.exp(rng.uniform(-8, -2)))
+        sw = float(f32(np.exp(rng.uniform(-8, -2))))
         zw = int(rng.integers(-20, 21)) if wzp else 0
     taps = int(np.prod(case["w_shape"][1:]))
     sw_mean = float(np.mean(sw))
-    sy = float(sx * sw_mean * np.sqrt(taps) * 60 * np.exp(rng.uniform(-1.5, 1.5)))
+    sy = float(f32(sx * sw_mean * np.sqrt(taps) * 60 * np.exp(rng.uniform(-1.5, 1.5))))
     case.update(
         sx=sx, zx=zx, sw=sw, zw=zw, per_channel=per_channel, sy=sy, zy=int(rng.integers(0, 256)), relu=relu,
         bias=(rng.normal(0, 1, size=o) * sx * sw_mean * np.sqrt(taps) * 100).astype(np.float32) if has_bias else None,

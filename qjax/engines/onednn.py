@@ -78,6 +78,9 @@ class Onednn:
         if w_per_channel:
             raise QuantizationError("onednn does not support per-channel weights for transposed convolution "
                                     "(torch raises)")
+        if any(geometry.output_padding):
+            raise QuantizationError("onednn only supports zero output_padding for transposed convolution "
+                                    "(torch raises)")
         if self.torch_bugs:
             w = onednn_scrambled_transpose_weight(w, geometry.groups)
         acc = conv_transpose_accumulate(x, x_zero_point, w, 0, strides=geometry.strides, padding=geometry.padding,
