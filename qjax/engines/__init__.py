@@ -13,12 +13,14 @@ from .base import ConvGeometry, ConvTransposeGeometry, Engine, register_engine, 
 from .fbgemm import Fbgemm
 from .onednn import Onednn
 from .qnnpack import Qnnpack
+from .reference import Reference
 from .x86 import X86
 
-__all__ = ["Engine", "ConvGeometry", "ConvTransposeGeometry", "Fbgemm", "Onednn", "Qnnpack", "X86",
+__all__ = ["Engine", "ConvGeometry", "ConvTransposeGeometry", "Fbgemm", "Onednn", "Qnnpack", "Reference", "X86",
            "register_engine", "resolve_engine"]
 
 register_engine("fbgemm", Fbgemm)
 register_engine("qnnpack", Qnnpack)
 register_engine("onednn", Onednn)
 register_engine("x86", X86)
+register_engine("reference", Reference)
