@@ -1,4 +1,4 @@
-"""The ``qjax`` command line: ``qjax explain ...``."""
+"""The ``qjax`` command line: ``qjax explain``, ``qjax verify``, ``qjax hardware``."""
 
 from __future__ import annotations
 
@@ -106,6 +106,57 @@ def _verify(args) -> int:
     return 0 if report.mismatches == 0 else 1
 
 
+def _hardware(args) -> int:
+    _quiet_torch()
+    import json
+
+    import numpy as np
+
+    from . import hardware
+
+    if args.example == "seed":
+        from .examples import seed
+
+        rows, total = seed.hardware_rows(seed=args.seed)
+        print("The forum thread's 1x1 conv (input integer 24; torch says 30, the hand formula 31) under each spec;")
+        print(f"'differ' counts the layer's {total} outputs that differ from fbgemm.")
+        print(f"{'spec':16s} {'output':>6s} {'differ':>6s}  arithmetic")
+        for name, out, differ, desc in rows:
+            print(f"{name:16s} {out:6d} {differ:6d}  {desc}")
+        return 0
+    if not args.model:
+        raise SystemExit("qjax hardware: give MODEL (TorchScript file or module:function) or --example seed")
+    from .interop.torch import from_torch
+    from .verify import load_inputs, load_torch_model
+
+    model, example = load_torch_model(args.model)
+    if args.inputs:
+        x = load_inputs(args.inputs)
+    else:
+        if args.shape:
+            shape = _parse_index(args.shape)
+        elif example is not None:
+            shape = tuple(np.shape(example)[1:])
+        else:
+            raise SystemExit("qjax hardware: give --shape C,H,W or --inputs FILE")
+        x = np.random.default_rng(args.seed).standard_normal((args.n,) + shape).astype(np.float32)
+    labels = np.load(args.labels, allow_pickle=False) if args.labels else None
+    qm = from_torch(model, x[: min(len(x), args.batch_size)], engine=args.engine)
+    spec = hardware.get_spec(args.spec)
+    hw = hardware.convert(qm, x[: min(len(x), args.batch_size)], spec)
+    report = hardware.deviation(qm, hw, x, labels=labels, batch_size=args.batch_size)
+    if args.export:
+        hardware.export(hw, args.export)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        print(spec.describe())
+        print(report)
+        if args.export:
+            print(f"integer parameters written to {args.export}/layers.json and params.npz")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="qjax", description="bit-exact quantized integer arithmetic in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +184,24 @@ def main(argv=None) -> int:
     v.add_argument("--no-shard", action="store_true", help="do not shard batches over all JAX devices")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.set_defaults(func=_verify)
+
+    h = sub.add_parser("hardware", help="run a model under integer-only hardware arithmetic; per-layer deviation table")
+    h.add_argument("model", nargs="?", help="a TorchScript file or a factory module:function "
+                                            "(e.g. qjax.examples.resnet:model)")
+    h.add_argument("--example", choices=["seed"], help="the forum thread's layer under every preset spec")
+    h.add_argument("--spec", default="gemmlowp",
+                   help="preset (gemmlowp, tflite_single, dyadic16, dyadic8, fbgemm_fixed, int24acc) with optional "
+                        "options, e.g. 'gemmlowp:bits=16,acc=24,overflow=saturate'")
+    h.add_argument("--n", type=int, default=64, help="number of random inputs (default 64)")
+    h.add_argument("--batch-size", type=int, default=32)
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--shape", help="per-sample input shape, e.g. 3,64,64 (default: the factory's example)")
+    h.add_argument("--inputs", help=".npy/.npz file of inputs (overrides --n)")
+    h.add_argument("--labels", help=".npy file of integer labels, one per input: adds end-task accuracy")
+    h.add_argument("--engine", default=None)
+    h.add_argument("--export", help="directory to write layers.json + params.npz (the derived integer parameters)")
+    h.add_argument("--json", action="store_true", help="print the report as JSON")
+    h.set_defaults(func=_hardware)
     args = parser.parse_args(argv)
     from .checks import QuantizationError
 

@@ -155,6 +155,15 @@ class QModel:
         obj.params = dict(zip(keys, children))
         return obj
 
+    def with_params(self, params) -> "QModel":
+        """The same graph with ``params`` (same keys as ``self.params``)."""
+        if set(params) != set(self.params):
+            raise KeyError(f"params must have the keys {sorted(self.params)}, got {sorted(params)}")
+        obj = object.__new__(QModel)
+        obj.inputs, obj.nodes, obj.output, obj.meta = self.inputs, self.nodes, self.output, self.meta
+        obj.params = dict(params)
+        return obj
+
     # running ----------------------------------------------------------------------------
     def apply(self, params, *inputs, capture=False):
         """Run the graph with ``params`` (same structure as ``self.params``) on ``inputs``.

@@ -78,3 +78,30 @@ def run(seed: int = 0, input_value: int = 24):
     mism = int((np.asarray(full.values) != out_t.int_repr().numpy()).sum())
     del torch
     return e, mism, out_t.int_repr().numpy().size
+
+
+def hardware_rows(seed: int = 0, input_value: int = 24, specs=None):
+    """The thread's layer under each hardware spec: ``[(spec, output at the traced input, layer outputs != fbgemm,
+    description)]`` plus a first row for fbgemm itself (torch's answer)."""
+    from qjax import hardware
+    from qjax.interop.torch import from_torch
+
+    net, x = build(seed)
+    xv = x.numpy()
+    qm = from_torch(net, xv)
+    _, env = qm.capture(xv)
+    conv = next(n.name for n in qm.nodes if n.op == "conv")
+    xin = np.asarray(env[qm.node(conv).args[0].name].values)
+    hits = np.argwhere(xin == input_value)
+    if hits.size == 0:
+        raise ValueError(f"no input element quantizes to {input_value}")
+    idx = tuple(int(i) for i in hits[0])
+    ref = np.asarray(env[conv].values)
+    rows = [("fbgemm (torch)", int(ref[idx]), 0, "float32 multiplier, unrounded float bias, round half to even")]
+    for name in specs or hardware.PRESETS:
+        spec = hardware.get_spec(name)
+        hwm = hardware.convert(qm, xv, spec)
+        _, henv = hwm.capture(xv, names=(conv,))
+        out = np.asarray(henv[conv].values)
+        rows.append((name, int(out[idx]), int((out != ref).sum()), spec.describe().split(": ", 1)[1]))
+    return rows, ref.size

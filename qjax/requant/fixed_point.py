@@ -3,7 +3,7 @@
 A real multiplier ``M = sx*sw/sy`` is replaced offline by an integer ``M0`` and a shift:
 ``(q, shift) = frexp(M)`` with ``q`` in [0.5, 1), ``M0 = round_half_away(q * 2**31)`` (``M0 == 2**31``
 becomes ``2**30`` with ``shift + 1``).  With ``bits < 31`` the multiplier keeps only its top
-``bits`` bits (``M0`` rounded to a multiple of ``2**(31 - bits)``).  Then, all in integers:
+``bits`` bits (``M0`` a multiple of ``2**(31 - bits)``, rounded once from ``q``).  Then, all in integers:
 
 * ``gemmlowp`` (TFLite's default "double rounding"; gemmlowp ``fixedpoint.h``):
   ``RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x * 2**max(shift,0), M0), max(-shift,0))``
@@ -56,11 +56,8 @@ def quantize_multiplier(m, bits: int = 31, style: str = "gemmlowp"):
         m0 = np.where(carry, m0 // 2, m0)
         e = e + carry
         return m0, (bits - e).astype(np.int64)
-    m0 = np.sign(q) * np.floor(np.abs(q) * 2.0**31 + 0.5)  # round half away from zero (TFLite)
-    m0 = m0.astype(np.int64)
-    if bits < 31:
-        step = 2 ** (31 - bits)
-        m0 = (np.floor(m0 / step + 0.5) * step).astype(np.int64)
+    # round once, to `bits` bits, half away from zero (TFLite's std::round); q * 2**bits is exact
+    m0 = (np.floor(q * 2.0**bits + 0.5) * 2.0 ** (31 - bits)).astype(np.int64)
     carry = m0 >= 2**31
     m0 = np.where(carry, 2**30, m0)
     return m0, (e + carry).astype(np.int64)
