@@ -32,7 +32,7 @@ from ..requant.fixed_point import quantize_multiplier
 from . import integer_ops as iops
 from .spec import HardwareSpec, get_spec
 
-__all__ = ["convert", "derive_multiplier", "round_offline", "layer_params", "layer_table", "with_key",
+__all__ = ["convert", "derive_layer", "derive_multiplier", "round_offline", "layer_params", "layer_table", "with_key",
            "HARDWARE_OPS"]
 
 HARDWARE_OPS = ("hw_quantize", "hw_conv", "hw_linear", "hw_add")
@@ -104,23 +104,33 @@ def _layer_rng(key, index):
     return np.random.default_rng([int(v) for v in data])
 
 
+def derive_layer(x_scale, w_scale, out_scale, bias, out_channels: int, spec: HardwareSpec, where: str = "",
+                 rng: np.random.Generator | None = None):
+    """The integer parameters of one conv/linear layer (numpy, float64 of the float32 scales).
+
+    Returns ``(bias_q or None, m0, shift, lost)`` with ``bias_q``, ``m0``, ``shift`` int32 ``(O,)``:
+    ``bias_q = round(b / (sx*sw))`` (``spec.bias_rounding``; the float64 product of two float32
+    values is exact) and ``(m0, shift)`` from :func:`derive_multiplier` of ``M = sx*sw/sy``.
+    """
+    sx, sw, sy = _f64(x_scale), _f64(w_scale), _f64(out_scale)
+    atw = np.broadcast_to(sx * sw, (out_channels,))
+    m0, shift, lost = derive_multiplier(atw / sy, spec, where)
+    bq = None
+    if bias is not None:
+        bq = round_offline(_f64(bias) / atw, spec.bias_rounding, rng)
+        if np.any(np.abs(bq) >= 2**31):
+            raise QuantizationError(f"{where}: bias / (sx*sw) reaches {np.abs(bq).max():.4g}, beyond int32")
+        bq = bq.astype(np.int32)
+    return bq, m0, shift, lost
+
+
 def _derive_weighted(name, p, xq: QArray, spec, rng):
     w = p["weight"]
-    sx, sw, sy = _f64(xq.scale), _f64(w.scale), _f64(p["scale"])
-    atw = sx * sw  # torch's bias scale (exact in float64: a product of two float32)
     out_ch = w.shape[0]
-    m0, shift, lost = derive_multiplier(np.broadcast_to(atw / sy, (out_ch,)), spec, name)
-    new = dict(weight=w, scale=p["scale"], zero_point=p["zero_point"],
-               m0=jnp.asarray(m0), shift=jnp.asarray(shift))
-    info = dict(lost_shift_bits=lost, multiplier=np.broadcast_to(atw / sy, (out_ch,)))
-    if p.get("bias") is not None:
-        bq = round_offline(_f64(p["bias"]) / np.broadcast_to(atw, (out_ch,)), spec.bias_rounding, rng)
-        if np.any(np.abs(bq) >= 2**31):
-            raise QuantizationError(f"{name}: bias / (sx*sw) reaches {np.abs(bq).max():.4g}, beyond int32")
-        new["bias_q"] = jnp.asarray(bq.astype(np.int32))
-    else:
-        new["bias_q"] = None
-    return new, info
+    bq, m0, shift, lost = derive_layer(xq.scale, w.scale, p["scale"], p.get("bias"), out_ch, spec, name, rng)
+    new = dict(weight=w, scale=p["scale"], zero_point=p["zero_point"], m0=jnp.asarray(m0), shift=jnp.asarray(shift),
+               bias_q=None if bq is None else jnp.asarray(bq))
+    return new, dict(lost_shift_bits=lost)
 
 
 def _derive_add(name, p, a: QArray, b: QArray, spec):

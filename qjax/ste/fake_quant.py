@@ -1,0 +1,104 @@
+"""Fake quantization whose forward pass *is* the integer quantization, with a chosen gradient estimator.
+
+``fake_quantize(x, s, z, dtype)`` returns ``dequantize(quantize(x, s, round(z), dtype))`` computed by
+:func:`qjax.quantize` / :func:`qjax.dequantize` (torch's exact float32 rules, bit for bit) — or, with
+``rounding=mode``, by the integer-only hardware input rule ``clamp(round_mode(x / s) + z)`` of
+:mod:`qjax.hardware` — and differentiates through the estimator of :mod:`qjax.ste.estimators`.
+``s`` and ``z`` are float arrays (``z`` is rounded half to even and clamped into the dtype's range
+in the forward pass, as torch's learnable fake-quant does), scalar or per channel along ``axis``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from ..dtypes import QDType, as_qdtype
+from ..float32 import div_rn
+from ..quantize import _channel_shape, _dequantize_values, _quantize_values
+from ..rounding import round_float
+from .estimators import Estimator, get_estimator
+
+__all__ = ["fake_quantize", "FakeQuantConfig", "integer_zero_point"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeQuantConfig:
+    dtype: QDType
+    axis: int | None
+    estimator: Estimator
+    rounding: str | None = None
+
+
+def integer_zero_point(z, dtype: QDType):
+    """The forward pass's zero point: ``clamp(rne(z), qmin, qmax)`` as int32."""
+    return jnp.clip(jnp.round(jnp.asarray(z, jnp.float32)), dtype.qmin, dtype.qmax).astype(jnp.int32)
+
+
+def _forward(cfg: FakeQuantConfig, x, s, z, key):
+    zi = integer_zero_point(z, cfg.dtype)
+    if cfg.rounding is None:
+        q = _quantize_values(x, s, zi, cfg.dtype, cfg.axis)
+    else:
+        shp = () if cfg.axis is None else _channel_shape(x.ndim, cfg.axis)
+        r = round_float(div_rn(x, s.reshape(shp)), cfg.rounding, key)
+        q = jnp.clip(jnp.clip(r, -1e6, 1e6).astype(jnp.int32) + zi.reshape(shp), cfg.dtype.qmin, cfg.dtype.qmax)
+    return _dequantize_values(q, s, zi, cfg.axis)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fake_quant(cfg, x, s, z, key):
+    return _forward(cfg, x, s, z, key)
+
+
+def _fq_fwd(cfg, x, s, z, key):
+    y = _forward(cfg, x, s, z, key)
+    return y, (x, y, s, z, key)
+
+
+def _fq_bwd(cfg, res, g):
+    x, y, s, z, key = res
+    shp = () if cfg.axis is None else _channel_shape(x.ndim, cfg.axis)
+    sb, zb = s.reshape(shp), integer_zero_point(z, cfg.dtype).astype(jnp.float32).reshape(shp)
+    factor = cfg.estimator.factor(x.size, cfg.dtype.qmax)
+    dx, ds, dz = cfg.estimator.grads(g, x, y, sb, zb, cfg.dtype.qmin, cfg.dtype.qmax, factor)
+    if cfg.axis is None:
+        ds, dz = jnp.sum(ds), jnp.sum(dz)
+    else:
+        other = tuple(i for i in range(x.ndim) if i != cfg.axis)
+        ds, dz = jnp.sum(ds, axis=other), jnp.sum(dz, axis=other)
+    kz = None if key is None else jnp.zeros(key.shape, jax.dtypes.float0)
+    return dx, ds.reshape(s.shape), dz.reshape(z.shape), kz
+
+
+_fake_quant.defvjp(_fq_fwd, _fq_bwd)
+
+
+def fake_quantize(x, scale, zero_point, dtype="quint8", axis=None, estimator="lsq", rounding=None, key=None):
+    """Quantize-dequantize ``x`` exactly as the integer path, differentiable through ``estimator``.
+
+    Args:
+      x: float array.
+      scale: float32 scalar or ``(x.shape[axis],)``; learnable with ``LSQ``/``LSQPlus``.
+      zero_point: float scalar or vector (rounded in the forward pass); learnable with ``LSQPlus``.
+      dtype: ``quint8``, ``qint8`` or ``qint32``.
+      axis: channel axis for per-channel quantization.
+      estimator: an :class:`~qjax.ste.estimators.Estimator` or ``"ste"``, ``"clipped"``, ``"lsq"``,
+        ``"lsq_plus"``.
+      rounding: ``None`` for torch's quantize rule, or a :mod:`qjax.rounding` mode for the
+        integer-only hardware rule (``"stochastic"`` needs ``key``).
+
+    Returns:
+      float32 array like ``x``: the dequantized integers.
+    """
+    dtype = as_qdtype(dtype)
+    x = jnp.asarray(x, jnp.float32)
+    if axis is not None:
+        axis = axis % x.ndim
+    cfg = FakeQuantConfig(dtype, axis, get_estimator(estimator), rounding)
+    if rounding == "stochastic" and key is None:
+        raise ValueError("rounding='stochastic' needs a PRNG key")
+    return _fake_quant(cfg, x, jnp.asarray(scale, jnp.float32), jnp.asarray(zero_point, jnp.float32), key)
