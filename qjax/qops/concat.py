@@ -15,6 +15,9 @@ Two kernels (``qconcat.cpp``):
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -48,31 +51,37 @@ def cat(xs, scale=None, zero_point=None, *, dim=0, relu=False, channels_last=Fal
     nd = xs[0].ndim
     dim = dim % nd
     so, zo = as_f32(scale), as_i32(zero_point)
-    qmin, qmax = dt.qmin, dt.qmax
-    if channels_last and dim == 1 and nd == 4:
+    nhwc = bool(channels_last and dim == 1 and nd == 4)
+    same = tuple(
+        bool(_concrete_pair(x, so, zo) and np.float32(np.asarray(x.scale)) == np.float32(np.asarray(so))
+             and int(np.asarray(x.zero_point)) == int(np.asarray(zo)))
+        for x in xs)
+    values = _cat_values(tuple(x.values for x in xs), tuple(x.scale for x in xs), tuple(x.zero_point for x in xs),
+                         so, zo, dim=dim, relu=bool(relu), nhwc=nhwc, same=same, qmin=dt.qmin, qmax=dt.qmax)
+    return QArray(values.astype(dt.storage), so, zo, dt, None, check=False)
+
+
+@functools.partial(jax.jit, static_argnames=("dim", "relu", "nhwc", "same", "qmin", "qmax"))
+def _cat_values(values, scales, zero_points, so, zo, *, dim, relu, nhwc, same, qmin, qmax):
+    if nhwc:
         inv = f32x.div_rn(1.0, so)
         parts = []
-        for x in xs:
-            same = (np.float32(np.asarray(x.scale)) == np.float32(np.asarray(so))
-                    and int(np.asarray(x.zero_point)) == int(np.asarray(zo))) if _concrete_pair(x, so, zo) else False
-            if same and not relu:
-                parts.append(x.values.astype(jnp.int32))
+        for v, sx, zx, is_same in zip(values, scales, zero_points, same):
+            if is_same and not relu:
+                parts.append(v.astype(jnp.int32))
                 continue
-            dv = dequantize_vec(x.values, x.scale, x.zero_point)
-            ds = dequantize_scalar(x.values, x.scale, x.zero_point)
+            dv = dequantize_vec(v, sx, zx)
+            ds = dequantize_scalar(v, sx, zx)
             if relu:
                 dv, ds = jnp.maximum(dv, 0.0), jnp.maximum(ds, 0.0)
-            c8 = x.shape[1] // 8 * 8
+            c8 = v.shape[1] // 8 * 8
             vec = quantize_vec(dv, inv, zo, qmin, qmax)
             sca = quantize_scalar(ds, inv, zo, qmin, qmax)
             parts.append(jnp.concatenate([vec[:, :c8], sca[:, c8:]], axis=1) if c8 else sca)
-        values = jnp.concatenate(parts, axis=1)
-    else:
-        y = jnp.concatenate([dequantize_scalar(x.values, x.scale, x.zero_point) for x in xs], axis=dim)
-        values = quantize_fused(y, f32x.div_rn(1.0, so), zo, qmin, qmax, jnp.int32)
-        if relu:
-            values = jnp.maximum(values, zo)
-    return QArray(values.astype(dt.storage), so, zo, dt, None, check=False)
+        return jnp.concatenate(parts, axis=1)
+    y = jnp.concatenate([dequantize_scalar(v, sx, zx) for v, sx, zx in zip(values, scales, zero_points)], axis=dim)
+    out = quantize_fused(y, f32x.div_rn(1.0, so), zo, qmin, qmax, jnp.int32)
+    return jnp.maximum(out, zo) if relu else out
 
 
 def _concrete_pair(x, so, zo):

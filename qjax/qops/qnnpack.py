@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -134,19 +135,23 @@ def avg_pool2d(x: QArray, kernel_size, stride=None, padding=0) -> QArray:
     ph, pw = (padding, padding) if isinstance(padding, int) else tuple(padding)
     if kh * kw == 1:
         raise QuantizationError("qnnpack rejects 1x1 pooling (torch: '1x1 pooling is meaningless')")
-    n, c, h, w = x.shape
-    zp = x.zero_point
-    xp = jnp.pad(x.values.astype(jnp.int32), ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=zp)
+    v = _avg_pool2d_values(x.values, x.scale, x.zero_point, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw)
+    return QArray(v, x.scale, x.zero_point, quint8, None, check=False)
+
+
+@functools.partial(jax.jit, static_argnames=("kh", "kw", "sh", "sw", "ph", "pw"))
+def _avg_pool2d_values(values, s, zp, *, kh, kw, sh, sw, ph, pw):
+    n, c, h, w = values.shape
+    xp = jnp.pad(values.astype(jnp.int32), ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=zp)
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     acc = 0
     for i in range(kh):
         for j in range(kw):
             acc = acc + xp[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
     acc = acc - zp * (kh * kw)
-    s = x.scale
     m = f32x.div_rn(s, f32x.mul_rn(s, np.float32(kh * kw)))
     v = jnp.round(f32x.mul_rn(acc.astype(jnp.float32), m)).astype(jnp.int32) + zp
-    return QArray(jnp.clip(v, 0, 255).astype(np.uint8), x.scale, x.zero_point, quint8, None, check=False)
+    return jnp.clip(v, 0, 255).astype(np.uint8)
 
 
 def clamp_channels_last(x: QArray, lo: float, hi: float) -> QArray:

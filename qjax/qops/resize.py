@@ -18,6 +18,9 @@ the kernels' scale is ``fl32(1.0 / scale_factor)`` when a scale factor is passed
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -112,14 +115,22 @@ def interpolate(x: QArray, size=None, scale_factor=None, mode="nearest", align_c
     ac = bool(align_corners)
     h1, h1p, h0l, h1l = _bilinear_params(isz[0], osz[0], ac, scales[0], nhwc)
     w1, w1p, w0l, w1l = _bilinear_params(isz[1], osz[1], ac, scales[1], nhwc)
-    q = x.values.astype(jnp.float32)
+    v = _bilinear_values(x.values, x.zero_point, *(jnp.asarray(a) for a in (h1, h1p, h0l, h1l, w1, w1p, w0l, w1l)),
+                         nhwc=bool(nhwc))
+    v = jnp.clip(v, x.dtype.qmin, x.dtype.qmax).astype(x.dtype.storage)
+    return QArray(_scrambled(v, x.shape, memory_format), x.scale, x.zero_point, x.dtype, None, check=False)
+
+
+@functools.partial(jax.jit, static_argnames=("nhwc",))
+def _bilinear_values(values, zero_point, h1, h1p, h0l, h1l, w1, w1p, w0l, w1l, *, nhwc):
+    q = values.astype(jnp.float32)
     H1, H1P = jnp.asarray(h1)[:, None], jnp.asarray(h1 + h1p)[:, None]
     W1, W1P = jnp.asarray(w1)[None, :], jnp.asarray(w1 + w1p)[None, :]
     p00, p01 = q[:, :, H1, W1], q[:, :, H1, W1P]
     p10, p11 = q[:, :, H1P, W1], q[:, :, H1P, W1P]
     h0, h1w = jnp.asarray(h0l)[:, None], jnp.asarray(h1l)[:, None]
     w0, w1w = jnp.asarray(w0l)[None, :], jnp.asarray(w1l)[None, :]
-    zp = x.zero_point.astype(jnp.float32)
+    zp = zero_point.astype(jnp.float32)
     mul = f32x.mul_rn
     if not nhwc:
         A = mul(w0, p00) + mul(w1w, p01)
@@ -137,7 +148,6 @@ def interpolate(x: QArray, size=None, scale_factor=None, mode="nearest", align_c
         Bt = f32x.fma(w0, p10, mul(w1w, p11))
         Rt = lax.optimization_barrier(f32x.fma(h0, At, mul(h1w, Bt)) - zp)
         tail = jnp.round(Rt + zp)
-        c8 = x.shape[1] // 8 * 8
+        c8 = values.shape[1] // 8 * 8
         v = jnp.concatenate([vec[:, :c8], tail[:, c8:]], axis=1) if c8 else tail
-    v = jnp.clip(v, x.dtype.qmin, x.dtype.qmax).astype(x.dtype.storage)
-    return QArray(_scrambled(v, x.shape, memory_format), x.scale, x.zero_point, x.dtype, None, check=False)
+    return v

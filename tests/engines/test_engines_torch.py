@@ -48,7 +48,7 @@ def uses_onednn(engine, case):
 
 
 @pytest.mark.parametrize("engine", sorted(ENGINES))
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(case=conv_cases())
 def test_conv_matches_torch_engine(engine, case):
     if engine == "onednn":

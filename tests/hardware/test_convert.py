@@ -94,9 +94,9 @@ def test_deviation_report_counts(block):
 
 
 def test_deviation_with_labels():
-    from tests.models import resnet_tiny
+    from qjax.examples.resnet import model as resnet
 
-    model, x = resnet_tiny()
+    model, x = resnet(size=32)
     qm = from_torch(model, x)
     xs = np.random.default_rng(1).standard_normal((8,) + tuple(x.shape[1:])).astype(np.float32)
     labels = np.arange(8) % 10

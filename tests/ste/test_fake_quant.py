@@ -102,15 +102,22 @@ def test_lsq_gradients_match_torch_learnable_fake_quantize(per_channel):
         z = np.asarray([3.0, 0.0, 120.0, 250.0, 64.0], np.float32)
     else:
         s, z = np.asarray([0.031], np.float32), np.asarray([77.0], np.float32)
-    factor = 1.0 / (x.size * 255) ** 0.5
-    xt = torch.tensor(x, requires_grad=True)
-    st_ = torch.tensor(s, requires_grad=True)
-    zt = torch.tensor(z, requires_grad=True)
+    from torch.ao.quantization._learnable_fake_quantize import _LearnableFakeQuantize
+    from torch.ao.quantization.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
+
     if per_channel:
-        y = torch._fake_quantize_learnable_per_channel_affine(xt, st_, zt, 1, 0, 255, factor)
+        fq = _LearnableFakeQuantize(MovingAveragePerChannelMinMaxObserver, 0, 255, channel_len=5,
+                                    use_grad_scaling=True, ch_axis=1, qscheme=torch.per_channel_affine)
     else:
-        y = torch._fake_quantize_learnable_per_tensor_affine(xt, st_, zt, 0, 255, factor)
+        fq = _LearnableFakeQuantize(MovingAverageMinMaxObserver, 0, 255, use_grad_scaling=True)
+    fq.enable_param_learning()  # no observer: the scale and zero point are parameters
+    with torch.no_grad():
+        fq.scale.copy_(torch.tensor(s))
+        fq.zero_point.copy_(torch.tensor(z))
+    xt = torch.tensor(x, requires_grad=True)
+    y = fq(xt)
     y.backward(torch.tensor(gy))
+    st_, zt = fq.scale, fq.zero_point
     axis = 1 if per_channel else None
     f = lambda x, s, z: ste.fake_quantize(x, s if per_channel else s[0], z if per_channel else z[0], "quint8",
                                            axis=axis, estimator=ste.LSQPlus())
