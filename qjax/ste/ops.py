@@ -74,8 +74,8 @@ def _exact(cfg: _Layer, x, w, b, sx, zx, sw, zw, sy, zy):
     zyi = integer_zero_point(zy, quint8)
     bias = b if cfg.has_bias else None
     if isinstance(cfg.engine, HardwareSpec):
-        # the model input is quantized by the hardware rule; a dequantized activation round-trips either way
-        xq = iops.quantize_input(x, dict(scale=sx, zero_point=xq.zero_point), spec=cfg.engine)
+        # x is quantized by torch's rule: a dequantized activation round-trips to its integers exactly
+        # (round to nearest); the model input's hardware rounding belongs to the quantize stub
         out_ch = w.shape[0]
         bq, m0, shift = _derive_callback(cfg.engine, out_ch, sx, sw, sy, b if cfg.has_bias else None)
         p = dict(weight=wq, bias_q=bq if cfg.has_bias else None, m0=m0, shift=shift, scale=sy, zero_point=zyi)
@@ -158,14 +158,25 @@ def _call(kind, geometry, x, w, bias, x_scale, x_zero_point, w_scale, w_zero_poi
 
 
 def conv(x, w, bias=None, *, x_scale, x_zero_point, w_scale, w_zero_point, scale, zero_point, stride=1, padding=0,
-         dilation=1, groups=1, relu=False, engine="fbgemm", estimator="lsq", weight_estimator=None):
+         dilation=1, groups=1, relu=False, engine="fbgemm", estimator="lsq", weight_estimator=None,
+         channels_last=False):
     """Differentiable quantized conv, torch layout ``x (N, C, *S)``, ``w (O, C/groups, *K)``; float32 output.
 
     ``engine``: a torch engine name / instance (``"fbgemm"``, ``"qnnpack"``, ``"onednn"``,
     ``"x86"``, ``"reference"``) or a :class:`~qjax.hardware.HardwareSpec`.  ``w_scale`` and
     ``w_zero_point`` are scalars or ``(O,)`` (per channel).  ``estimator`` applies to the
     activations (input and output), ``weight_estimator`` (default: the same) to the weights.
+    ``channels_last=True``: ``x (N, *S, C)``, ``w (*K, C/groups, O)`` (Flax's layout), output ``(N, *S', O)``
+    (pure transposes around the same computation).
     """
+    if channels_last:
+        nd = x.ndim - 2
+        x = jnp.moveaxis(jnp.asarray(x), -1, 1)
+        w = jnp.transpose(jnp.asarray(w), (nd + 1, nd) + tuple(range(nd)))
+        y = conv(x, w, bias, x_scale=x_scale, x_zero_point=x_zero_point, w_scale=w_scale, w_zero_point=w_zero_point,
+                 scale=scale, zero_point=zero_point, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                 relu=relu, engine=engine, estimator=estimator, weight_estimator=weight_estimator)
+        return jnp.moveaxis(y, 1, -1)
     geometry = conv_geometry(x.ndim - 2, stride, padding, dilation, groups)
     return _call("conv", geometry, x, w, bias, x_scale, x_zero_point, w_scale, w_zero_point, scale, zero_point, relu,
                  engine, estimator, weight_estimator)

@@ -22,7 +22,7 @@ def _reference(kind, x, w, b, sx, zx, sw, zw, sy, zy, engine, relu, geom=None):
     w_axis = 0 if per_channel else None
     if engine.split(":")[0] in hw.PRESETS:
         spec = hw.get_spec(engine)
-        xq = hw.quantize_input(x, dict(scale=jnp.float32(sx), zero_point=jnp.int32(zx)), spec=spec)
+        xq = qjax.quantize(x, sx, zx, qjax.quint8)
         wq = qjax.quantize(w, sw, zw, qjax.qint8, axis=w_axis)
         bq, m0, sh, _ = hw.derive_layer(np.float32(sx), np.asarray(sw, np.float32), np.float32(sy), b, w.shape[0], spec)
         p = dict(weight=wq, bias_q=None if bq is None else jnp.asarray(bq), m0=jnp.asarray(m0), shift=jnp.asarray(sh),

@@ -1,0 +1,338 @@
+"""Flax NNX modules that run in four modes: ``float``, ``calibrate``, ``qat`` and ``integer``.
+
+=========  ====================================================================================
+mode       what flows between modules and what each module does
+=========  ====================================================================================
+float      float arrays; plain float conv / dense
+calibrate  float arrays; observers (:mod:`qjax.observers`, torch-identical) record weights and
+           outputs
+qat        :class:`QFloat` (dequantized value + its scale and zero point); :mod:`qjax.ste` ops —
+           forward bit-identical to the integer path, learnable scales (LSQ) and weights
+integer    :class:`~qjax.QArray`; the integer kernels (any torch engine or hardware spec)
+=========  ====================================================================================
+
+Layout is Flax's: activations ``(N, *spatial, C)``, conv kernels ``(*K, C/groups, O)``, dense
+kernels ``(in, out)``.  State is explicit NNX variables: ``nnx.Param`` for weights,
+:class:`QParam` (a ``Param``: trained in QAT) for scales and zero points, :class:`ObserverState`
+for observer min/max.  Switch modes with :func:`qjax.nn.prepare`, :func:`qjax.nn.prepare_qat`,
+:func:`qjax.nn.convert` (torch.ao's names) or :func:`qjax.nn.set_mode`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+
+from .. import observers as obs
+from ..dtypes import qint8, quint8
+from ..engines import resolve_engine
+from ..hardware.spec import PRESETS, HardwareSpec, get_spec
+from ..ops import conv as int_conv
+from ..ops import linear as int_linear
+from ..qarray import QArray
+from ..quantize import dequantize, quantize
+from .. import ste
+
+__all__ = ["QParam", "ObserverState", "QFloat", "QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten",
+           "Sequential", "MODES", "default_activation_observer", "default_weight_observer"]
+
+MODES = ("float", "calibrate", "qat", "integer")
+
+
+class QParam(nnx.Param):
+    """A scale or zero point: a parameter (QAT trains it), set from the observers by prepare_qat/convert."""
+
+
+class ObserverState(nnx.Variable):
+    """An observer's running ``[min, max]`` (stacked on the first axis; not trained)."""
+
+
+def _pack(state):
+    return jnp.stack([state["min_val"], state["max_val"]])
+
+
+def _unpack(a):
+    return dict(min_val=a[0], max_val=a[1])
+
+
+@jax.tree_util.register_pytree_node_class
+class QFloat:
+    """A fake-quantized activation in QAT mode: ``value`` (dequantized floats) with its ``scale``/``zero_point``."""
+
+    def __init__(self, value, scale, zero_point):
+        self.value, self.scale, self.zero_point = value, scale, zero_point
+
+    def tree_flatten(self):
+        return (self.value, self.scale, self.zero_point), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+    @property
+    def shape(self):
+        return self.value.shape
+
+
+@functools.lru_cache(maxsize=None)
+def _observer(kind: str, kwargs: tuple) -> obs.Observer:
+    return getattr(obs, kind)(**dict(kwargs))
+
+
+def default_activation_observer():
+    """torch's ``default_observer``: ``MinMaxObserver(quant_min=0, quant_max=127)`` (quint8, affine)."""
+    return ("min_max", (("dtype", "quint8"), ("quant_min", 0), ("quant_max", 127)))
+
+
+def default_weight_observer():
+    """torch's ``default_per_channel_weight_observer``: per-channel symmetric qint8 (channel last here)."""
+    return ("per_channel_min_max", (("ch_axis", -1), ("dtype", "qint8"), ("qscheme", "per_channel_symmetric")))
+
+
+def _resolve(engine):
+    if isinstance(engine, HardwareSpec):
+        return engine
+    if isinstance(engine, str) and engine.split(":")[0] in PRESETS:
+        return get_spec(engine)
+    return resolve_engine(engine)
+
+
+class _Quantized(nnx.Module):
+    """Common state: the mode and the output's observer and qparams."""
+
+    def _init_output(self, observer):
+        self.mode = "float"
+        self.act_observer = observer or default_activation_observer()
+        o = _observer(*self.act_observer)
+        self.act_obs = ObserverState(_pack(o.init()))
+        self.scale = QParam(jnp.float32(1.0))
+        self.zero_point = QParam(jnp.float32(0.0))
+
+    def _observe_output(self, y):
+        self.act_obs.set_value(_pack(_observer(*self.act_observer).update(_unpack(self.act_obs.get_value()), y)))
+
+    def load_qparams(self):
+        """scale / zero point from the observers (what prepare_qat / convert call)."""
+        s, z = _observer(*self.act_observer).qparams(_unpack(self.act_obs.get_value()))
+        self.scale.set_value(s)
+        self.zero_point.set_value(z.astype(jnp.float32))
+
+    def _zp(self):
+        return jnp.clip(jnp.round(self.zero_point.get_value()), 0, 255).astype(jnp.int32)
+
+    # learned scales are clamped to eps where used, as torch's _LearnableFakeQuantize clamps them
+    def _s(self):
+        return jnp.maximum(self.scale.get_value(), obs.EPS)
+
+    def _ws(self):
+        return jnp.maximum(self.w_scale.get_value(), obs.EPS)
+
+
+class QuantStub(_Quantized):
+    """Float input → quantized (torch's ``QuantStub``)."""
+
+    def __init__(self, observer=None, estimator="lsq"):
+        self._init_output(observer)
+        self.estimator = estimator
+
+    def __call__(self, x):
+        if self.mode == "float":
+            return x
+        if self.mode == "calibrate":
+            self._observe_output(x)
+            return x
+        if self.mode == "qat":
+            y = ste.fake_quantize(x, self._s(), self.zero_point.get_value(), "quint8", estimator=self.estimator)
+            return QFloat(y, self._s(), self.zero_point.get_value())
+        return quantize(x, self._s(), self._zp(), quint8)
+
+
+class DeQuantStub(nnx.Module):
+    """Quantized → float (torch's ``DeQuantStub``)."""
+
+    def __init__(self):
+        self.mode = "float"
+
+    def __call__(self, x):
+        if isinstance(x, QArray):
+            return dequantize(x)
+        if isinstance(x, QFloat):
+            return x.value
+        return x
+
+
+class Flatten(nnx.Module):
+    """Flatten all but the batch axis, in any mode."""
+
+    def __init__(self):
+        self.mode = "float"
+
+    def __call__(self, x):
+        if isinstance(x, QArray):
+            return QArray(x.values.reshape(x.shape[0], -1), x.scale, x.zero_point, x.dtype, None, check=False)
+        if isinstance(x, QFloat):
+            return QFloat(x.value.reshape(x.shape[0], -1), x.scale, x.zero_point)
+        return x.reshape(x.shape[0], -1)
+
+
+class _Weighted(_Quantized):
+    def _init_weight(self, kernel_shape, out_features, use_bias, rngs, weight_observer, engine, estimator, relu):
+        self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), kernel_shape, jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
+        self.weight_observer = weight_observer or default_weight_observer()
+        wo = _observer(*self.weight_observer)
+        self.w_obs = ObserverState(_pack(wo.init(out_features)))
+        self.w_scale = QParam(jnp.ones((out_features,), jnp.float32))
+        self.w_zero_point = QParam(jnp.zeros((out_features,), jnp.float32))
+        self.engine = engine
+        self.estimator = estimator
+        self.relu = relu
+
+    def load_qparams(self):
+        super().load_qparams()
+        s, z = _observer(*self.weight_observer).qparams(_unpack(self.w_obs.get_value()))
+        self.w_scale.set_value(s)
+        self.w_zero_point.set_value(z.astype(jnp.float32))
+
+    def quantized_weight(self) -> QArray:
+        """The int8 weights the integer mode (and the torch export) uses, channels last."""
+        z = jnp.clip(jnp.round(self.w_zero_point.get_value()), -128, 127).astype(jnp.int32)
+        return quantize(self.kernel.get_value(), self._ws(), z, qint8, axis=self.kernel.get_value().ndim - 1)
+
+    def _bias(self):
+        return None if self.bias is None else self.bias.get_value()
+
+    def _calibrate(self, y):
+        w_obs = _observer(*self.weight_observer)
+        self.w_obs.set_value(_pack(w_obs.update(_unpack(self.w_obs.get_value()), self.kernel.get_value())))
+        self._observe_output(y)
+
+
+class QConv(_Weighted):
+    """Quantized convolution (1-d/2-d/3-d from the kernel size), Flax layout; ``relu`` fuses ReLU (ConvReLU)."""
+
+    def __init__(self, in_features, out_features, kernel_size, *, strides=1, padding=0, groups=1, relu=False,
+                 use_bias=True, engine="fbgemm", estimator="lsq", observer=None, weight_observer=None,
+                 rngs: nnx.Rngs):
+        ks = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
+        self.strides = (strides,) * len(ks) if isinstance(strides, int) else tuple(strides)
+        self.padding = (padding,) * len(ks) if isinstance(padding, int) else tuple(padding)
+        self.groups = groups
+        self._init_output(observer)
+        self._init_weight(ks + (in_features // groups, out_features), out_features, use_bias, rngs, weight_observer,
+                          engine, estimator, relu)
+
+    def _float(self, x):
+        nd = x.ndim - 2
+        sp = "DHW"[-nd:] if nd > 1 else "W"
+        k = self.kernel.get_value()
+        dn = lax.conv_dimension_numbers(x.shape, k.shape, ("N" + sp + "C", sp + "IO", "N" + sp + "C"))
+        pad = [(p, p) if isinstance(p, int) else tuple(p) for p in self.padding]
+        y = lax.conv_general_dilated(x, self.kernel.get_value(), self.strides, pad, dimension_numbers=dn,
+                                     feature_group_count=self.groups)
+        if self.bias is not None:
+            y = y + self.bias.get_value()
+        return jnp.maximum(y, 0.0) if self.relu else y
+
+    def __call__(self, x):
+        if self.mode in ("float", "calibrate"):
+            y = self._float(x)
+            if self.mode == "calibrate":
+                self._calibrate(y)
+            return y
+        if self.mode == "qat":
+            y = ste.conv(x.value, self.kernel.get_value(), self._bias(), x_scale=x.scale,
+                         x_zero_point=x.zero_point,
+                         w_scale=self._ws(), w_zero_point=self.w_zero_point.get_value(), scale=self._s(),
+                         zero_point=self.zero_point.get_value(), stride=self.strides, padding=self.padding,
+                         groups=self.groups, relu=self.relu, engine=self.engine, estimator=self.estimator,
+                         channels_last=True)
+            return QFloat(y, self._s(), self.zero_point.get_value())
+        engine = _resolve(self.engine)
+        if isinstance(engine, HardwareSpec):
+            return self._hardware(x, engine)
+        return int_conv(x, self.quantized_weight(), self._bias(), scale=self._s(), zero_point=self._zp(),
+                        stride=self.strides, padding=self.padding, groups=self.groups, relu=self.relu, engine=engine,
+                        channels_last=True)
+
+    def _hardware(self, x, spec):
+        """Integer-only conv under ``spec``: parameters derived as qjax.hardware.convert derives them."""
+        from ..hardware.integer_ops import conv_integer
+        from ..ops import conv_geometry
+        from ..ste.ops import _derive_callback
+
+        wq = self.quantized_weight()
+        out_ch = wq.shape[-1]
+        b = self._bias()
+        bq, m0, shift = _derive_callback(spec, out_ch, x.scale, wq.scale, self._s(), b)
+        nd = x.ndim - 2
+        xt = QArray(jnp.moveaxis(x.values, -1, 1), x.scale, x.zero_point, quint8, None, check=False)
+        wt = QArray(jnp.transpose(wq.values, (nd + 1, nd) + tuple(range(nd))), wq.scale, wq.zero_point, qint8, 0,
+                    check=False)
+        p = dict(weight=wt, bias_q=None if b is None else bq, m0=m0, shift=shift, scale=self._s(),
+                 zero_point=self._zp())
+        geom = conv_geometry(nd, self.strides, self.padding, 1, self.groups)
+        y = conv_integer(xt, p, spec=spec, geometry=geom, relu=self.relu)
+        return QArray(jnp.moveaxis(y.values, 1, -1), y.scale, y.zero_point, quint8, None, check=False)
+
+
+class QDense(_Weighted):
+    """Quantized dense layer ``(..., in) -> (..., out)``; ``relu`` fuses ReLU (LinearReLU)."""
+
+    def __init__(self, in_features, out_features, *, relu=False, use_bias=True, engine="fbgemm", estimator="lsq",
+                 observer=None, weight_observer=None, rngs: nnx.Rngs):
+        self._init_output(observer)
+        self._init_weight((in_features, out_features), out_features, use_bias, rngs, weight_observer, engine,
+                          estimator, relu)
+
+    def __call__(self, x):
+        if self.mode in ("float", "calibrate"):
+            y = x @ self.kernel.get_value()
+            if self.bias is not None:
+                y = y + self.bias.get_value()
+            y = jnp.maximum(y, 0.0) if self.relu else y
+            if self.mode == "calibrate":
+                self._calibrate(y)
+            return y
+        w_t = self.kernel.get_value().T  # (out, in), torch's layout
+        if self.mode == "qat":
+            y = ste.linear(x.value, w_t, self._bias(), x_scale=x.scale, x_zero_point=x.zero_point,
+                           w_scale=self._ws(), w_zero_point=self.w_zero_point.get_value(), scale=self._s(),
+                           zero_point=self.zero_point.get_value(), relu=self.relu, engine=self.engine,
+                           estimator=self.estimator)
+            return QFloat(y, self._s(), self.zero_point.get_value())
+        engine = _resolve(self.engine)
+        wq = self.quantized_weight()
+        wq = QArray(wq.values.T, wq.scale, wq.zero_point, qint8, 0, check=False)
+        if isinstance(engine, HardwareSpec):
+            from ..hardware.integer_ops import linear_integer
+            from ..ste.ops import _derive_callback
+
+            b = self._bias()
+            bq, m0, shift = _derive_callback(engine, wq.shape[0], x.scale, wq.scale, self._s(), b)
+            p = dict(weight=wq, bias_q=None if b is None else bq, m0=m0, shift=shift, scale=self._s(),
+                     zero_point=self._zp())
+            return linear_integer(x, p, spec=engine, relu=self.relu)
+        return int_linear(x, wq, self._bias(), scale=self._s(), zero_point=self._zp(), relu=self.relu,
+                          engine=engine)
+
+
+class Sequential(nnx.Module):
+    """Layers applied in order (what :func:`qjax.nn.to_torch` exports)."""
+
+    def __init__(self, *layers):
+        self.layers = nnx.List(layers) if hasattr(nnx, "List") else list(layers)
+        self.mode = "float"
+
+    def __call__(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+_ = np  # numpy is used by submodules importing from here

@@ -1,0 +1,115 @@
+"""A Flax NNX CNN through the whole lifecycle: calibrate → QAT → convert → torch export, bit-exact."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import qjax
+from qjax import nn as qnn
+from qjax import observers
+
+ENGINE = qjax.Fbgemm.host()
+
+
+def make_cnn(engine=ENGINE, seed=0):
+    r = nnx.Rngs(seed)
+    return qnn.Sequential(
+        qnn.QuantStub(),
+        qnn.QConv(3, 8, (3, 3), padding=1, relu=True, engine=engine, rngs=r),
+        qnn.QConv(8, 16, (3, 3), strides=2, padding=1, relu=True, engine=engine, rngs=r),
+        qnn.QConv(16, 16, (3, 3), padding=1, groups=16, engine=engine, rngs=r),  # depthwise
+        qnn.Flatten(),
+        qnn.QDense(16 * 4 * 4, 10, engine=engine, rngs=r),
+        qnn.DeQuantStub())
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 8, 8, 3)).astype(np.float32)
+    labels = jnp.asarray(rng.integers(0, 10, 32))
+    return x, labels
+
+
+def _calibrate(m, x):
+    qnn.prepare(m)
+    for i in range(0, len(x), 8):
+        m(x[i:i + 8])
+
+
+def test_calibration_uses_the_observers(data):
+    x, _ = data
+    m = make_cnn()
+    _calibrate(m, x)
+    o = observers.min_max("quint8", quant_min=0, quant_max=127)
+    st = o.init()
+    for i in range(0, len(x), 8):
+        st = o.update(st, x[i:i + 8])
+    np.testing.assert_array_equal(np.asarray(m.layers[0].act_obs.get_value()[0]), np.asarray(st["min_val"]))
+    qnn.prepare_qat(m)
+    s, z = o.qparams(st)
+    assert float(m.layers[0].scale.get_value()) == float(s) and float(m.layers[0].zero_point.get_value()) == float(z)
+
+
+@pytest.mark.torch
+def test_lifecycle_qat_convert_and_torch_export_are_bit_exact(data, tmp_path):
+    import torch
+
+    x, labels = data
+    m = make_cnn()
+    _calibrate(m, x)
+    qnn.prepare_qat(m)
+    loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), labels).mean()
+    opt = nnx.Optimizer(m, optax.adam(1e-4), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(m, opt):
+        loss, g = nnx.value_and_grad(loss_fn)(m)
+        opt.update(m, g)
+        return loss
+
+    losses = [float(step(m, opt)) for _ in range(8)]
+    assert losses[-1] < losses[0]
+    y_qat = np.asarray(m(x))  # QAT forward = the integer path
+    qnn.convert(m)
+    y_int = np.asarray(nnx.jit(lambda m, x: m(x))(m, x))
+    np.testing.assert_array_equal(y_qat, y_int)
+    tm = qnn.to_torch(m)
+    prev = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "fbgemm"
+    try:
+        y_torch = tm(torch.from_numpy(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))))).numpy()
+    finally:
+        torch.backends.quantized.engine = prev
+    assert int((y_int != y_torch).sum()) == 0
+    # checkpoint round trip
+    qnn.save(m, str(tmp_path / "ckpt.msgpack"))
+    m2 = make_cnn(seed=1)
+    qnn.convert(m2)
+    qnn.load(m2, str(tmp_path / "ckpt.msgpack"))
+    np.testing.assert_array_equal(np.asarray(m2(x)), y_int)
+
+
+@pytest.mark.parametrize("spec", ["gemmlowp", "dyadic8"])
+def test_hardware_spec_modules_qat_equals_integer(data, spec):
+    x, _ = data
+    m = make_cnn(engine=spec)
+    _calibrate(m, x)
+    qnn.prepare_qat(m)
+    y_qat = np.asarray(m(x))
+    g = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(m)
+    assert np.isfinite(np.asarray(g.layers[1].kernel.get_value())).all()
+    qnn.convert(m)
+    np.testing.assert_array_equal(np.asarray(nnx.jit(lambda m, x: m(x))(m, x)), y_qat)
+    with pytest.raises(TypeError, match="hardware spec"):
+        qnn.to_torch(m)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="mode"):
+        qnn.set_mode(make_cnn(), "int8")
+    with pytest.raises(TypeError, match="Sequential"):
+        qnn.to_torch(qnn.QuantStub())
