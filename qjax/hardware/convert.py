@@ -74,23 +74,21 @@ def derive_multiplier(m, spec: HardwareSpec, where: str = "") -> tuple[np.ndarra
     """
     m = np.atleast_1d(np.asarray(m, np.float64))
     lo, hi = spec.shift_range
+    # both styles as a total right shift n of the product (M ~= m0 * 2**-n) and its allowed range
     if spec.multiplier == "dyadic":
-        m0, e = quantize_multiplier(m, spec.multiplier_bits, "dyadic")
-        if np.any(e < lo):
-            raise QuantizationError(f"{where}: multiplier {m.max():.6g} needs a right shift of {e.min()} < "
-                                    f"shift_range[0]={lo} (m0 would exceed {spec.multiplier_bits} bits)")
-        over = np.maximum(e - hi, 0)
-        m0 = np.floor(m0 / 2.0**over + 0.5).astype(np.int64)
-        e = np.minimum(e, hi)
-        return m0.astype(np.int32), e.astype(np.int32), int(np.count_nonzero(over))
-    m0, shift = quantize_multiplier(m, spec.multiplier_bits, spec.multiplier)
-    if np.any(shift > hi):
-        raise QuantizationError(f"{where}: multiplier {m.max():.6g} needs shift {shift.max()} > "
-                                f"shift_range[1]={hi}")
-    under = np.maximum(lo - shift, 0)
-    m0 = np.floor(m0 / 2.0**under + 0.5).astype(np.int64)
-    shift = np.maximum(shift, lo)
-    return m0.astype(np.int32), shift.astype(np.int32), int(np.count_nonzero(under))
+        m0, n = quantize_multiplier(m, spec.multiplier_bits, "dyadic")
+        n_min, n_max = lo, hi
+    else:
+        m0, shift = quantize_multiplier(m, spec.multiplier_bits, spec.multiplier)
+        n, n_min, n_max = 31 - shift, 31 - hi, 31 - lo
+    if np.any(n < n_min):
+        raise QuantizationError(f"{where}: multiplier {m.max():.6g} needs more left shift than shift_range="
+                                f"{spec.shift_range} allows")
+    over = np.maximum(n - n_max, 0)
+    m0 = np.floor(m0 / 2.0**over + 0.5).astype(np.int64)
+    n = np.minimum(n, n_max)
+    stored = n if spec.multiplier == "dyadic" else 31 - n
+    return m0.astype(np.int32), stored.astype(np.int32), int(np.count_nonzero(over))
 
 
 def _f64(v):
