@@ -1,5 +1,8 @@
 """qjax: bit-exact quantized integer arithmetic (fbgemm, qnnpack, onednn, hardware) in pure jax.lax.
 
+Subpackages: :mod:`qjax.hardware` (integer-only INT8 arithmetic), :mod:`qjax.ste` (training with the
+deployed arithmetic), :mod:`qjax.observers`, :mod:`qjax.nn` (Flax NNX modules; ``from qjax import nn``).
+
 Data flows one way: qparams -> :func:`quantize` -> integer kernel -> requantization
 spec (the *engine*) -> :class:`QArray` output -> :func:`dequantize`.
 """
@@ -13,6 +16,7 @@ from .interop import from_torch
 from .ops import conv, conv_transpose, linear
 from .qarray import QArray
 from .quantize import dequantize, quantize
+from . import hardware, observers, ste  # noqa: E402  (they build on the ops above)
 
 __version__ = "0.1.0"
 
@@ -35,4 +39,7 @@ __all__ = [
     "kernels",
     "requant",
     "float32",
+    "hardware",
+    "observers",
+    "ste",
 ]

@@ -219,6 +219,8 @@ class QConv(_Weighted):
     def __init__(self, in_features, out_features, kernel_size, *, strides=1, padding=0, groups=1, relu=False,
                  use_bias=True, engine="fbgemm", estimator="lsq", observer=None, weight_observer=None,
                  rngs: nnx.Rngs):
+        if in_features % groups or out_features % groups:
+            raise ValueError(f"groups={groups} must divide in_features={in_features} and out_features={out_features}")
         ks = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
         self.strides = (strides,) * len(ks) if isinstance(strides, int) else tuple(strides)
         self.padding = (padding,) * len(ks) if isinstance(padding, int) else tuple(padding)

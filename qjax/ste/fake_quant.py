@@ -94,7 +94,10 @@ def fake_quantize(x, scale, zero_point, dtype="quint8", axis=None, estimator="ls
     Returns:
       float32 array like ``x``: the dequantized integers.
     """
+    from ..checks import check_scale
+
     dtype = as_qdtype(dtype)
+    check_scale(scale, "scale")
     x = jnp.asarray(x, jnp.float32)
     if axis is not None:
         axis = axis % x.ndim

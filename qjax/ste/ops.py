@@ -137,6 +137,13 @@ def _f32(v):
 
 def _call(kind, geometry, x, w, bias, x_scale, x_zero_point, w_scale, w_zero_point, scale, zero_point, relu, engine,
           estimator, weight_estimator):
+    from ..checks import check_scale
+
+    for value, name in ((x_scale, "x_scale"), (w_scale, "w_scale"), (scale, "scale")):
+        check_scale(value, name)  # concrete values only; traced scales are clamped by their owners
+    if np.ndim(w_scale) == 1 and np.shape(w_scale) != (np.shape(w)[0],):
+        raise ValueError(f"w_scale has shape {np.shape(w_scale)}; per-channel scales need one per output channel "
+                         f"({np.shape(w)[0]})")
     est = get_estimator(estimator)
     west = get_estimator(weight_estimator if weight_estimator is not None else estimator)
     per_channel = np.ndim(w_scale) == 1

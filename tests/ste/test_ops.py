@@ -136,3 +136,19 @@ def test_toy_regression_learning_the_scale_lowers_the_loss():
     frozen, learned = _toy_regression(False), _toy_regression(True)
     print(f"toy regression after 200 steps: frozen scales {frozen:.4g}, learned (LSQ) {learned:.4g}")
     assert learned < 0.5 * frozen, (frozen, learned)
+
+
+def test_bad_arguments_name_the_argument():
+    x = np.zeros((1, 2, 4, 4), np.float32)
+    w = np.zeros((3, 2, 3, 3), np.float32)
+    kw = dict(x_scale=0.1, x_zero_point=0.0, w_scale=0.1, w_zero_point=0.0, scale=0.1, zero_point=0.0)
+    with pytest.raises(qjax.QuantizationError, match="x_scale"):
+        ste.conv(x, w, None, **dict(kw, x_scale=-1.0))
+    with pytest.raises(qjax.QuantizationError, match="w_scale"):
+        ste.conv(x, w, None, **dict(kw, w_scale=float("nan")))
+    with pytest.raises(ValueError, match="w_scale"):
+        ste.conv(x, w, None, **dict(kw, w_scale=np.ones(5, np.float32)))
+    with pytest.raises(ValueError, match="estimator"):
+        ste.conv(x, w, None, estimator="lsq2", **kw)
+    with pytest.raises(ValueError, match="engine"):
+        ste.conv(x, w, None, engine="tpu", **kw)
