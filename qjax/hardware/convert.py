@@ -140,7 +140,7 @@ def _derive_add(name, p, a: QArray, b: QArray, spec):
         m0, shift, n = derive_multiplier(mult, spec, f"{name} (add{tag or ' output'})")
         new["m0" + tag], new["shift" + tag] = jnp.asarray(m0[0]), jnp.asarray(shift[0])
         lost += n
-    return new, dict(lost_shift_bits=lost, multiplier=np.array([twice_max / (2**iops.ADD_LEFT_SHIFT * sy)]))
+    return new, dict(lost_shift_bits=lost)
 
 
 # -- runtime ops --------------------------------------------------------------------------------------

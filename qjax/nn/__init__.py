@@ -4,10 +4,11 @@ See :mod:`qjax.nn.modules` (modes, layout, state) and :mod:`qjax.nn.lifecycle`
 (prepare → calibrate → prepare_qat → convert → to_torch / save / load).
 """
 
+from .fusion import fold_batch_norm, fuse_conv_bn_weights
 from .lifecycle import convert, load, prepare, prepare_qat, save, set_mode, to_torch
 from .modules import (MODES, DeQuantStub, Flatten, ObserverState, QConv, QDense, QFloat, QParam, QuantStub,
                       Sequential, default_activation_observer, default_weight_observer)
 
 __all__ = ["QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten", "Sequential", "QParam", "ObserverState",
            "QFloat", "MODES", "set_mode", "prepare", "prepare_qat", "convert", "save", "load", "to_torch",
-           "default_activation_observer", "default_weight_observer"]
+           "default_activation_observer", "default_weight_observer", "fuse_conv_bn_weights", "fold_batch_norm"]
