@@ -1,9 +1,11 @@
 """Flax NNX integration: quantized modules with four modes and the torch.ao-style lifecycle.
 
-See :mod:`qjax.nn.modules` (modes, layout, state) and :mod:`qjax.nn.lifecycle`
-(prepare → calibrate → prepare_qat → convert → to_torch / save / load).
+See :mod:`qjax.nn.modules` (modes, layout, state), :mod:`qjax.nn.lifecycle`
+(prepare → calibrate → prepare_qat → convert → to_torch / save / load), :mod:`qjax.nn.fusion`
+(conv + BatchNorm folding) and :mod:`qjax.nn.linen` (the Linen equivalents).
 """
 
+from . import linen
 from .fusion import fold_batch_norm, fuse_conv_bn_weights
 from .lifecycle import convert, load, prepare, prepare_qat, save, set_mode, to_torch
 from .modules import (MODES, DeQuantStub, Flatten, ObserverState, QConv, QDense, QFloat, QParam, QuantStub,
@@ -11,4 +13,4 @@ from .modules import (MODES, DeQuantStub, Flatten, ObserverState, QConv, QDense,
 
 __all__ = ["QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten", "Sequential", "QParam", "ObserverState",
            "QFloat", "MODES", "set_mode", "prepare", "prepare_qat", "convert", "save", "load", "to_torch",
-           "default_activation_observer", "default_weight_observer", "fuse_conv_bn_weights", "fold_batch_norm"]
+           "default_activation_observer", "default_weight_observer", "fuse_conv_bn_weights", "fold_batch_norm", "linen"]

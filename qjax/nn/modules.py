@@ -44,6 +44,14 @@ __all__ = ["QParam", "ObserverState", "QFloat", "QuantStub", "DeQuantStub", "QCo
 MODES = ("float", "calibrate", "qat", "integer")
 
 
+def _check_mode(mode):
+    # "load" (internal, used by the Linen lifecycle): compute in float and load scales / zero points from the
+    # observers on the way
+    if mode not in MODES + ("load",):
+        raise ValueError(f"mode={mode!r}; use one of {MODES}")
+    return mode
+
+
 class QParam(nnx.Param):
     """A scale or zero point: a parameter (QAT trains it), set from the observers by prepare_qat/convert."""
 
@@ -105,8 +113,8 @@ def _resolve(engine):
 class _Quantized(nnx.Module):
     """Common state: the mode and the output's observer and qparams."""
 
-    def _init_output(self, observer):
-        self.mode = "float"
+    def _init_output(self, observer, mode="float"):
+        self.mode = _check_mode(mode)
         self.act_observer = observer or default_activation_observer()
         o = _observer(*self.act_observer)
         self.act_obs = ObserverState(_pack(o.init()))
@@ -136,15 +144,18 @@ class _Quantized(nnx.Module):
 class QuantStub(_Quantized):
     """Float input → quantized (torch's ``QuantStub``)."""
 
-    def __init__(self, observer=None, estimator="lsq"):
-        self._init_output(observer)
+    def __init__(self, observer=None, estimator="lsq", mode="float"):
+        self._init_output(observer, mode)
         self.estimator = estimator
 
     def __call__(self, x):
         if self.mode == "float":
             return x
-        if self.mode == "calibrate":
-            self._observe_output(x)
+        if self.mode in ("calibrate", "load"):
+            if self.mode == "calibrate":
+                self._observe_output(x)
+            else:
+                self.load_qparams()
             return x
         if self.mode == "qat":
             y = ste.fake_quantize(x, self._s(), self.zero_point.get_value(), "quint8", estimator=self.estimator)
@@ -155,8 +166,8 @@ class QuantStub(_Quantized):
 class DeQuantStub(nnx.Module):
     """Quantized → float (torch's ``DeQuantStub``)."""
 
-    def __init__(self):
-        self.mode = "float"
+    def __init__(self, mode="float"):
+        self.mode = _check_mode(mode)
 
     def __call__(self, x):
         if isinstance(x, QArray):
@@ -169,8 +180,8 @@ class DeQuantStub(nnx.Module):
 class Flatten(nnx.Module):
     """Flatten all but the batch axis, in any mode."""
 
-    def __init__(self):
-        self.mode = "float"
+    def __init__(self, mode="float"):
+        self.mode = _check_mode(mode)
 
     def __call__(self, x):
         if isinstance(x, QArray):
@@ -207,6 +218,12 @@ class _Weighted(_Quantized):
     def _bias(self):
         return None if self.bias is None else self.bias.get_value()
 
+    def _after_float(self, y):
+        if self.mode == "calibrate":
+            self._calibrate(y)
+        elif self.mode == "load":
+            self.load_qparams()
+
     def _calibrate(self, y):
         w_obs = _observer(*self.weight_observer)
         self.w_obs.set_value(_pack(w_obs.update(_unpack(self.w_obs.get_value()), self.kernel.get_value())))
@@ -218,14 +235,14 @@ class QConv(_Weighted):
 
     def __init__(self, in_features, out_features, kernel_size, *, strides=1, padding=0, groups=1, relu=False,
                  use_bias=True, engine="fbgemm", estimator="lsq", observer=None, weight_observer=None,
-                 rngs: nnx.Rngs):
+                 mode="float", rngs: nnx.Rngs):
         if in_features % groups or out_features % groups:
             raise ValueError(f"groups={groups} must divide in_features={in_features} and out_features={out_features}")
         ks = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
         self.strides = (strides,) * len(ks) if isinstance(strides, int) else tuple(strides)
         self.padding = (padding,) * len(ks) if isinstance(padding, int) else tuple(padding)
         self.groups = groups
-        self._init_output(observer)
+        self._init_output(observer, mode)
         self._init_weight(ks + (in_features // groups, out_features), out_features, use_bias, rngs, weight_observer,
                           engine, estimator, relu)
 
@@ -242,10 +259,9 @@ class QConv(_Weighted):
         return jnp.maximum(y, 0.0) if self.relu else y
 
     def __call__(self, x):
-        if self.mode in ("float", "calibrate"):
+        if self.mode in ("float", "calibrate", "load"):
             y = self._float(x)
-            if self.mode == "calibrate":
-                self._calibrate(y)
+            self._after_float(y)
             return y
         if self.mode == "qat":
             y = ste.conv(x.value, self.kernel.get_value(), self._bias(), x_scale=x.scale,
@@ -287,19 +303,18 @@ class QDense(_Weighted):
     """Quantized dense layer ``(..., in) -> (..., out)``; ``relu`` fuses ReLU (LinearReLU)."""
 
     def __init__(self, in_features, out_features, *, relu=False, use_bias=True, engine="fbgemm", estimator="lsq",
-                 observer=None, weight_observer=None, rngs: nnx.Rngs):
-        self._init_output(observer)
+                 observer=None, weight_observer=None, mode="float", rngs: nnx.Rngs):
+        self._init_output(observer, mode)
         self._init_weight((in_features, out_features), out_features, use_bias, rngs, weight_observer, engine,
                           estimator, relu)
 
     def __call__(self, x):
-        if self.mode in ("float", "calibrate"):
+        if self.mode in ("float", "calibrate", "load"):
             y = x @ self.kernel.get_value()
             if self.bias is not None:
                 y = y + self.bias.get_value()
             y = jnp.maximum(y, 0.0) if self.relu else y
-            if self.mode == "calibrate":
-                self._calibrate(y)
+            self._after_float(y)
             return y
         w_t = self.kernel.get_value().T  # (out, in), torch's layout
         if self.mode == "qat":
@@ -327,9 +342,9 @@ class QDense(_Weighted):
 class Sequential(nnx.Module):
     """Layers applied in order (what :func:`qjax.nn.to_torch` exports)."""
 
-    def __init__(self, *layers):
+    def __init__(self, *layers, mode="float"):
         self.layers = nnx.List(layers) if hasattr(nnx, "List") else list(layers)
-        self.mode = "float"
+        self.mode = _check_mode(mode)
 
     def __call__(self, x):
         for layer in self.layers:

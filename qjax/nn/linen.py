@@ -1,0 +1,41 @@
+"""Linen equivalents of :mod:`qjax.nn`'s modules (through ``flax.nnx.bridge.to_linen``).
+
+Each factory returns a Linen module wrapping the NNX module; the mode is a constructor argument,
+and the state lives in Linen collections: ``params`` (weights), ``QParam`` (scales, zero points —
+trainable in QAT) and ``ObserverState`` (observer ranges).  The lifecycle:
+
+    model = lambda mode: MyLinenNet(mode=mode)          # builds its layers with qjax.nn.linen.QConv(..., mode=mode)
+    v = model("float").init(key, x)
+    _, upd = model("calibrate").apply(v, x, mutable=["ObserverState"]);  v = {**v, **upd}
+    _, upd = model("load").apply(v, x, mutable=["QParam"]);              v = {**v, **upd}   # qparams from observers
+    y = model("qat").apply(v, x)                        # differentiable w.r.t. v["params"] and v["QParam"]
+    y = model("integer").apply(v, x)                    # the integer path, bit-identical to the QAT forward
+"""
+
+from __future__ import annotations
+
+from flax.nnx import bridge
+
+from . import modules
+
+__all__ = ["QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten"]
+
+
+def QuantStub(**kwargs):
+    return bridge.to_linen(modules.QuantStub, skip_rng=True, **kwargs)
+
+
+def DeQuantStub(**kwargs):
+    return bridge.to_linen(modules.DeQuantStub, skip_rng=True, **kwargs)
+
+
+def Flatten(**kwargs):
+    return bridge.to_linen(modules.Flatten, skip_rng=True, **kwargs)
+
+
+def QConv(in_features, out_features, kernel_size, **kwargs):
+    return bridge.to_linen(modules.QConv, in_features, out_features, kernel_size, **kwargs)
+
+
+def QDense(in_features, out_features, **kwargs):
+    return bridge.to_linen(modules.QDense, in_features, out_features, **kwargs)
