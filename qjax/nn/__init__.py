@@ -6,6 +6,7 @@ See :mod:`qjax.nn.modules` (modes, layout, state), :mod:`qjax.nn.lifecycle`
 """
 
 from . import linen
+from .interop import from_qmodel, hardware_params
 from .fusion import fold_batch_norm, fuse_conv_bn_weights
 from .lifecycle import convert, load, prepare, prepare_qat, save, set_mode, to_torch
 from .modules import (MODES, DeQuantStub, Flatten, ObserverState, QConv, QDense, QFloat, QParam, QuantStub,
@@ -13,4 +14,5 @@ from .modules import (MODES, DeQuantStub, Flatten, ObserverState, QConv, QDense,
 
 __all__ = ["QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten", "Sequential", "QParam", "ObserverState",
            "QFloat", "MODES", "set_mode", "prepare", "prepare_qat", "convert", "save", "load", "to_torch",
-           "default_activation_observer", "default_weight_observer", "fuse_conv_bn_weights", "fold_batch_norm", "linen"]
+           "default_activation_observer", "default_weight_observer", "fuse_conv_bn_weights", "fold_batch_norm", "linen", "from_qmodel",
+           "hardware_params"]
