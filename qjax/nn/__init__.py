@@ -9,10 +9,10 @@ from . import linen
 from .interop import from_qmodel, hardware_params
 from .fusion import fold_batch_norm, fuse_conv_bn_weights
 from .lifecycle import convert, load, prepare, prepare_qat, save, set_mode, to_torch
-from .modules import (MODES, DeQuantStub, Flatten, ObserverState, QConv, QDense, QFloat, QParam, QuantStub,
+from .modules import (MODES, DeQuantStub, Flatten, MaxPool, ObserverState, QConv, QDense, QFloat, QParam, QuantStub,
                       Sequential, default_activation_observer, default_weight_observer)
 
-__all__ = ["QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten", "Sequential", "QParam", "ObserverState",
+__all__ = ["QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten", "MaxPool", "Sequential", "QParam", "ObserverState",
            "QFloat", "MODES", "set_mode", "prepare", "prepare_qat", "convert", "save", "load", "to_torch",
            "default_activation_observer", "default_weight_observer", "fuse_conv_bn_weights", "fold_batch_norm", "linen", "from_qmodel",
            "hardware_params"]

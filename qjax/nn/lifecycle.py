@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from flax import nnx, serialization
 
-from .modules import MODES, DeQuantStub, Flatten, QConv, QDense, QuantStub, Sequential, _Quantized
+from .modules import MODES, DeQuantStub, Flatten, MaxPool, QConv, QDense, QuantStub, Sequential, _Quantized
 
 __all__ = ["set_mode", "prepare", "prepare_qat", "convert", "save", "load", "to_torch"]
 
@@ -90,7 +90,7 @@ def to_torch(model: Sequential):
     The torch model takes NCHW float input; it quantizes, runs ``nnq.Conv2d``/``ConvReLU2d``,
     ``nnq.Linear``/``LinearReLU`` with the qjax model's int8 weights, float bias, scales and zero
     points, and flattens in qjax's (channels-last) order.  Supports QuantStub, QConv (2-d),
-    Flatten, QDense, DeQuantStub; anything else raises naming the layer.
+    MaxPool (2-d), Flatten, QDense, DeQuantStub; anything else raises naming the layer.
     """
     import torch
     import torch.ao.nn.intrinsic.quantized as nniq
@@ -132,6 +132,10 @@ def _build(torch, nnq, nniq, model):
             mods.append(nnq.DeQuantize())
         elif isinstance(layer, Flatten):
             mods.append(_ChannelsLastFlatten())
+        elif isinstance(layer, MaxPool):
+            if len(layer.window) != 2:
+                raise ValueError(f"layer {i} (MaxPool): to_torch exports 2-d pooling only")
+            mods.append(torch.nn.MaxPool2d(layer.window, layer.strides, layer.padding))
         elif isinstance(layer, QConv):
             if len(layer.strides) != 2:
                 raise ValueError(f"layer {i} (QConv): to_torch exports 2-d convolutions only")

@@ -18,7 +18,7 @@ from flax.nnx import bridge
 
 from . import modules
 
-__all__ = ["QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten"]
+__all__ = ["QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten", "MaxPool"]
 
 
 def QuantStub(**kwargs):
@@ -39,3 +39,7 @@ def QConv(in_features, out_features, kernel_size, **kwargs):
 
 def QDense(in_features, out_features, **kwargs):
     return bridge.to_linen(modules.QDense, in_features, out_features, **kwargs)
+
+
+def MaxPool(window, **kwargs):
+    return bridge.to_linen(modules.MaxPool, window, skip_rng=True, **kwargs)

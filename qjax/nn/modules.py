@@ -38,7 +38,7 @@ from ..qarray import QArray
 from ..quantize import dequantize, quantize
 from .. import ste
 
-__all__ = ["QParam", "ObserverState", "QFloat", "QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten",
+__all__ = ["QParam", "ObserverState", "QFloat", "QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten", "MaxPool",
            "Sequential", "MODES", "default_activation_observer", "default_weight_observer"]
 
 MODES = ("float", "calibrate", "qat", "integer")
@@ -189,6 +189,34 @@ class Flatten(nnx.Module):
         if isinstance(x, QFloat):
             return QFloat(x.value.reshape(x.shape[0], -1), x.scale, x.zero_point)
         return x.reshape(x.shape[0], -1)
+
+
+class MaxPool(nnx.Module):
+    """Max pooling over the spatial axes in any mode (a max of integers needs no requantization).
+
+    Padded positions never win (torch's quantized max pool ignores them); the output keeps the
+    input's scale and zero point.
+    """
+
+    def __init__(self, window, strides=None, padding=0, mode="float"):
+        self.window = tuple(window)
+        self.strides = tuple(strides) if strides is not None else self.window
+        self.padding = (padding,) * len(self.window) if isinstance(padding, int) else tuple(padding)
+        self.mode = _check_mode(mode)
+
+    def _pool(self, v, lowest):
+        dims = (1,) + self.window + (1,)
+        strides = (1,) + self.strides + (1,)
+        pad = ((0, 0),) + tuple((p, p) for p in self.padding) + ((0, 0),)
+        return lax.reduce_window(v, lowest, lax.max, dims, strides, pad)
+
+    def __call__(self, x):
+        if isinstance(x, QArray):
+            v = self._pool(x.values.astype(jnp.int32), jnp.int32(-(2**31))).astype(x.values.dtype)
+            return QArray(v, x.scale, x.zero_point, x.dtype, None, check=False)
+        if isinstance(x, QFloat):
+            return QFloat(self._pool(x.value, -jnp.inf), x.scale, x.zero_point)
+        return self._pool(jnp.asarray(x, jnp.float32), -jnp.inf)
 
 
 class _Weighted(_Quantized):

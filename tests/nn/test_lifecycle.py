@@ -21,8 +21,9 @@ def make_cnn(engine=ENGINE, seed=0):
         qnn.QConv(3, 8, (3, 3), padding=1, relu=True, engine=engine, rngs=r),
         qnn.QConv(8, 16, (3, 3), strides=2, padding=1, relu=True, engine=engine, rngs=r),
         qnn.QConv(16, 16, (3, 3), padding=1, groups=16, engine=engine, rngs=r),  # depthwise
+        qnn.MaxPool((3, 3), (2, 2), padding=1),
         qnn.Flatten(),
-        qnn.QDense(16 * 4 * 4, 10, engine=engine, rngs=r),
+        qnn.QDense(16 * 2 * 2, 10, engine=engine, rngs=r),
         qnn.DeQuantStub())
 
 
