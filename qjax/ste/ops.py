@@ -67,7 +67,7 @@ def _derive_callback(spec: HardwareSpec, out_ch: int, sx, sw, sy, b):
     return jax.pure_callback(host, shapes, sx, sw, sy, b, vmap_method="sequential")
 
 
-def _exact(cfg: _Layer, x, w, b, sx, zx, sw, zw, sy, zy):
+def _exact(cfg: _Layer, x, w, b, sx, zx, sw, zw, sy, zy, key=None):
     axis = 0 if cfg.per_channel else None
     xq = quantize(x, sx, integer_zero_point(zx, quint8), quint8)
     wq = quantize(w, sw, integer_zero_point(zw, qint8), qint8, axis=axis)
@@ -80,9 +80,9 @@ def _exact(cfg: _Layer, x, w, b, sx, zx, sw, zw, sy, zy):
         bq, m0, shift = _derive_callback(cfg.engine, out_ch, sx, sw, sy, b if cfg.has_bias else None)
         p = dict(weight=wq, bias_q=bq if cfg.has_bias else None, m0=m0, shift=shift, scale=sy, zero_point=zyi)
         if cfg.kind == "conv":
-            yq = iops.conv_integer(xq, p, spec=cfg.engine, geometry=cfg.geometry, relu=cfg.relu)
+            yq = iops.conv_integer(xq, p, spec=cfg.engine, geometry=cfg.geometry, relu=cfg.relu, key=key)
         else:
-            yq = iops.linear_integer(xq, p, spec=cfg.engine, relu=cfg.relu)
+            yq = iops.linear_integer(xq, p, spec=cfg.engine, relu=cfg.relu, key=key)
     elif cfg.kind == "conv":
         g = cfg.geometry
         yq = _int_conv(xq, wq, bias, scale=sy, zero_point=zyi, stride=g.strides, padding=g.padding,
@@ -115,8 +115,8 @@ def _surrogate(cfg: _Layer, x, w, b, sx, zx, sw, zw, sy, zy):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _layer(cfg, x, w, b, sx, zx, sw, zw, sy, zy):
-    return _exact(cfg, x, w, b, sx, zx, sw, zw, sy, zy)
+def _layer(cfg, x, w, b, sx, zx, sw, zw, sy, zy, key):
+    return _exact(cfg, x, w, b, sx, zx, sw, zw, sy, zy, key)
 
 
 def _layer_fwd(cfg, *args):
@@ -124,8 +124,10 @@ def _layer_fwd(cfg, *args):
 
 
 def _layer_bwd(cfg, args, g):
-    _, vjp = jax.vjp(functools.partial(_surrogate, cfg), *args)
-    return vjp(g)
+    *diff, key = args
+    _, vjp = jax.vjp(functools.partial(_surrogate, cfg), *diff)
+    dkey = None if key is None else np.zeros(np.shape(key), jax.dtypes.float0)
+    return tuple(vjp(g)) + (dkey,)
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)
@@ -136,7 +138,7 @@ def _f32(v):
 
 
 def _call(kind, geometry, x, w, bias, x_scale, x_zero_point, w_scale, w_zero_point, scale, zero_point, relu, engine,
-          estimator, weight_estimator):
+          estimator, weight_estimator, key=None):
     from ..checks import check_scale
 
     for value, name in ((x_scale, "x_scale"), (w_scale, "w_scale"), (scale, "scale")):
@@ -160,13 +162,15 @@ def _call(kind, geometry, x, w, bias, x_scale, x_zero_point, w_scale, w_zero_poi
             engine = engine.dispatch(np.round(np.asarray(w_zero_point)).astype(np.int32), groups)
     cfg = _Layer(kind, geometry, bool(relu), engine, bias is not None, per_channel, est, west)
     b = _f32(bias) if bias is not None else jnp.zeros((w.shape[0],), jnp.float32)
+    if isinstance(engine, HardwareSpec) and engine.requant_rounding == "stochastic" and key is None:
+        raise ValueError(f"spec {engine.name!r} rounds stochastically: pass key=")
     return _layer(cfg, _f32(x), _f32(w), b, _f32(x_scale), _f32(x_zero_point), _f32(w_scale), _f32(w_zero_point),
-                  _f32(scale), _f32(zero_point))
+                  _f32(scale), _f32(zero_point), key)
 
 
 def conv(x, w, bias=None, *, x_scale, x_zero_point, w_scale, w_zero_point, scale, zero_point, stride=1, padding=0,
          dilation=1, groups=1, relu=False, engine="fbgemm", estimator="lsq", weight_estimator=None,
-         channels_last=False):
+         channels_last=False, key=None):
     """Differentiable quantized conv, torch layout ``x (N, C, *S)``, ``w (O, C/groups, *K)``; float32 output.
 
     ``engine``: a torch engine name / instance (``"fbgemm"``, ``"qnnpack"``, ``"onednn"``,
@@ -174,7 +178,8 @@ def conv(x, w, bias=None, *, x_scale, x_zero_point, w_scale, w_zero_point, scale
     ``w_zero_point`` are scalars or ``(O,)`` (per channel).  ``estimator`` applies to the
     activations (input and output), ``weight_estimator`` (default: the same) to the weights.
     ``channels_last=True``: ``x (N, *S, C)``, ``w (*K, C/groups, O)`` (Flax's layout), output ``(N, *S', O)``
-    (pure transposes around the same computation).
+    (pure transposes around the same computation).  ``key``: PRNG key for a hardware spec's stochastic
+    requantization.
     """
     if channels_last:
         nd = x.ndim - 2
@@ -182,15 +187,15 @@ def conv(x, w, bias=None, *, x_scale, x_zero_point, w_scale, w_zero_point, scale
         w = jnp.transpose(jnp.asarray(w), (nd + 1, nd) + tuple(range(nd)))
         y = conv(x, w, bias, x_scale=x_scale, x_zero_point=x_zero_point, w_scale=w_scale, w_zero_point=w_zero_point,
                  scale=scale, zero_point=zero_point, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                 relu=relu, engine=engine, estimator=estimator, weight_estimator=weight_estimator)
+                 relu=relu, engine=engine, estimator=estimator, weight_estimator=weight_estimator, key=key)
         return jnp.moveaxis(y, 1, -1)
     geometry = conv_geometry(x.ndim - 2, stride, padding, dilation, groups)
     return _call("conv", geometry, x, w, bias, x_scale, x_zero_point, w_scale, w_zero_point, scale, zero_point, relu,
-                 engine, estimator, weight_estimator)
+                 engine, estimator, weight_estimator, key)
 
 
 def linear(x, w, bias=None, *, x_scale, x_zero_point, w_scale, w_zero_point, scale, zero_point, relu=False,
-           engine="fbgemm", estimator="lsq", weight_estimator=None):
+           engine="fbgemm", estimator="lsq", weight_estimator=None, key=None):
     """Differentiable quantized linear ``(..., K) @ (O, K).T``; see :func:`conv`."""
     return _call("linear", None, x, w, bias, x_scale, x_zero_point, w_scale, w_zero_point, scale, zero_point, relu,
-                 engine, estimator, weight_estimator)
+                 engine, estimator, weight_estimator, key)

@@ -152,3 +152,26 @@ def test_bad_arguments_name_the_argument():
         ste.conv(x, w, None, estimator="lsq2", **kw)
     with pytest.raises(ValueError, match="engine"):
         ste.conv(x, w, None, engine="tpu", **kw)
+
+
+def test_stochastic_hardware_requant_is_keyed_and_equals_the_integer_path():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 16)).astype(np.float32)
+    w = (rng.standard_normal((6, 16)) * 0.3).astype(np.float32)
+    spec = hw.get_spec("tflite_single").replace(requant_rounding="stochastic", name="sr")
+    sw = np.float32(np.abs(w).max() / 127)
+    kw = dict(x_scale=np.float32(0.02), x_zero_point=128.0, w_scale=sw, w_zero_point=0.0, scale=np.float32(0.05),
+              zero_point=100.0, engine=spec)
+    with pytest.raises(ValueError, match="key"):
+        ste.linear(x, w, None, **kw)
+    k = jax.random.PRNGKey(3)
+    y = ste.linear(x, w, None, key=k, **kw)
+    xq = qjax.quantize(x, np.float32(0.02), 128, qjax.quint8)
+    wq = qjax.quantize(w, sw, 0, qjax.qint8)
+    _, m0, sh, _ = hw.derive_layer(np.float32(0.02), sw, np.float32(0.05), None, 6, spec)
+    p = dict(weight=wq, bias_q=None, m0=jnp.asarray(m0), shift=jnp.asarray(sh), scale=jnp.float32(0.05),
+             zero_point=jnp.int32(100))
+    want = qjax.dequantize(hw.linear_integer(xq, p, spec=spec, relu=False, key=k))
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(want))
+    g = jax.grad(lambda w: jnp.sum(ste.linear(x, w, None, key=k, **kw)))(w)
+    assert np.isfinite(np.asarray(g)).all()
