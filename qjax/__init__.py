@@ -10,6 +10,7 @@ spec (the *engine*) -> :class:`QArray` output -> :func:`dequantize`.
 from . import engines, float32, kernels, requant
 from .checks import QuantizationError
 from .dtypes import QDType, qint8, qint32, quint8
+from .explain import explain
 from .engines import Fbgemm
 from .graph import QModel
 from .interop import from_torch
@@ -32,6 +33,7 @@ __all__ = [
     "conv",
     "conv_transpose",
     "linear",
+    "explain",
     "Fbgemm",
     "QModel",
     "from_torch",

@@ -75,3 +75,9 @@ def test_seed_thread_24_gives_30_not_31(capsys):
     assert main(["explain", "--example", "seed"]) == 0
     out = capsys.readouterr().out
     assert "torch returns 30" in out and "-> 31" in out
+
+
+def test_explain_is_public_api():
+    import qjax
+
+    assert qjax.explain is explain  # the public name: qjax.explain(...)
