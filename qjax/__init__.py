@@ -17,6 +17,7 @@ from .interop import from_torch
 from .ops import conv, conv_transpose, linear
 from .qarray import QArray
 from .quantize import dequantize, quantize
+from .verify import verify
 from . import hardware, observers, ste  # noqa: E402  (they build on the ops above)
 
 __version__ = "0.1.0"
@@ -37,6 +38,7 @@ __all__ = [
     "Fbgemm",
     "QModel",
     "from_torch",
+    "verify",
     "engines",
     "kernels",
     "requant",
