@@ -114,9 +114,9 @@ def to_torch(model: Sequential):
 
 def _engine_of(layer):
     from ..hardware.spec import HardwareSpec
-    from .modules import _resolve
+    from ..ste.ops import resolve_arithmetic
 
-    eng = _resolve(layer.engine)
+    eng = resolve_arithmetic(layer.engine)
     if isinstance(eng, HardwareSpec):
         raise TypeError(f"a layer runs hardware spec {eng.name!r}, which torch has no kernel for; use "
                         "qjax.hardware.export for its integer parameters")

@@ -30,13 +30,13 @@ from jax import lax
 
 from .. import observers as obs
 from ..dtypes import qint8, quint8
-from ..engines import resolve_engine
-from ..hardware.spec import PRESETS, HardwareSpec, get_spec
+from ..hardware.spec import HardwareSpec
 from ..ops import conv as int_conv
 from ..ops import linear as int_linear
 from ..qarray import QArray
 from ..quantize import dequantize, quantize
 from .. import ste
+from ..ste.ops import resolve_arithmetic
 
 __all__ = ["QParam", "ObserverState", "QFloat", "QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten", "MaxPool",
            "Sequential", "MODES", "default_activation_observer", "default_weight_observer"]
@@ -100,14 +100,6 @@ def default_activation_observer():
 def default_weight_observer():
     """torch's ``default_per_channel_weight_observer``: per-channel symmetric qint8 (channel last here)."""
     return ("per_channel_min_max", (("ch_axis", -1), ("dtype", "qint8"), ("qscheme", "per_channel_symmetric")))
-
-
-def _resolve(engine):
-    if isinstance(engine, HardwareSpec):
-        return engine
-    if isinstance(engine, str) and engine.split(":")[0] in PRESETS:
-        return get_spec(engine)
-    return resolve_engine(engine)
 
 
 class _Quantized(nnx.Module):
@@ -299,7 +291,7 @@ class QConv(_Weighted):
                          groups=self.groups, relu=self.relu, engine=self.engine, estimator=self.estimator,
                          channels_last=True)
             return QFloat(y, self._s(), self.zero_point.get_value())
-        engine = _resolve(self.engine)
+        engine = resolve_arithmetic(self.engine)
         if isinstance(engine, HardwareSpec):
             return self._hardware(x, engine)
         return int_conv(x, self.quantized_weight(), self._bias(), scale=self._s(), zero_point=self._zp(),
@@ -351,7 +343,7 @@ class QDense(_Weighted):
                            zero_point=self.zero_point.get_value(), relu=self.relu, engine=self.engine,
                            estimator=self.estimator)
             return QFloat(y, self._s(), self.zero_point.get_value())
-        engine = _resolve(self.engine)
+        engine = resolve_arithmetic(self.engine)
         wq = self.quantized_weight()
         wq = QArray(wq.values.T, wq.scale, wq.zero_point, qint8, 0, check=False)
         if isinstance(engine, HardwareSpec):

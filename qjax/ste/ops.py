@@ -133,6 +133,18 @@ def _layer_bwd(cfg, args, g):
 _layer.defvjp(_layer_fwd, _layer_bwd)
 
 
+def resolve_arithmetic(engine):
+    """A torch engine instance or a :class:`~qjax.hardware.HardwareSpec` from a name, a spec or an engine."""
+    from ..engines import resolve_engine
+    from ..hardware.spec import PRESETS, get_spec
+
+    if isinstance(engine, HardwareSpec):
+        return engine
+    if isinstance(engine, str) and engine.split(":")[0] in PRESETS:
+        return get_spec(engine)
+    return resolve_engine(engine)
+
+
 def _f32(v):
     return jnp.asarray(v, jnp.float32)
 
@@ -149,11 +161,7 @@ def _call(kind, geometry, x, w, bias, x_scale, x_zero_point, w_scale, w_zero_poi
     est = get_estimator(estimator)
     west = get_estimator(weight_estimator if weight_estimator is not None else estimator)
     per_channel = np.ndim(w_scale) == 1
-    if isinstance(engine, str):
-        from ..engines import resolve_engine
-        from ..hardware.spec import PRESETS, get_spec
-
-        engine = get_spec(engine) if engine.split(":")[0] in PRESETS else resolve_engine(engine)
+    engine = resolve_arithmetic(engine)
     if hasattr(engine, "dispatch"):  # torch's x86 engine picks a backend per layer from the weight zero points
         from ..checks import is_concrete
 
