@@ -47,13 +47,8 @@ def calculate_qmin_qmax(dtype: QDType, reduce_range: bool, quant_min=None, quant
             raise ValueError(f"quant_min={quant_min}, quant_max={quant_max}: the range must include 0 (torch's rule)")
         if quant_max - quant_min + 1 > 2**dtype.bits:
             raise ValueError(f"quant_min..quant_max spans more than {dtype.name}'s {2**dtype.bits} values")
-        qrange = quant_max - quant_min + 1
-        if dtype.qmin < 0:
-            qmin, qmax = -qrange // 2, qrange // 2 - 1
-        else:
-            qmin, qmax = 0, qrange - 1
-        if reduce_range:
-            qmin, qmax = qmin // 2, qmax // 2
+        # torch 2.13 keeps the given bounds (only reduce_range halves them)
+        qmin, qmax = (quant_min // 2, quant_max // 2) if reduce_range else (quant_min, quant_max)
         return qmin, qmax
     if dtype.name == "qint8":
         return (-64, 63) if reduce_range else (-128, 127)

@@ -41,7 +41,7 @@ def _torch_observer(kind, **kw):
 @settings(max_examples=60)
 @given(kind=st.sampled_from(sorted(KINDS)), data_kind=st.sampled_from(sorted(ADVERSARIAL)),
        seed=st.integers(0, 2**31), dtype=st.sampled_from(["quint8", "qint8"]), symmetric=st.booleans(),
-       reduce_range=st.booleans(), custom=st.booleans(), batches=st.integers(1, 4), c=st.floats(0.001, 0.5))
+       reduce_range=st.booleans(), custom=st.integers(0, 3), batches=st.integers(1, 4), c=st.floats(0.001, 0.5))
 def test_observer_qparams_equal_torch(kind, data_kind, seed, dtype, symmetric, reduce_range, custom, batches, c):
     import torch
 
@@ -50,8 +50,10 @@ def test_observer_qparams_equal_torch(kind, data_kind, seed, dtype, symmetric, r
         reduce_range = False  # torch refuses (tested below)
     qscheme = ("per_channel_" if per_channel else "per_tensor_") + ("symmetric" if symmetric else "affine")
     kw = dict(dtype=dtype, qscheme=qscheme, reduce_range=reduce_range)
-    if custom:
-        kw.update(quant_min=0, quant_max=127) if dtype == "quint8" else kw.update(quant_min=-128, quant_max=127)
+    if custom:  # custom ranges torch keeps as given (only reduce_range halves them)
+        ranges = {"quint8": [(0, 127), (0, 255), (0, 200)], "qint8": [(-128, 127), (-127, 127), (-100, 27)]}
+        lo, hi = ranges[dtype][custom - 1]
+        kw.update(quant_min=lo, quant_max=hi)
     if moving:
         kw["averaging_constant"] = float(np.float32(c))
     if per_channel:

@@ -85,7 +85,12 @@ def derive_multiplier(m, spec: HardwareSpec, where: str = "") -> tuple[np.ndarra
         raise QuantizationError(f"{where}: multiplier {m.max():.6g} needs more left shift than shift_range="
                                 f"{spec.shift_range} allows")
     over = np.maximum(n - n_max, 0)
-    m0 = np.floor(m0 / 2.0**over + 0.5).astype(np.int64)
+    # a flushed multiplier is rounded once, from m itself (rounding the rounded m0 again would be off by one),
+    # keeping the bits it still has: k low bits stay zero where m0 had more than `bits` bits of room
+    k = np.zeros_like(over) if spec.multiplier == "dyadic" else np.maximum(31 - spec.multiplier_bits - over, 0)
+    exponent = np.where(over > 0, n_max - k, 0).astype(np.int64)  # only flushed entries need it
+    flushed = (np.floor(np.ldexp(m, exponent) + 0.5) * 2.0**k).astype(np.int64)
+    m0 = np.where(over > 0, flushed, m0)
     n = np.minimum(n, n_max)
     stored = n if spec.multiplier == "dyadic" else 31 - n
     return m0.astype(np.int32), stored.astype(np.int32), int(np.count_nonzero(over))
@@ -258,10 +263,10 @@ def _freeze_infos(infos):
 def with_key(model: QModel, key) -> QModel:
     """The model with fresh per-node keys for its stochastic roundings (``fold_in(key, i)``)."""
     params = dict(model.params)
-    for i, name in enumerate(sorted(params)):
-        p = params[name]
+    for i, node in enumerate(model.nodes):  # the node's index, as convert(..., key=) derives it
+        p = params.get(node.name)
         if isinstance(p, dict) and "key" in p:
-            params[name] = dict(p, key=jax.random.fold_in(key, i))
+            params[node.name] = dict(p, key=jax.random.fold_in(key, i))
     return model.with_params(params)
 
 

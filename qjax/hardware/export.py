@@ -34,10 +34,11 @@ def export(model: QModel, directory: str) -> dict:
                      output_scale=float(p["scale"]), output_zero_point=int(p["zero_point"]),
                      config={k: v for k, v in cfg.items() if k != "spec"},
                      arrays={k: dict(shape=list(v.shape), dtype=str(v.dtype)) for k, v in p.items()})
-        if "m0" in p:
-            m0, sh = p["m0"].astype(np.float64), p["shift"].astype(np.float64)
-            eff = m0 * 2.0 ** (sh - 31) if spec.multiplier != "dyadic" else m0 * 2.0 ** -sh
-            entry["effective_multiplier"] = np.atleast_1d(eff).tolist()
+        for tag in ("", "_a", "_b"):  # an add has input multipliers too
+            if "m0" + tag in p:
+                m0, sh = p["m0" + tag].astype(np.float64), p["shift" + tag].astype(np.float64)
+                eff = m0 * 2.0 ** (sh - 31) if spec.multiplier != "dyadic" else m0 * 2.0 ** -sh
+                entry["effective_multiplier" + tag] = np.atleast_1d(eff).tolist()
         layers.append(entry)
     doc = dict(format="qjax-hardware-1", spec=dict(model.info).get("hardware"), layers=layers)
     with open(os.path.join(directory, "layers.json"), "w") as f:

@@ -39,7 +39,11 @@ def narrow_accumulator(a, bits: int, overflow: str):
 
 
 def apply_multiplier(a, m0, shift, spec: HardwareSpec, key=None):
-    """``round(a * M)`` for the fixed-point ``M`` given by ``(m0, shift)`` in ``spec``'s style (int32)."""
+    """``round(a * M)`` for the fixed-point ``M`` given by ``(m0, shift)`` in ``spec``'s style (int32).
+
+    A result beyond int32 wraps (gemmlowp's left shift like NEON ``vshl``; single/dyadic keep the low 32
+    bits); it only happens for multipliers > 1 on accumulators whose output is clamped anyway.
+    """
     mode = spec.requant_rounding
     if spec.multiplier == "gemmlowp":
         # TFLite MultiplyByQuantizedMultiplier: left shift before SRDHM, RoundingDivideByPOT after
@@ -56,7 +60,12 @@ def apply_multiplier(a, m0, shift, spec: HardwareSpec, key=None):
 
 def requantize_integer(acc, bias_q, m0, shift, out_zero_point, spec: HardwareSpec, relu=False, key=None):
     """``clamp(round((narrow(acc + bias_q)) * M) + zy, lo, hi)``, channels on the last axis of ``acc``."""
-    a = acc if bias_q is None else acc + bias_q  # int32 wraps like the hardware register
+    if bias_q is None:
+        a = acc
+    elif spec.accumulator_overflow == "saturate":  # add exactly (64-bit), then saturate: no wrapped sign
+        a = i64.to_int32_saturate(i64.add(i64.from_int32(acc), i64.from_int32(jnp.broadcast_to(bias_q, acc.shape))))
+    else:
+        a = acc + bias_q  # two's-complement wrap, the same as wrapping at every step
     a = narrow_accumulator(a, spec.accumulator_bits, spec.accumulator_overflow)
     r = apply_multiplier(a, m0, shift, spec, key)
     lo, hi = spec.output_range or (0, 255)

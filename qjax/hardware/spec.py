@@ -27,6 +27,7 @@ transforms: ``chain(preset("gemmlowp"), multiplier(bits=16), accumulator(24, "wr
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Callable
 
 from ..rounding import check_mode
@@ -56,6 +57,22 @@ class HardwareSpec:
     output_range: tuple | None = None
 
     def __post_init__(self):
+        def pair(value, name):
+            try:
+                lo, hi = (int(v) for v in value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{name}={value!r}; give two integers (lo, hi)") from None
+            return lo, hi
+
+        # normalise to hashable ints: a spec is a static argument of jitted functions
+        object.__setattr__(self, "shift_range", pair(self.shift_range, "shift_range"))
+        if self.output_range is not None:
+            object.__setattr__(self, "output_range", pair(self.output_range, "output_range"))
+        for name in ("multiplier_bits", "accumulator_bits"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise ValueError(f"{name}={value!r} must be an int")
+            object.__setattr__(self, name, int(value))
         if self.multiplier not in STYLES:
             raise ValueError(f"multiplier={self.multiplier!r}; use one of {STYLES}")
         if not 2 <= self.multiplier_bits <= 31:
@@ -138,14 +155,21 @@ def parse_spec(text: str) -> HardwareSpec:
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"spec option {item!r} must be key=value")
-        if key in ("shift", "out"):
-            lo, _, hi = value.partition("..")
-            changes["shift_range" if key == "shift" else "output_range"] = (int(lo), int(hi))
-        elif key in _KEYS:
-            field, typ = _KEYS[key]
-            changes[field] = typ(value)
-        else:
-            raise ValueError(f"unknown spec option {key!r}; use {sorted(_KEYS) + ['shift', 'out']}")
+        try:
+            if key in ("shift", "out"):
+                lo, sep, hi = value.partition("..")
+                if not sep:
+                    raise ValueError("expected lo..hi")
+                changes["shift_range" if key == "shift" else "output_range"] = (int(lo), int(hi))
+            elif key in _KEYS:
+                field, typ = _KEYS[key]
+                changes[field] = typ(value)
+            else:
+                raise KeyError(key)
+        except KeyError:
+            raise ValueError(f"unknown spec option {key!r}; use {sorted(_KEYS) + ['shift', 'out']}") from None
+        except ValueError as e:
+            raise ValueError(f"spec option {item!r}: {e}") from None
     if changes:
         spec = spec.replace(name=text, **changes)
     return spec

@@ -34,7 +34,20 @@ def set_mode(model, mode: str):
     for m in _modules(model):
         if hasattr(m, "mode"):
             m.mode = mode
+        if mode in ("qat", "integer") and isinstance(m, QConv):
+            _pin_dispatch(m)
     return model
+
+
+def _pin_dispatch(conv):
+    """torch's x86 engine picks onednn or fbgemm per conv from the weight zero points (at prepack time); decide it
+    here, where they are concrete, so the jitted QAT / integer steps see a fixed engine."""
+    from ..ste.ops import resolve_arithmetic
+
+    eng = resolve_arithmetic(conv.engine)
+    if hasattr(eng, "dispatch"):
+        zp = np.round(np.asarray(conv.w_zero_point.get_value())).astype(np.int32)
+        conv.engine = eng.dispatch(zp, conv.groups)
 
 
 def prepare(model):

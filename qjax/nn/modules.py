@@ -136,9 +136,13 @@ class _Quantized(nnx.Module):
 class QuantStub(_Quantized):
     """Float input → quantized (torch's ``QuantStub``)."""
 
-    def __init__(self, observer=None, estimator="lsq", mode="float"):
+    def __init__(self, observer=None, estimator="lsq", rounding=None, mode="float"):
+        """``rounding``: ``None`` quantizes the input with torch's rule; a :mod:`qjax.rounding` mode uses the
+        integer-only hardware rule ``clamp(round_mode(x / s) + z)`` (set it to the hardware spec's
+        ``quantize_rounding``)."""
         self._init_output(observer, mode)
         self.estimator = estimator
+        self.rounding = rounding
 
     def __call__(self, x):
         if self.mode == "float":
@@ -150,8 +154,14 @@ class QuantStub(_Quantized):
                 self.load_qparams()
             return x
         if self.mode == "qat":
-            y = ste.fake_quantize(x, self._s(), self.zero_point.get_value(), "quint8", estimator=self.estimator)
+            y = ste.fake_quantize(x, self._s(), self.zero_point.get_value(), "quint8", estimator=self.estimator,
+                                  rounding=self.rounding)
             return QFloat(y, self._s(), self.zero_point.get_value())
+        if self.rounding is not None:
+            from ..hardware.integer_ops import quantize_input
+
+            spec = HardwareSpec(quantize_rounding=self.rounding)
+            return quantize_input(x, dict(scale=self._s(), zero_point=self._zp()), spec=spec)
         return quantize(x, self._s(), self._zp(), quint8)
 
 

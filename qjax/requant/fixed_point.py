@@ -11,8 +11,9 @@ becomes ``2**30`` with ``shift + 1``).  With ``bits < 31`` the multiplier keeps 
   ``INT32_MIN * INT32_MIN`` saturates) and ``RDPOT`` rounds half away from zero.
 * ``single`` (TFLite's single-rounding build): ``(x*M0 + 2**(30-shift)) >> (31-shift)`` in 64 bits
   (ties toward +inf), or any rounding mode of :mod:`qjax.rounding`.
-* ``dyadic`` (HAWQ-V3, TVM QNN): ``y = round(x * m / 2**e)`` with an integer ``m`` of ``bits`` bits
-  and a chosen rounding (``m = round_half_up(q * 2**(bits-1))``, ``e = bits - 1 - exponent``).
+* ``dyadic`` (HAWQ-V3, TVM QNN): ``y = round(x * m / 2**e)`` with an unsigned integer ``m`` of ``bits``
+  bits and a chosen rounding (``m = round_half_up(q * 2**bits)`` in ``[2**(bits-1), 2**bits)``,
+  ``e = bits - exponent``).
 
 Everything is exact integer arithmetic (64-bit products via :mod:`qjax.int64`).
 """
@@ -44,6 +45,8 @@ def quantize_multiplier(m, bits: int = 31, style: str = "gemmlowp"):
     ``style="gemmlowp"``/``"single"``: ``m ~= M0 * 2**(shift - 31)`` with ``M0 < 2**31``;
     ``style="dyadic"``: ``m ~= M0 * 2**-shift`` with ``M0 < 2**bits`` (``shift`` the right shift).
     """
+    if style not in ("gemmlowp", "single", "dyadic"):
+        raise ValueError(f"style={style!r}; use 'gemmlowp', 'single' or 'dyadic'")
     m = np.asarray(m, np.float64)
     if np.any(~np.isfinite(m)) or np.any(m <= 0):
         raise ValueError(f"multipliers must be finite and > 0, got {m}")

@@ -46,6 +46,8 @@ def rectified_sigmoid(v):
 
 def init_v(w, scale, axis=0):
     """``V`` with ``h(V) = w/s - floor(w/s)``."""
+    if jnp.ndim(scale) == 0:
+        axis = None
     s = jnp.reshape(scale, _bshape(w, axis))
     frac = div_rn(w, s) - _floor(w, scale, axis)
     frac = jnp.clip(frac, 0.01, 0.99)  # keep V finite
@@ -54,20 +56,28 @@ def init_v(w, scale, axis=0):
 
 def soft_weight(w, v, scale, zero_point, dtype="qint8", axis=0):
     dt = as_qdtype(dtype)
+    if jnp.ndim(scale) == 0:
+        axis = None
     shp = _bshape(w, axis)
-    s, z = jnp.reshape(scale, shp), jnp.reshape(jnp.asarray(zero_point, jnp.float32), shp)
+    z = jnp.round(jnp.asarray(zero_point, jnp.float32))
+    s, z = jnp.reshape(scale, shp), (jnp.reshape(z, shp) if z.ndim else z)
     q = jnp.clip(jax.lax.stop_gradient(_floor(w, scale, axis)) + rectified_sigmoid(v) + z, dt.qmin, dt.qmax)
     return (q - z) * s
 
 
 def hard_weight(w, v, scale, zero_point, dtype="qint8", axis=0) -> QArray:
-    """The integer weights after AdaRound: ``floor(w/s) + [V >= 0]``, clamped."""
+    """The integer weights after AdaRound: ``floor(w/s) + [V >= 0]``, clamped (the zero point rounded half to even,
+    as :func:`soft_weight` sees it once the optimisation rounds it)."""
     dt = as_qdtype(dtype)
+    if jnp.ndim(scale) == 0:
+        axis = None
     shp = _bshape(w, axis)
-    z = jnp.asarray(zero_point, jnp.int32)
-    q = _floor(w, scale, axis) + (v >= 0).astype(jnp.float32) + jnp.reshape(z, shp).astype(jnp.float32)
+    z = jnp.round(jnp.asarray(zero_point, jnp.float32))
+    if axis is not None:
+        z = jnp.broadcast_to(z, (w.shape[axis % w.ndim],))
+    q = _floor(w, scale, axis) + (v >= 0).astype(jnp.float32) + jnp.reshape(z, shp if z.ndim else ())
     q = jnp.clip(q, dt.qmin, dt.qmax).astype(dt.storage)
-    return QArray(q, jnp.asarray(scale, jnp.float32), z, dt, None if axis is None else axis % w.ndim)
+    return QArray(q, jnp.asarray(scale, jnp.float32), z.astype(jnp.int32), dt, None if axis is None else axis % w.ndim)
 
 
 def regularizer(v, beta):

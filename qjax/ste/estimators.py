@@ -47,16 +47,19 @@ class Estimator:
             return 1.0 / math.sqrt(n * qmax)
         return float(self.grad_scale)
 
-    def grads(self, g, x, xhat, s, z, qmin, qmax, factor):
+    def grads(self, g, x, xhat, s, z, qmin, qmax, factor, r=None):
         """Per-element ``(dx, ds, dz)`` for the output cotangent ``g`` (``s``/``z`` broadcast to ``x``).
 
         ``xhat`` is the forward output.  torch's backward recomputes it as ``(clamp(r) - z) * s``;
         at exact ties that differs from the forward pass (torch's fake-quant forward rounds
         ``x/s`` and adds ``z`` after, its quantize kernel adds ``z`` before rounding), so the
-        forward's own value is used: the gradient then belongs to the function computed.
+        forward's own value is used: the gradient then belongs to the function computed.  ``r`` is the
+        unclamped integer (default: torch's ``z + rne(x * (1/s))``; fake quantization with another
+        rounding mode passes its own).
         """
         inv = 1.0 / s
-        r = z + jnp.round(x * inv)
+        if r is None:
+            r = z + jnp.round(x * inv)
         below, above = r < qmin, r > qmax
         inside = ~(below | above)
         dx = g * inside if self.clip else g

@@ -64,7 +64,10 @@ def _fq_bwd(cfg, res, g):
     shp = () if cfg.axis is None else _channel_shape(x.ndim, cfg.axis)
     sb, zb = s.reshape(shp), integer_zero_point(z, cfg.dtype).astype(jnp.float32).reshape(shp)
     factor = cfg.estimator.factor(x.size, cfg.dtype.qmax)
-    dx, ds, dz = cfg.estimator.grads(g, x, y, sb, zb, cfg.dtype.qmin, cfg.dtype.qmax, factor)
+    r = None
+    if cfg.rounding is not None:  # the forward's own unclamped integer decides what was clamped
+        r = zb + round_float(div_rn(x, sb), cfg.rounding, key)
+    dx, ds, dz = cfg.estimator.grads(g, x, y, sb, zb, cfg.dtype.qmin, cfg.dtype.qmax, factor, r)
     if cfg.axis is None:
         ds, dz = jnp.sum(ds), jnp.sum(dz)
     else:
@@ -101,6 +104,14 @@ def fake_quantize(x, scale, zero_point, dtype="quint8", axis=None, estimator="ls
     x = jnp.asarray(x, jnp.float32)
     if axis is not None:
         axis = axis % x.ndim
+        want = (x.shape[axis],)
+        for value, name in ((scale, "scale"), (zero_point, "zero_point")):
+            if jnp.shape(value) != want:
+                raise ValueError(f"{name} has shape {jnp.shape(value)}; per-channel along axis {axis} needs {want}")
+    else:
+        for value, name in ((scale, "scale"), (zero_point, "zero_point")):
+            if jnp.ndim(value) != 0:
+                raise ValueError(f"{name} has shape {jnp.shape(value)}; per-tensor (axis=None) needs a scalar")
     cfg = FakeQuantConfig(dtype, axis, get_estimator(estimator), rounding)
     if rounding == "stochastic" and key is None:
         raise ValueError("rounding='stochastic' needs a PRNG key")

@@ -162,12 +162,12 @@ def _call(kind, geometry, x, w, bias, x_scale, x_zero_point, w_scale, w_zero_poi
     west = get_estimator(weight_estimator if weight_estimator is not None else estimator)
     per_channel = np.ndim(w_scale) == 1
     engine = resolve_arithmetic(engine)
-    if hasattr(engine, "dispatch"):  # torch's x86 engine picks a backend per layer from the weight zero points
+    if hasattr(engine, "dispatch") and kind == "conv":
+        # torch's x86 engine picks a conv backend per layer from the weight zero points (linear: always fbgemm)
         from ..checks import is_concrete
 
         if is_concrete(w_zero_point):
-            groups = geometry.groups if geometry is not None else 1
-            engine = engine.dispatch(np.round(np.asarray(w_zero_point)).astype(np.int32), groups)
+            engine = engine.dispatch(np.round(np.asarray(w_zero_point)).astype(np.int32), geometry.groups)
     cfg = _Layer(kind, geometry, bool(relu), engine, bias is not None, per_channel, est, west)
     b = _f32(bias) if bias is not None else jnp.zeros((w.shape[0],), jnp.float32)
     if isinstance(engine, HardwareSpec) and engine.requant_rounding == "stochastic" and key is None:

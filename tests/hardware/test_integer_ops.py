@@ -183,3 +183,48 @@ def test_spec_validation_and_parsing():
                                     hw.bias("floor")))
     for name, spec in hw.PRESETS.items():
         assert hw.get_spec(name) is spec
+
+
+@settings(max_examples=80)
+@given(m=st.floats(1e-4, 1e-2), style=st.sampled_from(["dyadic", "gemmlowp"]), bits=st.integers(8, 31))
+def test_flushed_multiplier_is_rounded_once(m, style, bits):
+    """A multiplier needing more right shift than allowed is round(m * 2**n_max) — one rounding, from m."""
+    spec = hw.HardwareSpec("t", multiplier=style, multiplier_bits=bits,
+                           shift_range=(0, 20) if style == "dyadic" else (-8, 0))
+    m0, shift, lost = hw.derive_multiplier(m, spec)
+    n_max = 20 if style == "dyadic" else 31 + 8
+    full, _, _ = hw.derive_multiplier(m, spec.replace(shift_range=(0, 62) if style == "dyadic" else (-31, 30)))
+    need = (int(np.floor(np.log2(m))) + 1)  # m = q * 2**need, q in [0.5, 1)
+    n_needed = bits - need if style == "dyadic" else 31 - need
+    if n_needed <= n_max:
+        assert lost == 0 and int(m0[0]) == int(full[0])
+        return
+    assert lost == 1
+    k = 0 if style == "dyadic" else max(31 - bits - (n_needed - n_max), 0)
+    want = int(Fraction(m) * 2 ** (n_max - k) + Fraction(1, 2)) * 2**k  # floor(x + 1/2), exact
+    assert int(m0[0]) == want
+
+
+def test_saturating_accumulator_adds_bias_without_wrapping():
+    """acc + bias beyond int32 saturates positive (a wrapped int32 sum would turn negative and clamp to 0)."""
+    spec = hw.HardwareSpec("t", multiplier="single", accumulator_bits=24, accumulator_overflow="saturate")
+    acc = jnp.asarray([[2**31 - 100]], jnp.int32)
+    m0, shift = jnp.asarray([2**30], jnp.int32), jnp.asarray([-19], jnp.int32)  # M = 2**-20
+    out = hw.requantize_integer(acc, jnp.asarray([200], jnp.int32), m0, shift, 0, spec)
+    assert int(out[0, 0]) == 8  # (2**23 - 1) * 2**-20 = 7.99999 -> 8
+
+
+def test_spec_arguments_are_normalised_and_named():
+    s = hw.HardwareSpec(shift_range=[-20, 20], output_range=np.array([0, 127]), multiplier_bits=np.int64(16))
+    assert s.shift_range == (-20, 20) and s.output_range == (0, 127) and s.multiplier_bits == 16
+    hash(s)
+    with pytest.raises(ValueError, match="shift_range"):
+        hw.HardwareSpec(shift_range=5)
+    with pytest.raises(ValueError, match="output_range"):
+        hw.HardwareSpec(output_range=(0,))
+    with pytest.raises(ValueError, match="multiplier_bits"):
+        hw.HardwareSpec(multiplier_bits="16")
+    with pytest.raises(ValueError, match="shift=3"):
+        hw.get_spec("gemmlowp:shift=3")
+    with pytest.raises(ValueError, match="bits=x"):
+        hw.get_spec("gemmlowp:bits=x")

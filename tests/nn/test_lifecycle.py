@@ -114,3 +114,19 @@ def test_errors():
         qnn.set_mode(make_cnn(), "int8")
     with pytest.raises(TypeError, match="Sequential"):
         qnn.to_torch(qnn.QuantStub())
+
+
+def test_x86_convs_are_pinned_for_jit_and_quantstub_rounding(data):
+    x, _ = data
+    m = make_cnn(engine="x86")
+    _calibrate(m, x)
+    qnn.prepare_qat(m)
+    y_qat = np.asarray(nnx.jit(lambda m, x: m(x))(m, x))
+    qnn.convert(m)
+    np.testing.assert_array_equal(np.asarray(nnx.jit(lambda m, x: m(x))(m, x)), y_qat)
+    stub = qnn.QuantStub(rounding="half_away", mode="integer")
+    stub.scale.set_value(jnp.float32(0.1))
+    stub.zero_point.set_value(jnp.float32(10.0))
+    q = stub(jnp.asarray([0.05, 0.15, -0.05, 0.25], jnp.float32) * 1.0)
+    # x/s = .5, 1.5, -.5, 2.5 -> half away from zero: 1, 2, -1, 3 (torch's half-even would give 0, 2, 0, 2)
+    assert np.asarray(q.values).tolist() == [11, 12, 9, 13]

@@ -42,3 +42,13 @@ def test_init_v_reproduces_the_float_weights_and_regularizer_bounds():
     np.testing.assert_allclose(np.asarray(soft), np.asarray(w), atol=2e-3)
     assert 0 <= float(adaround.regularizer(v, 2.0)) <= w.size
     assert float(adaround.beta_schedule(0, 100)) == 20.0 and float(adaround.beta_schedule(100, 100)) == 2.0
+
+
+def test_hard_weight_per_tensor_and_float_zero_point():
+    w = jnp.asarray([[0.31, -0.26], [0.05, 0.5]], jnp.float32)
+    v = jnp.asarray([[1.0, -1.0], [-1.0, 1.0]], jnp.float32)
+    hard = adaround.hard_weight(w, v, 0.1, 0.7)  # per-tensor scale, float zero point (rounds to 1)
+    assert hard.axis is None and int(hard.zero_point) == 1
+    assert np.asarray(hard.values).tolist() == [[5, -2], [1, 7]]
+    soft = adaround.soft_weight(w, v * 100, 0.1, 0.7)
+    np.testing.assert_allclose(np.asarray(soft), np.asarray(qjax.dequantize(hard)), atol=1e-6)

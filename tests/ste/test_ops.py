@@ -175,3 +175,38 @@ def test_stochastic_hardware_requant_is_keyed_and_equals_the_integer_path():
     np.testing.assert_array_equal(np.asarray(y), np.asarray(want))
     g = jax.grad(lambda w: jnp.sum(ste.linear(x, w, None, key=k, **kw)))(w)
     assert np.isfinite(np.asarray(g)).all()
+
+
+def test_x86_linear_runs_fbgemm_like_torch():
+    """torch's x86 engine dispatches convs only; its linear is always fbgemm (found where onednn differs)."""
+    rng = np.random.default_rng(1)
+    k, o = 16, 8
+    for _ in range(40):
+        x = rng.uniform(0, 4, (4096, k)).astype(np.float32)
+        w = rng.normal(0, 0.3, (o, k)).astype(np.float32)
+        b = rng.normal(0, 1, o).astype(np.float32)
+        sx = np.float32(rng.uniform(0.001, 0.05))
+        sw = (np.abs(w).max(1) / 127 * rng.uniform(0.5, 1.5, o)).astype(np.float32)
+        sy = np.float32(rng.uniform(0.01, 0.5))
+        xq = qjax.quantize(x, sx, 3, qjax.quint8)
+        wq = qjax.quantize(w, sw, np.zeros(o, np.int32), qjax.qint8, axis=0)
+        y_x86 = qjax.linear(xq, wq, b, scale=sy, zero_point=100, engine="x86")
+        y_onednn = qjax.linear(xq, wq, b, scale=sy, zero_point=100, engine="onednn")
+        if (np.asarray(y_x86.values) != np.asarray(y_onednn.values)).any():
+            kw = dict(x_scale=sx, x_zero_point=3.0, w_scale=sw, w_zero_point=np.zeros(o, np.float32), scale=sy,
+                      zero_point=100.0)
+            got = ste.linear(x, w, b, engine="x86", **kw)
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(qjax.dequantize(y_x86)))
+            return
+    pytest.fail("no input found where onednn and fbgemm linear differ")
+
+
+def test_fake_quantize_shape_errors_and_rounding_mask():
+    x = jnp.asarray([[126.6, 127.7, -128.4]], jnp.float32)
+    with pytest.raises(ValueError, match="zero_point"):
+        ste.fake_quantize(x, jnp.ones(3), 0.0, "qint8", axis=1)
+    with pytest.raises(ValueError, match="scale"):
+        ste.fake_quantize(x, jnp.ones(2), jnp.zeros(2), "qint8", axis=1)
+    # floor rounding: 127.7 floors to 127 (not clamped) so its gradient passes; -128.4 floors to -129 (clamped)
+    g = jax.grad(lambda x: jnp.sum(ste.fake_quantize(x, 1.0, 0.0, "qint8", estimator="clipped", rounding="floor")))(x)
+    assert np.asarray(g).tolist() == [[1.0, 1.0, 0.0]]
