@@ -13,6 +13,7 @@ silent float fallback.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import warnings
 from typing import Any
@@ -103,6 +104,34 @@ def engine_for_torch(name: str):
     if name not in engines:
         raise TorchImportError(f"torch engine {name!r} is not supported; qjax models {sorted(engines)}")
     return engines[name]()
+
+
+@contextlib.contextmanager
+def torch_engine(name: str):
+    """Run torch with ``torch.backends.quantized.engine = name`` (restored afterwards), warnings silenced."""
+    torch = _torch()
+    previous = torch.backends.quantized.engine
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.backends.quantized.engine = name
+            yield
+        finally:
+            torch.backends.quantized.engine = previous
+
+
+def import_settings(engine, threads, example_input):
+    """``(engine name, qjax engine, threads, example tensors)`` for an import (defaults: torch's current ones)."""
+    torch = _torch()
+    engine = engine or torch.backends.quantized.engine
+    qengine = engine_for_torch(engine) if isinstance(engine, str) else engine
+    engine = engine if isinstance(engine, str) else qengine.name
+    threads = int(threads if threads is not None else torch.get_num_threads())
+    if example_input is None:
+        example_input = torch.zeros(1, 3, 224, 224)
+    examples = example_input if isinstance(example_input, tuple) else (example_input,)
+    examples = tuple(torch.as_tensor(np.asarray(e)) if not isinstance(e, torch.Tensor) else e for e in examples)
+    return engine, qengine, threads, examples
 
 
 def layer_engine(engine, weight: QArray, groups: int, output_padding=()):
@@ -841,30 +870,16 @@ def from_torch(model, example_input=None, *, engine=None, threads=None) -> QMode
       (numpy or jax, same layout) and returns the same output as torch, bit for bit.
     """
     torch = _torch()
-    engine = engine or torch.backends.quantized.engine
-    qengine = engine_for_torch(engine) if isinstance(engine, str) else engine
-    engine = engine if isinstance(engine, str) else qengine.name
-    threads = int(threads if threads is not None else torch.get_num_threads())
+    engine, qengine, threads, examples = import_settings(engine, threads, example_input)
     if isinstance(model, torch.jit.ScriptModule):
         from .torchscript import from_torchscript
 
-        return from_torchscript(model, example_input if example_input is not None else torch.zeros(1, 3, 224, 224),
-                                engine=engine, threads=threads)
+        return from_torchscript(model, examples, engine=engine, threads=threads)
     if getattr(model, "training", False):
         raise TorchImportError("the model is in training mode; call model.eval() first")
     gm = trace(model)
-    if example_input is None:
-        example_input = torch.zeros(1, 3, 224, 224)
-    examples = example_input if isinstance(example_input, tuple) else (example_input,)
-    examples = tuple(torch.as_tensor(np.asarray(e)) if not isinstance(e, torch.Tensor) else e for e in examples)
-    previous = torch.backends.quantized.engine
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            torch.backends.quantized.engine = engine
-            record = _record(gm, examples)
-        finally:
-            torch.backends.quantized.engine = previous
+    with torch_engine(engine):
+        record = _record(gm, examples)
     conv = _Converter(gm, qengine, threads, record)
     output = conv.convert()
     meta = dict(engine=engine, threads=threads, torch_version=torch.__version__, source=type(model).__name__)

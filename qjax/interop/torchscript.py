@@ -12,7 +12,6 @@ are run in torch and dropped from the qjax graph.
 from __future__ import annotations
 
 import re
-import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +20,8 @@ from ..dtypes import as_qdtype
 from ..graph import Node, QModel, Ref, Static
 from ..qarray import QArray
 from ..qops.paths import CONTIGUOUS, STRIDED
-from .torch import TorchImportError, engine_for_torch, layer_engine, memory_format_of, qarray_from_torch
+from .torch import (TorchImportError, import_settings, layer_engine, memory_format_of, qarray_from_torch,
+                    torch_engine)
 
 __all__ = ["from_torchscript", "load"]
 
@@ -382,22 +382,11 @@ def _dtype_of_int(v):
 def from_torchscript(module, example_input, *, engine=None, threads=None) -> QModel:
     """Import a TorchScript quantized model (see the module docstring); arguments as :func:`qjax.from_torch`."""
     torch = _torch()
-    engine = engine or torch.backends.quantized.engine
-    qengine = engine_for_torch(engine) if isinstance(engine, str) else engine
-    engine = engine if isinstance(engine, str) else qengine.name
-    threads = int(threads if threads is not None else torch.get_num_threads())
-    examples = example_input if isinstance(example_input, tuple) else (example_input,)
-    examples = tuple(torch.as_tensor(np.asarray(e)) if not isinstance(e, torch.Tensor) else e for e in examples)
-    previous = torch.backends.quantized.engine
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            torch.backends.quantized.engine = engine
-            frozen = torch.jit.freeze(module.eval()) if hasattr(module, "graph") else module
-            conv = _TSConverter(qengine, threads)
-            with torch.no_grad():
-                inputs, output = conv.convert(frozen.graph, examples)
-        finally:
-            torch.backends.quantized.engine = previous
+    engine, qengine, threads, examples = import_settings(engine, threads, example_input)
+    with torch_engine(engine):
+        frozen = torch.jit.freeze(module.eval()) if hasattr(module, "graph") else module
+        conv = _TSConverter(qengine, threads)
+        with torch.no_grad():
+            inputs, output = conv.convert(frozen.graph, examples)
     meta = dict(engine=engine, threads=threads, torch_version=torch.__version__, source="torchscript")
     return QModel(inputs, conv.nodes, output, conv.params, meta)

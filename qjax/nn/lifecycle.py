@@ -116,13 +116,10 @@ def to_torch(model: Sequential):
     names.discard(None)
     if len(names) > 1:
         raise ValueError(f"to_torch needs one torch engine for all layers, got {sorted(names)}")
-    engine = names.pop() if names else "fbgemm"
-    previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = engine
-    try:
+    from ..interop.torch import torch_engine
+
+    with torch_engine(names.pop() if names else "fbgemm"):  # prepack for that engine
         return _build(torch, nnq, nniq, model)
-    finally:
-        torch.backends.quantized.engine = previous
 
 
 def _engine_of(layer):
