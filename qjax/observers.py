@@ -18,8 +18,13 @@ Mirrors ``torch/ao/quantization/observer.py``: ``MinMaxObserver`` (running min /
   ``zp = 128`` for quint8 (the midpoint ``(qmin + qmax) // 2`` with a custom range), else 0;
 * no data yet: ``scale = 1``, ``zp = 0`` (torch warns).
 
-``quant_min``/``quant_max``/``reduce_range`` follow torch's ``_calculate_qmin_qmax``.  torch's
-``HistogramObserver`` is not reproduced yet.
+``HistogramObserver`` (torch's default activation observer): a float32 histogram of ``bins`` counts
+over the running ``[min, max]``, re-binned when the range grows, and an L2-error search for the
+clipping range (see :mod:`qjax.histogram` for the emulated torch primitives).  Its state is
+``{"histogram", "min_val", "max_val"}``; ``update`` and ``qparams`` run the host emulation through
+``jax.pure_callback``, so they work eagerly and under ``jit`` (not differentiable, as torch's).
+
+``quant_min``/``quant_max``/``reduce_range`` follow torch's ``_calculate_qmin_qmax``.
 """
 
 from __future__ import annotations
@@ -27,14 +32,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from . import float32 as f32x
+from . import histogram as _hist
 from .dtypes import QDType, as_qdtype
 
 __all__ = ["Observer", "ObserverConfig", "min_max", "moving_average_min_max", "per_channel_min_max",
-           "moving_average_per_channel_min_max", "calculate_qmin_qmax", "calculate_qparams", "EPS"]
+           "moving_average_per_channel_min_max", "histogram", "calculate_qmin_qmax", "calculate_qparams", "EPS"]
 
 EPS = float(np.finfo(np.float32).eps)
 QSCHEMES = ("per_tensor_affine", "per_tensor_symmetric", "per_channel_affine", "per_channel_symmetric")
@@ -67,6 +74,7 @@ class ObserverConfig:
     eps: float = EPS
     averaging_constant: float | None = None  # None: running min/max
     ch_axis: int | None = None  # None: per tensor
+    bins: int | None = None  # HistogramObserver
 
 
 def calculate_qparams(cfg: ObserverConfig, min_val, max_val):
@@ -173,3 +181,49 @@ def moving_average_per_channel_min_max(averaging_constant=0.01, ch_axis=0, dtype
                                        quant_max=None, eps=EPS) -> Observer:
     """torch's ``MovingAveragePerChannelMinMaxObserver``."""
     return _make(dtype, qscheme, reduce_range, quant_min, quant_max, eps, averaging_constant, ch_axis)
+
+
+def histogram(bins=2048, dtype="quint8", qscheme="per_tensor_affine", reduce_range=False, quant_min=None,
+              quant_max=None, eps=EPS) -> Observer:
+    """torch's ``HistogramObserver`` (per tensor only, as torch's).
+
+    The state's histogram has ``bins`` float32 counts (at most 32768: torch sums longer ones across
+    threads).  ``qparams`` runs torch's ``_non_linear_param_search`` over ``2**dtype.bits``
+    destination bins and then the ``MinMaxObserver`` formulas on the ``[min, max]`` it finds.
+    """
+    if not isinstance(bins, (int, np.integer)) or not 0 < bins <= _hist.MAX_BINS:
+        raise ValueError(f"bins={bins!r}: must be an int in 1..{_hist.MAX_BINS} (torch sums longer histograms "
+                         "across threads, so its result would depend on the thread count)")
+    if not qscheme.startswith("per_tensor"):
+        raise ValueError(f"qscheme={qscheme!r}: HistogramObserver is per tensor only (torch raises NotImplementedError)")
+    base = _make(dtype, qscheme, reduce_range, quant_min, quant_max, eps, None, None)
+    cfg = dataclasses.replace(base.config, bins=int(bins))
+    dst_nbins = 2**cfg.dtype.bits
+    f32 = jax.ShapeDtypeStruct((), jnp.float32)
+    hist_t = jax.ShapeDtypeStruct((cfg.bins,), jnp.float32)
+
+    def init(channels: int | None = None):
+        return dict(histogram=jnp.zeros((cfg.bins,), jnp.float32), min_val=jnp.float32(jnp.inf),
+                    max_val=jnp.float32(-jnp.inf))
+
+    def _host_update(hist, lo, hi, x):
+        out = _hist.update(dict(histogram=np.asarray(hist), min_val=lo, max_val=hi), np.asarray(x))
+        return (np.asarray(out["histogram"], np.float32), np.float32(out["min_val"]), np.float32(out["max_val"]))
+
+    def update(state, x):
+        x = jnp.asarray(x, jnp.float32)
+        h, lo, hi = jax.pure_callback(_host_update, (hist_t, f32, f32), state["histogram"], state["min_val"],
+                                      state["max_val"], x, vmap_method="sequential")
+        return dict(histogram=h, min_val=lo, max_val=hi)
+
+    def _host_search(hist, lo, hi):
+        if lo == np.inf and hi == -np.inf:
+            return np.float32(np.inf), np.float32(-np.inf)  # no data: calculate_qparams gives (1.0, 0)
+        return _hist.search_min_max(dict(histogram=np.asarray(hist), min_val=lo, max_val=hi), dst_nbins)
+
+    def qparams(state):
+        lo, hi = jax.pure_callback(_host_search, (f32, f32), state["histogram"], state["min_val"], state["max_val"],
+                                   vmap_method="sequential")
+        return calculate_qparams(cfg, lo, hi)
+
+    return Observer(cfg, init, update, qparams)

@@ -7,17 +7,19 @@
     ... nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param) ...   # weights, bias, scales, zero points
     qnn.convert(model)                        # integer mode: QArray in, QArray out, bit-exact kernels
     torch_model = qnn.to_torch(model)         # fbgemm eager modules with the same integers
-    qnn.save(model, "ckpt.msgpack"); qnn.load(model, "ckpt.msgpack")
+    qnn.save(model, "ckpt.safetensors"); qnn.load(model, "ckpt.safetensors")   # or .msgpack
 
 Modes only change how modules compute; all state (weights, qparams, observer ranges) is
-explicit NNX variables, checkpointed with ``flax.serialization`` (msgpack, no pickle).
+explicit NNX variables, checkpointed with safetensors or ``flax.serialization`` msgpack (no pickle).
 """
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 from flax import nnx, serialization
 
+from .elementwise import AvgPool, GlobalAvgPool, Hardswish, ReLU, ReLU6
 from .modules import MODES, DeQuantStub, Flatten, MaxPool, QConv, QDense, QuantStub, Sequential, _Quantized
 
 __all__ = ["set_mode", "prepare", "prepare_qat", "convert", "save", "load", "to_torch"]
@@ -75,17 +77,49 @@ def convert(model, from_observers: bool = False):
     return set_mode(model, "integer")
 
 
+def _flat_keys(tree):
+    """``{"layers/1/kernel": leaf}`` for a pure-dict state (the names safetensors stores)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): leaf for path, leaf in flat}
+
+
 def save(model, path: str):
-    """All state (weights, qparams, observer ranges) as msgpack (``flax.serialization``; no pickle)."""
+    """All state (weights, qparams, observer state) to ``path``: safetensors if it ends in ``.safetensors``,
+    else msgpack (``flax.serialization``).  Neither format can execute code on load (no pickle)."""
+    pure = nnx.to_pure_dict(nnx.state(model))
+    if str(path).endswith(".safetensors"):
+        from safetensors.numpy import save_file
+
+        save_file({k: np.array(v, copy=True, order="C") for k, v in _flat_keys(pure).items()}, str(path))
+        return
     with open(path, "wb") as f:
-        f.write(serialization.msgpack_serialize(nnx.to_pure_dict(nnx.state(model))))
+        f.write(serialization.msgpack_serialize(pure))
 
 
 def load(model, path: str):
-    """Restore what :func:`save` wrote into a model of the same structure."""
+    """Restore what :func:`save` wrote into a model of the same structure (shapes and dtypes checked)."""
     state = nnx.state(model)
-    with open(path, "rb") as f:
-        nnx.replace_by_pure_dict(state, serialization.msgpack_restore(f.read()))
+    pure = nnx.to_pure_dict(state)
+    if str(path).endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        stored = load_file(str(path))
+        want = _flat_keys(pure)
+        missing, extra = sorted(set(want) - set(stored)), sorted(set(stored) - set(want))
+        if missing or extra:
+            raise ValueError(f"load({path!r}): the checkpoint does not match the model (missing {missing[:5]}, "
+                             f"unexpected {extra[:5]})")
+        for k, v in want.items():
+            if np.shape(v) != stored[k].shape or np.asarray(v).dtype != stored[k].dtype:
+                raise ValueError(f"load({path!r}): {k} is {stored[k].dtype}{list(stored[k].shape)} in the checkpoint, "
+                                 f"{np.asarray(v).dtype}{list(np.shape(v))} in the model")
+        paths, treedef = jax.tree_util.tree_flatten_with_path(pure)
+        names = list(_flat_keys(pure))
+        restored = jax.tree_util.tree_unflatten(treedef, [stored[n] for n in names])
+    else:
+        with open(path, "rb") as f:
+            restored = serialization.msgpack_restore(f.read())
+    nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
     return model
 
@@ -103,7 +137,11 @@ def to_torch(model: Sequential):
     The torch model takes NCHW float input; it quantizes, runs ``nnq.Conv2d``/``ConvReLU2d``,
     ``nnq.Linear``/``LinearReLU`` with the qjax model's int8 weights, float bias, scales and zero
     points, and flattens in qjax's (channels-last) order.  Supports QuantStub, QConv (2-d),
-    MaxPool (2-d), Flatten, QDense, DeQuantStub; anything else raises naming the layer.
+    MaxPool (2-d), Flatten, QDense, DeQuantStub, ReLU, ReLU6, Hardswish, AvgPool (2-d) and
+    GlobalAvgPool; anything else raises naming the layer.  With elementwise layers the model runs
+    under their ``threads`` (torch's thread count decides which elements take the vector path).
+    Binary layers (QAdd, QMul, QCat) need a graph, not a chain: compare those with torch's
+    functional quantized ops (as ``tests/nn/test_elementwise.py`` does).
     """
     import torch
     import torch.ao.nn.intrinsic.quantized as nniq
@@ -134,7 +172,7 @@ def _engine_of(layer):
 
 
 def _build(torch, nnq, nniq, model):
-    mods = []
+    mods, threads = [], set()
     for i, layer in enumerate(model.layers):
         if isinstance(layer, QuantStub):
             mods.append(nnq.Quantize(float(layer._s()), int(layer._zp()), torch.quint8))
@@ -167,9 +205,59 @@ def _build(torch, nnq, nniq, model):
             m.set_weight_bias(_qweight(torch, w, wq), _bias(torch, layer))
             m.scale, m.zero_point = float(layer._s()), int(layer._zp())
             mods.append(m)
+        elif isinstance(layer, (ReLU, ReLU6, Hardswish, AvgPool, GlobalAvgPool)):
+            mods.append(_export_elementwise(torch, nnq, i, layer))
+            if isinstance(layer, Hardswish):  # the only one of these whose path split depends on threads
+                threads.add(layer.threads)
         else:
             raise TypeError(f"layer {i} ({type(layer).__name__}) has no torch export")
-    return torch.nn.Sequential(*mods).eval()
+    seq = torch.nn.Sequential(*mods).eval()
+    if not threads:
+        return seq
+    if len(threads) > 1:
+        raise ValueError(f"to_torch: the elementwise layers assume different torch thread counts {sorted(threads)}")
+    return _thread_pinned_cls()(seq, threads.pop()).eval()
+
+
+def _export_elementwise(torch, nnq, i, layer):
+    if isinstance(layer, (AvgPool, GlobalAvgPool, Hardswish, ReLU6)) and layer.memory_format not in (None,
+                                                                                                 "channels_last"):
+        raise ValueError(f"layer {i}: to_torch's tensors after a conv are channels-last; memory_format="
+                         f"{layer.memory_format!r} has no export")
+    if isinstance(layer, ReLU):
+        return torch.nn.ReLU()
+    if isinstance(layer, ReLU6):
+        return nnq.ReLU6()
+    if isinstance(layer, Hardswish):
+        return nnq.Hardswish(float(layer._s()), int(layer._zp()))
+    if isinstance(layer, GlobalAvgPool):
+        return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(1))
+    if len(layer.window) != 2:
+        raise ValueError(f"layer {i} (AvgPool): to_torch exports 2-d pooling only")
+    return torch.nn.AvgPool2d(layer.window, layer.strides, layer.padding, ceil_mode=layer.ceil_mode,
+                              count_include_pad=layer.count_include_pad)
+
+
+def _thread_pinned_cls():
+    import torch
+
+    class ThreadPinned(torch.nn.Module):
+        """Runs the model with the torch thread count the qjax layers assumed (torch's elementwise kernels
+        split vector / scalar paths by thread, and the two round differently)."""
+
+        def __init__(self, model, threads):
+            super().__init__()
+            self.model, self.threads = model, int(threads)
+
+        def forward(self, x):
+            prev = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+            try:
+                return self.model(x)
+            finally:
+                torch.set_num_threads(prev)
+
+    return ThreadPinned
 
 
 def _qweight(torch, w_int, wq):

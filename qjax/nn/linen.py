@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from flax.nnx import bridge
 
-from . import modules
+from . import elementwise, modules
 
-__all__ = ["QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten", "MaxPool"]
+__all__ = ["QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten", "MaxPool", "QAdd", "QMul", "QCat", "Hardswish",
+           "ReLU", "ReLU6", "AvgPool", "GlobalAvgPool"]
 
 
 def QuantStub(**kwargs):
@@ -43,3 +44,35 @@ def QDense(in_features, out_features, **kwargs):
 
 def MaxPool(window, **kwargs):
     return bridge.to_linen(modules.MaxPool, window, skip_rng=True, **kwargs)
+
+
+def QAdd(**kwargs):
+    return bridge.to_linen(elementwise.QAdd, skip_rng=True, **kwargs)
+
+
+def QMul(**kwargs):
+    return bridge.to_linen(elementwise.QMul, skip_rng=True, **kwargs)
+
+
+def QCat(**kwargs):
+    return bridge.to_linen(elementwise.QCat, skip_rng=True, **kwargs)
+
+
+def Hardswish(**kwargs):
+    return bridge.to_linen(elementwise.Hardswish, skip_rng=True, **kwargs)
+
+
+def ReLU(**kwargs):
+    return bridge.to_linen(elementwise.ReLU, skip_rng=True, **kwargs)
+
+
+def ReLU6(**kwargs):
+    return bridge.to_linen(elementwise.ReLU6, skip_rng=True, **kwargs)
+
+
+def AvgPool(window, **kwargs):
+    return bridge.to_linen(elementwise.AvgPool, window, skip_rng=True, **kwargs)
+
+
+def GlobalAvgPool(**kwargs):
+    return bridge.to_linen(elementwise.GlobalAvgPool, skip_rng=True, **kwargs)

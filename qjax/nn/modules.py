@@ -57,14 +57,19 @@ class QParam(nnx.Param):
 
 
 class ObserverState(nnx.Variable):
-    """An observer's running ``[min, max]`` (stacked on the first axis; not trained)."""
+    """An observer's state, not trained: ``[min, max]`` stacked on the first axis (a histogram
+    observer appends its counts: ``[min, max, *histogram]``)."""
 
 
 def _pack(state):
+    if "histogram" in state:  # HistogramObserver: [min, max, *counts]
+        return jnp.concatenate([jnp.stack([state["min_val"], state["max_val"]]), state["histogram"]])
     return jnp.stack([state["min_val"], state["max_val"]])
 
 
 def _unpack(a):
+    if a.ndim == 1 and a.shape[0] > 2:
+        return dict(min_val=a[0], max_val=a[1], histogram=a[2:])
     return dict(min_val=a[0], max_val=a[1])
 
 
@@ -260,12 +265,28 @@ class _Weighted(_Quantized):
         self._observe_output(y)
 
 
+def _move_channels(x, src, dst):
+    """Move the channel axis of a float array, QFloat or QArray (the NCHW layout option)."""
+    if isinstance(x, QArray):
+        return QArray(jnp.moveaxis(x.values, src, dst), x.scale, x.zero_point, x.dtype, None, check=False)
+    if isinstance(x, QFloat):
+        return QFloat(jnp.moveaxis(x.value, src, dst), x.scale, x.zero_point)
+    return jnp.moveaxis(x, src, dst)
+
+
 class QConv(_Weighted):
-    """Quantized convolution (1-d/2-d/3-d from the kernel size), Flax layout; ``relu`` fuses ReLU (ConvReLU)."""
+    """Quantized convolution (1-d/2-d/3-d from the kernel size); ``relu`` fuses ReLU (ConvReLU).
+
+    ``layout="NHWC"`` (Flax's, default) or ``"NCHW"`` (torch's order: channels at axis 1, for data kept in
+    torch's layout); the kernel is stored in Flax's ``(*K, C/groups, O)`` either way.
+    """
 
     def __init__(self, in_features, out_features, kernel_size, *, strides=1, padding=0, groups=1, relu=False,
                  use_bias=True, engine="fbgemm", estimator="lsq", observer=None, weight_observer=None,
-                 mode="float", rngs: nnx.Rngs):
+                 layout="NHWC", mode="float", rngs: nnx.Rngs):
+        if layout not in ("NHWC", "NCHW"):
+            raise ValueError(f"layout={layout!r}; use 'NHWC' (Flax) or 'NCHW' (torch)")
+        self.layout = layout
         if in_features % groups or out_features % groups:
             raise ValueError(f"groups={groups} must divide in_features={in_features} and out_features={out_features}")
         ks = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
@@ -289,6 +310,11 @@ class QConv(_Weighted):
         return jnp.maximum(y, 0.0) if self.relu else y
 
     def __call__(self, x):
+        if self.layout == "NCHW":
+            return _move_channels(self._call_nhwc(_move_channels(x, 1, -1)), -1, 1)
+        return self._call_nhwc(x)
+
+    def _call_nhwc(self, x):
         if self.mode in ("float", "calibrate", "load"):
             y = self._float(x)
             self._after_float(y)

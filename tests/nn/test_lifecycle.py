@@ -92,6 +92,13 @@ def test_lifecycle_qat_convert_and_torch_export_are_bit_exact(data, tmp_path):
     qnn.convert(m2)
     qnn.load(m2, str(tmp_path / "ckpt.msgpack"))
     np.testing.assert_array_equal(np.asarray(m2(x)), y_int)
+    qnn.save(m, str(tmp_path / "ckpt.safetensors"))
+    m3 = make_cnn(seed=2)
+    qnn.convert(m3)
+    qnn.load(m3, str(tmp_path / "ckpt.safetensors"))
+    np.testing.assert_array_equal(np.asarray(m3(x)), y_int)
+    with pytest.raises(ValueError, match="does not match"):
+        qnn.load(qnn.Sequential(qnn.QuantStub()), str(tmp_path / "ckpt.safetensors"))
 
 
 @pytest.mark.parametrize("spec", ["gemmlowp", "dyadic8"])
@@ -130,3 +137,58 @@ def test_x86_convs_are_pinned_for_jit_and_quantstub_rounding(data):
     q = stub(jnp.asarray([0.05, 0.15, -0.05, 0.25], jnp.float32) * 1.0)
     # x/s = .5, 1.5, -.5, 2.5 -> half away from zero: 1, 2, -1, 3 (torch's half-even would give 0, 2, 0, 2)
     assert np.asarray(q.values).tolist() == [11, 12, 9, 13]
+
+
+@pytest.mark.torch
+def test_histogram_observer_modules_match_torch_default_qconfig(data):
+    """torch's fbgemm default activation observer (HistogramObserver, reduce_range) inside qjax.nn: the stub's
+    scale / zero point equal a torch QuantStub's calibrated on the same batches; jitted calibration works."""
+    import torch
+    from torch.ao.quantization import QuantStub, get_default_qconfig, prepare
+
+    x, _ = data
+    hist_obs = ("histogram", (("reduce_range", True),))
+    m = qnn.Sequential(qnn.QuantStub(observer=hist_obs),
+                       qnn.QConv(3, 8, (3, 3), padding=1, relu=True, observer=hist_obs, rngs=nnx.Rngs(0)),
+                       qnn.DeQuantStub())
+    qnn.prepare(m)
+    calib = nnx.jit(lambda m, x: m(x))
+    t = torch.nn.Sequential(QuantStub())
+    t.qconfig = get_default_qconfig("fbgemm")
+    t = prepare(t)
+    for i in range(0, len(x), 8):
+        calib(m, x[i:i + 8])
+        t(torch.from_numpy(x[i:i + 8]))
+    qnn.convert(m, from_observers=True)
+    ts, tz = t[0].activation_post_process.calculate_qparams()
+    assert float(m.layers[0].scale.get_value()) == ts.item()
+    assert float(m.layers[0].zero_point.get_value()) == tz.item()
+    assert m.layers[0].act_obs.get_value().shape == (2 + 2048,)
+    y = np.asarray(m(x))  # the converted model runs with the histogram-derived qparams
+    assert np.isfinite(y).all() and float(m.layers[1].scale.get_value()) > 0
+
+
+def test_qconv_torch_layout_option(data):
+    x, _ = data
+    a = qnn.QConv(3, 4, (3, 3), padding=1, relu=True, rngs=nnx.Rngs(0))
+    b = qnn.QConv(3, 4, (3, 3), padding=1, relu=True, layout="NCHW", rngs=nnx.Rngs(0))
+    x_nchw = np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2)))
+    for mode in ("calibrate", "qat", "integer"):
+        for m in (a, b):
+            qnn.set_mode(m, mode)
+            if mode == "qat":
+                m.load_qparams()
+        if mode == "calibrate":
+            ya, yb = a(x), b(x_nchw)
+        else:
+            stub = qnn.QuantStub()
+            stub.scale.set_value(jnp.float32(0.03))
+            stub.zero_point.set_value(jnp.float32(128))
+            qnn.set_mode(stub, mode)
+            xa = stub(x)
+            xb = stub(x_nchw)
+            ya, yb = a(xa), b(xb)
+            ya, yb = (ya.value, yb.value) if mode == "qat" else (ya.values, yb.values)
+        np.testing.assert_array_equal(np.asarray(ya), np.moveaxis(np.asarray(yb), 1, -1))
+    with pytest.raises(ValueError, match="layout"):
+        qnn.QConv(3, 4, (3, 3), layout="NCW", rngs=nnx.Rngs(0))

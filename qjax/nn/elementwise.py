@@ -1,0 +1,348 @@
+"""Quantized add / mul / cat, activations and average pooling as NNX modules, in the four modes.
+
+============  ==========================================  =====================================
+module        integer op (torch's kernel it reproduces)    output qparams
+============  ==========================================  =====================================
+QAdd          ``quantized::add`` / ``add_relu``             observed (its own scale, zero point)
+QMul          ``quantized::mul`` / ``mul_relu``             observed
+QCat          ``quantized::cat``                            observed
+Hardswish     ``quantized::hardswish``                      observed
+ReLU, ReLU6   ``relu`` / ``relu6`` on the integers          the input's
+AvgPool       ``quantized avg_pool{1,2,3}d``                the input's
+GlobalAvgPool ``adaptive_avg_pool`` to 1 (``Flatten``-ed)   the input's
+============  ==========================================  =====================================
+
+Modes as in :mod:`qjax.nn.modules`: ``float`` (plain op), ``calibrate`` (the output observer
+records), ``qat`` (:class:`~qjax.nn.QFloat` in and out: the forward *is* the integer op on the
+inputs' integers, so QAT sees the deployed values bit for bit; the backward differentiates the
+float op followed by ``fake_quantize`` with the module's estimator, so output scales learn with
+LSQ) and ``integer`` (:class:`~qjax.QArray` in and out).
+
+torch's elementwise kernels take a vectorized path for most elements and a scalar path (which
+rounds differently) for the rest, and where the split falls depends on the tensor's memory format
+and on torch's thread count (``qjax.qops.paths``).  qjax.nn activations are NHWC; torch's
+quantized conv outputs are channels-last, so 4-d inputs default to ``memory_format=
+"channels_last"`` and other ranks to ``"contiguous"``; ``threads`` (default 1) must equal
+``torch.get_num_threads()`` of the torch process the result is compared with.
+
+Under a hardware spec, ``QAdd`` is TFLite's integer ADD (:func:`qjax.hardware.integer_ops.add_integer`,
+multipliers derived in the graph as :func:`qjax.hardware.convert` derives them); mul, cat,
+hardswish and pooling keep torch's fbgemm arithmetic there, as ``hardware.convert`` does.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+
+from .. import ste
+from ..dtypes import quint8
+from ..engines import Qnnpack
+from ..hardware.spec import HardwareSpec
+from ..qarray import QArray
+from ..qops import elementwise as ew
+from ..qops import pooling
+from ..qops import qnnpack as qq
+from ..qops.concat import cat as int_cat
+from ..qops.paths import CHANNELS_LAST, CONTIGUOUS
+from ..quantize import dequantize, quantize
+from ..ste.ops import resolve_arithmetic
+from .modules import QFloat, _check_mode, _Quantized
+
+__all__ = ["QAdd", "QMul", "QCat", "Hardswish", "ReLU", "ReLU6", "AvgPool", "GlobalAvgPool"]
+
+
+# --------------------------------------------------------------------------- layout and the QAT forward
+
+def _to_torch(q: QArray) -> QArray:
+    """NHWC (Flax) -> NCHW (torch's logical order); the memory format says how torch stores it."""
+    v = jnp.moveaxis(q.values, -1, 1) if q.ndim >= 3 else q.values
+    return QArray(v, q.scale, q.zero_point, q.dtype, None, check=False)
+
+
+def _from_torch(q: QArray) -> QArray:
+    v = jnp.moveaxis(q.values, 1, -1) if q.ndim >= 3 else q.values
+    return QArray(v, q.scale, q.zero_point, q.dtype, None, check=False)
+
+
+def _fmt(memory_format, ndim):
+    if memory_format is not None:
+        return memory_format
+    return CHANNELS_LAST if ndim == 4 else CONTIGUOUS
+
+
+def _requantize(x: QFloat) -> QArray:
+    """A QAT activation back to its integers: ``value = (q - z) * s`` is on the grid, so this is exact."""
+    z = jnp.clip(jnp.round(x.zero_point), 0, 255).astype(jnp.int32)
+    return quantize(x.value, x.scale, z, quint8)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _exact_forward(exact, surrogate, *args):
+    return exact(*args)
+
+
+def _exact_fwd(exact, surrogate, *args):
+    return exact(*args), args
+
+
+def _exact_bwd(exact, surrogate, args, g):
+    _, vjp = jax.vjp(surrogate, *args)
+    return tuple(vjp(g))
+
+
+_exact_forward.defvjp(_exact_fwd, _exact_bwd)
+
+
+class _Op(_Quantized):
+    def _init_op(self, observer, engine, estimator, memory_format, threads, mode):
+        self._init_output(observer, mode)
+        self.engine = engine
+        self.estimator = estimator
+        self.memory_format = memory_format
+        self.threads = int(threads)
+
+    def _fq(self, y, s, z):
+        return ste.fake_quantize(y, s, z, "quint8", estimator=self.estimator)
+
+    def _run(self, xs, float_op, int_op, own_qparams=True):
+        """Dispatch on the mode; ``int_op(list of QArray) -> QArray`` (NHWC), ``float_op(*floats)``."""
+        if self.mode in ("float", "calibrate", "load"):
+            y = float_op(*xs)
+            if own_qparams:
+                if self.mode == "calibrate":
+                    self._observe_output(y)
+                elif self.mode == "load":
+                    self.load_qparams()
+            return y
+        if self.mode == "integer":
+            return int_op(list(xs))
+        # qat
+        n = len(xs)
+        if own_qparams:
+            so, zo = self._s(), self.zero_point.get_value()
+        else:
+            so, zo = xs[0].scale, xs[0].zero_point
+
+        def exact(*a):
+            qf = [QFloat(a[3 * i], a[3 * i + 1], a[3 * i + 2]) for i in range(n)]
+            if own_qparams:
+                self_s, self_z = a[3 * n], a[3 * n + 1]
+                return dequantize(int_op([_requantize(q) for q in qf], scale=self_s, zero_point=self_z))
+            return dequantize(int_op([_requantize(q) for q in qf]))
+
+        def surrogate(*a):
+            y = float_op(*[a[3 * i] for i in range(n)])
+            s, z = (a[3 * n], a[3 * n + 1]) if own_qparams else (a[1], a[2])
+            return self._fq(y, s, z)
+
+        args = [v for x in xs for v in (x.value, x.scale, x.zero_point)]
+        if own_qparams:
+            args += [so, zo]
+        y = _exact_forward(exact, surrogate, *args)
+        return QFloat(y, so, zo)
+
+    def _out(self, scale=None, zero_point=None):
+        s = self._s() if scale is None else jnp.maximum(scale, 1.1920928955078125e-07)
+        z = self._zp() if zero_point is None else jnp.clip(jnp.round(zero_point), 0, 255).astype(jnp.int32)
+        return s, z
+
+
+class _Binary(_Op):
+    def __init__(self, relu=False, *, engine="fbgemm", estimator="lsq", observer=None, memory_format=None, threads=1,
+                 mode="float"):
+        self.relu = bool(relu)
+        self._init_op(observer, engine, estimator, memory_format, threads, mode)
+
+    def _float(self, a, b):
+        y = self._op(a, b)
+        return jnp.maximum(y, 0.0) if self.relu else y
+
+    def __call__(self, a, b):
+        return self._run((a, b), self._float, self._integer)
+
+
+class QAdd(_Binary):
+    """``a + b`` (broadcasting), requantized to the module's scale / zero point; ``relu`` = torch's ``add_relu``."""
+
+    _op = staticmethod(jnp.add)
+
+    def _integer(self, xs, scale=None, zero_point=None):
+        a, b = xs
+        s, z = self._out(scale, zero_point)
+        engine = resolve_arithmetic(self.engine)
+        if isinstance(engine, HardwareSpec):
+            return self._hardware(a, b, s, z, engine)
+        ta, tb = _to_torch(a), _to_torch(b)
+        if isinstance(engine, Qnnpack) and ta.shape == tb.shape:
+            # qnnpack's add kernel; it needs concrete input qparams (qnnpack derives its multipliers on the host)
+            y = qq.add(ta, tb, s, z, relu=self.relu)
+        else:
+            y = ew.add(ta, tb, s, z, relu=self.relu, memory_format=_fmt(self.memory_format, ta.ndim),
+                       threads=self.threads)
+        return _from_torch(y)
+
+    def _hardware(self, a, b, s, z, spec):
+        from ..hardware.integer_ops import add_integer
+
+        p = dict(_derive_add_callback(spec, a.scale, b.scale, s), scale=s, zero_point=z)
+        return add_integer(a, b, p, spec=spec, relu=self.relu)
+
+
+def _derive_add_callback(spec: HardwareSpec, sa, sb, so):
+    """TFLite ADD's three multipliers derived in the graph with ``hardware.convert``'s numpy code."""
+    from ..hardware.convert import derive_multiplier
+    from ..hardware.integer_ops import ADD_LEFT_SHIFT
+
+    def host(sa, sb, so):
+        sa, sb, so = (np.float64(np.float32(v)) for v in (sa, sb, so))
+        twice_max = 2 * max(sa, sb)
+        out = []
+        for mult in (sa / twice_max, sb / twice_max, twice_max / (2**ADD_LEFT_SHIFT * so)):
+            m0, shift, _ = derive_multiplier(mult, spec, "QAdd")
+            out += [np.int32(m0[0]), np.int32(shift[0])]
+        return tuple(out)
+
+    shapes = tuple(jax.ShapeDtypeStruct((), jnp.int32) for _ in range(6))
+    m0_a, shift_a, m0_b, shift_b, m0, shift = jax.pure_callback(host, shapes, sa, sb, so, vmap_method="sequential")
+    return dict(m0_a=m0_a, shift_a=shift_a, m0_b=m0_b, shift_b=shift_b, m0=m0, shift=shift)
+
+
+class QMul(_Binary):
+    """``a * b`` (broadcasting) requantized; ``relu`` = torch's ``mul_relu``."""
+
+    _op = staticmethod(jnp.multiply)
+
+    def _integer(self, xs, scale=None, zero_point=None):
+        a, b = (_to_torch(x) for x in xs)
+        s, z = self._out(scale, zero_point)
+        y = ew.mul(a, b, s, z, relu=self.relu, memory_format=_fmt(self.memory_format, a.ndim), threads=self.threads)
+        return _from_torch(y)
+
+
+class QCat(_Op):
+    """Concatenate along ``axis`` (Flax layout; default the channels) into the module's qparams."""
+
+    def __init__(self, axis=-1, *, engine="fbgemm", estimator="lsq", observer=None, memory_format=None, threads=1,
+                 mode="float"):
+        self.axis = axis
+        self._init_op(observer, engine, estimator, memory_format, threads, mode)
+
+    def __call__(self, *xs):
+        return self._run(xs, lambda *v: jnp.concatenate(v, axis=self.axis), self._integer)
+
+    def _integer(self, xs, scale=None, zero_point=None):
+        s, z = self._out(scale, zero_point)
+        nd = xs[0].ndim
+        axis = self.axis % nd
+        # the same axis in torch's order (channels at 1)
+        t_axis = axis if nd < 3 else (1 if axis == nd - 1 else (axis + 1 if axis >= 1 else 0))
+        y = int_cat([_to_torch(x) for x in xs], s, z, dim=t_axis,
+                    channels_last=_fmt(self.memory_format, nd) == CHANNELS_LAST)
+        return _from_torch(y)
+
+
+class Hardswish(_Op):
+    """``x * relu6(x + 3) / 6`` into the module's qparams (``quantized::hardswish``)."""
+
+    def __init__(self, *, engine="fbgemm", estimator="lsq", observer=None, memory_format=None, threads=1, mode="float"):
+        self._init_op(observer, engine, estimator, memory_format, threads, mode)
+
+    def __call__(self, x):
+        return self._run((x,), lambda v: v * jnp.clip(v + 3.0, 0.0, 6.0) / 6.0, self._integer)
+
+    def _integer(self, xs, scale=None, zero_point=None):
+        x = _to_torch(xs[0])
+        s, z = self._out(scale, zero_point)
+        engine = resolve_arithmetic(self.engine)
+        if isinstance(engine, Qnnpack):
+            y = qq.hardswish(x, s, z)
+        else:
+            y = ew.hardswish(x, s, z, memory_format=_fmt(self.memory_format, x.ndim), threads=self.threads)
+        return _from_torch(y)
+
+
+class _Passthrough(_Op):
+    """Ops whose output keeps the input's scale and zero point (no observer, nothing to learn)."""
+
+    def __init__(self, *, estimator="lsq", memory_format=None, threads=1, mode="float"):
+        self.mode = _check_mode(mode)
+        self.estimator = estimator
+        self.memory_format = memory_format
+        self.threads = int(threads)
+        self.engine = "fbgemm"
+
+    def load_qparams(self):  # no qparams of its own
+        pass
+
+    def __call__(self, x):
+        return self._run((x,), self._float, self._integer, own_qparams=False)
+
+
+class ReLU(_Passthrough):
+    """``max(x, 0)``; on integers ``max(q, z)``."""
+
+    def _float(self, x):
+        return jnp.maximum(x, 0.0)
+
+    def _integer(self, xs):
+        return _from_torch(ew.relu(_to_torch(xs[0])))
+
+
+class ReLU6(_Passthrough):
+    """``clamp(x, 0, 6)``; on integers ``clamp(q, z, quantize(6))`` (``quantized::relu6``)."""
+
+    def _float(self, x):
+        return jnp.clip(x, 0.0, 6.0)
+
+    def _integer(self, xs):
+        return _from_torch(ew.relu6(_to_torch(xs[0])))
+
+
+class AvgPool(_Passthrough):
+    """Average pooling over the spatial axes (Flax layout), torch's quantized ``avg_pool{1,2,3}d``."""
+
+    def __init__(self, window, strides=None, padding=0, *, count_include_pad=True, ceil_mode=False,
+                 memory_format=None, threads=1, estimator="lsq", mode="float"):
+        super().__init__(estimator=estimator, memory_format=memory_format, threads=threads, mode=mode)
+        self.window = tuple(window)
+        self.strides = tuple(strides) if strides is not None else self.window
+        self.padding = (padding,) * len(self.window) if isinstance(padding, int) else tuple(padding)
+        self.count_include_pad = bool(count_include_pad)
+        self.ceil_mode = bool(ceil_mode)
+
+    def _float(self, x):
+        if self.ceil_mode:
+            raise ValueError("AvgPool(ceil_mode=True) runs in the integer and QAT modes only")
+        dims = (1,) + self.window + (1,)
+        strides = (1,) + self.strides + (1,)
+        pad = ((0, 0),) + tuple((p, p) for p in self.padding) + ((0, 0),)
+        s = lax.reduce_window(x, 0.0, lax.add, dims, strides, pad)
+        if self.count_include_pad:
+            return s / float(np.prod(self.window))
+        n = lax.reduce_window(jnp.ones_like(x), 0.0, lax.add, dims, strides, pad)
+        return s / n
+
+    def _integer(self, xs):
+        x = _to_torch(xs[0])
+        y = pooling.avg_pool(x, self.window, self.strides, self.padding, self.ceil_mode, self.count_include_pad,
+                             memory_format=_fmt(self.memory_format, x.ndim))
+        return _from_torch(y)
+
+
+class GlobalAvgPool(_Passthrough):
+    """Mean over the spatial axes, ``(N, *spatial, C) -> (N, C)``: torch's ``adaptive_avg_pool`` to 1 + flatten."""
+
+    def _float(self, x):
+        return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
+
+    def _integer(self, xs):
+        x = _to_torch(xs[0])
+        nd = x.ndim - 2
+        y = pooling.adaptive_avg_pool(x, (1,) * nd, memory_format=_fmt(self.memory_format, x.ndim))
+        return QArray(y.values.reshape(y.shape[:2]), y.scale, y.zero_point, y.dtype, None, check=False)
