@@ -11,10 +11,10 @@ from .interop import from_qmodel, hardware_params
 from .elementwise import AvgPool, GlobalAvgPool, Hardswish, QAdd, QCat, QMul, ReLU, ReLU6
 from .fusion import fold_batch_norm, fuse_conv_bn_weights
 from .lifecycle import convert, load, prepare, prepare_qat, save, set_mode, to_torch
-from .modules import (MODES, DeQuantStub, Flatten, MaxPool, ObserverState, QConv, QDense, QFloat, QParam, QuantStub,
+from .modules import (MODES, DeQuantStub, Observer, Flatten, MaxPool, ObserverState, QConv, QDense, QFloat, QParam, QuantStub,
                       Sequential, default_activation_observer, default_weight_observer)
 
-__all__ = ["QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten", "MaxPool", "Sequential", "QAdd", "QMul", "QCat",
+__all__ = ["Observer", "QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten", "MaxPool", "Sequential", "QAdd", "QMul", "QCat",
            "Hardswish", "ReLU", "ReLU6", "AvgPool", "GlobalAvgPool", "QParam", "ObserverState",
            "QFloat", "MODES", "set_mode", "prepare", "prepare_qat", "convert", "save", "load", "to_torch",
            "default_activation_observer", "default_weight_observer", "fuse_conv_bn_weights", "fold_batch_norm", "linen", "from_qmodel",

@@ -38,7 +38,7 @@ from ..quantize import dequantize, quantize
 from .. import ste
 from ..ste.ops import resolve_arithmetic
 
-__all__ = ["QParam", "ObserverState", "QFloat", "QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten", "MaxPool",
+__all__ = ["Observer", "QParam", "ObserverState", "QFloat", "QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten", "MaxPool",
            "Sequential", "MODES", "default_activation_observer", "default_weight_observer"]
 
 MODES = ("float", "calibrate", "qat", "integer")
@@ -105,6 +105,28 @@ def default_activation_observer():
 def default_weight_observer():
     """torch's ``default_per_channel_weight_observer``: per-channel symmetric qint8 (channel last here)."""
     return ("per_channel_min_max", (("ch_axis", -1), ("dtype", "qint8"), ("qscheme", "per_channel_symmetric")))
+
+
+class Observer(nnx.Module):
+    """An observer as a module (torch's observer modules): calling it records ``x`` and returns it unchanged.
+
+    ``Observer("histogram", reduce_range=True)`` wraps :func:`qjax.observers.histogram`; any factory of
+    :mod:`qjax.observers` by name.  State: one :class:`ObserverState`.  ``calculate_qparams()`` gives
+    ``(scale, zero_point)`` as torch's ``calculate_qparams`` does.
+    """
+
+    def __init__(self, kind: str = "min_max", channels: int | None = None, **kwargs):
+        if not callable(getattr(obs, kind, None)) or kind.startswith("calculate") or kind == "Observer":
+            raise ValueError(f"kind={kind!r}: not an observer in qjax.observers")
+        self.kind = (kind, tuple(sorted(kwargs.items())))
+        self.state = ObserverState(_pack(_observer(*self.kind).init(channels)))
+
+    def __call__(self, x):
+        self.state.set_value(_pack(_observer(*self.kind).update(_unpack(self.state.get_value()), x)))
+        return x
+
+    def calculate_qparams(self):
+        return _observer(*self.kind).qparams(_unpack(self.state.get_value()))
 
 
 class _Quantized(nnx.Module):

@@ -192,3 +192,27 @@ def test_qconv_torch_layout_option(data):
         np.testing.assert_array_equal(np.asarray(ya), np.moveaxis(np.asarray(yb), 1, -1))
     with pytest.raises(ValueError, match="layout"):
         qnn.QConv(3, 4, (3, 3), layout="NCW", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.torch
+def test_observer_module_wrappers():
+    import torch
+    from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxObserver
+
+    rng = np.random.default_rng(3)
+    h, th = qnn.Observer("histogram", reduce_range=True), HistogramObserver(reduce_range=True)
+    pc = qnn.Observer("per_channel_min_max", channels=4, ch_axis=1, dtype="qint8", qscheme="per_channel_symmetric")
+    tpc = PerChannelMinMaxObserver(ch_axis=1, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+    for _ in range(3):
+        x = rng.standard_normal((5, 4, 3)).astype(np.float32)
+        assert h(x) is x
+        pc(x)
+        th(torch.from_numpy(x))
+        tpc(torch.from_numpy(x))
+    for mine, theirs in ((h, th), (pc, tpc)):
+        s, z = mine.calculate_qparams()
+        ts, tz = theirs.calculate_qparams()
+        np.testing.assert_array_equal(np.asarray(s).reshape(-1), ts.numpy().reshape(-1))
+        np.testing.assert_array_equal(np.asarray(z).reshape(-1), tz.numpy().reshape(-1))
+    with pytest.raises(ValueError, match="not an observer"):
+        qnn.Observer("histc")
