@@ -37,7 +37,9 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     bad_state = bad_range = bad_qparams = batches = 0
     t_torch = t_qjax = 0.0
-    for _ in range(args.cases):
+    for case in range(args.cases):
+        if case and case % 50 == 0:
+            print(f"  {case} cases: {bad_state + bad_range + bad_qparams} mismatches so far", flush=True)
         dtype = str(rng.choice(["quint8", "qint8"]))
         symmetric = bool(rng.integers(2))
         reduce_range = bool(rng.integers(2)) and not (symmetric and dtype == "quint8")
