@@ -10,6 +10,7 @@ trainable in QAT) and ``ObserverState`` (observer ranges).  The lifecycle:
     _, upd = model("load").apply(v, x, mutable=["QParam"]);              v = {**v, **upd}   # qparams from observers
     y = model("qat").apply(v, x)                        # differentiable w.r.t. v["params"] and v["QParam"]
     y = model("integer").apply(v, x)                    # the integer path, bit-identical to the QAT forward
+    qnn.to_torch(qnn.linen.load_into(nnx_sequential_with_the_same_layers, v))   # export (chains)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from flax.nnx import bridge
 from . import elementwise, modules
 
 __all__ = ["QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten", "MaxPool", "QAdd", "QMul", "QCat", "Hardswish",
-           "ReLU", "ReLU6", "AvgPool", "GlobalAvgPool"]
+           "ReLU", "ReLU6", "AvgPool", "GlobalAvgPool", "load_into"]
 
 
 def QuantStub(**kwargs):
@@ -76,3 +77,28 @@ def AvgPool(window, **kwargs):
 
 def GlobalAvgPool(**kwargs):
     return bridge.to_linen(elementwise.GlobalAvgPool, skip_rng=True, **kwargs)
+
+
+def load_into(sequential, variables):
+    """Copy a chain-shaped Linen model's variables into an NNX :class:`~qjax.nn.Sequential` with the same layers.
+
+    The Linen wrappers of a ``@compact`` chain are named ``ToLinen_<i>`` in call order; layer ``i`` of
+    ``sequential`` receives every collection's ``ToLinen_<i>`` entries (weights, qparams, observer state).
+    Use it to export a Linen model with :func:`qjax.nn.to_torch` or to checkpoint it with
+    :func:`qjax.nn.save`.  Raises if a variable has no matching attribute or shape.
+    """
+    layers = list(sequential.layers)
+    for coll, tree in variables.items():
+        for name, entries in tree.items():
+            if not name.startswith("ToLinen_"):
+                raise ValueError(f"load_into: {coll}/{name} is not a qjax.nn.linen wrapper of a chain")
+            i = int(name.split("_")[1])
+            if i >= len(layers):
+                raise ValueError(f"load_into: {coll}/{name} has no layer {i} in the Sequential ({len(layers)} layers)")
+            for attr, value in entries.items():
+                var = getattr(layers[i], attr, None)
+                if var is None or not hasattr(var, "set_value") or var.get_value().shape != value.shape:
+                    raise ValueError(f"load_into: {coll}/{name}/{attr} {value.shape} does not match layer {i} "
+                                     f"({type(layers[i]).__name__})")
+                var.set_value(value)
+    return sequential

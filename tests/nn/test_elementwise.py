@@ -39,7 +39,7 @@ def _set(mod, scale, zp):
 
 
 @pytest.mark.torch
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 2**31), threads=st.sampled_from([1, 2]), relu=st.booleans(),
        hw=st.sampled_from([(5, 7), (9, 4), (1, 1), (16, 16)]), c=st.sampled_from([3, 8, 33]))
 def test_integer_modules_equal_torch(seed, threads, relu, hw, c):
@@ -123,6 +123,11 @@ def test_residual_model_lifecycle(data, engine):
         m(x[i:i + 8])
     qnn.prepare_qat(m)
     assert float(m.add.scale.get_value()) != 1.0  # loaded from its observer
+    if engine != "fbgemm":  # training is the same code under every arithmetic: check the forward only
+        y_qat = np.asarray(m(x))
+        qnn.convert(m)
+        np.testing.assert_array_equal(np.asarray(m(x)), y_qat)
+        return
     loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), labels).mean()
     opt = nnx.Optimizer(m, optax.adam(1e-3), wrt=nnx.Param)
 

@@ -43,3 +43,30 @@ def test_linen_lifecycle():
     assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree_util.tree_leaves(g))
     y_int = jax.jit(lambda v, x: Net("integer").apply(v, x))(v, x)
     np.testing.assert_array_equal(np.asarray(y_int), np.asarray(y_qat))
+
+
+def test_linen_model_exports_to_torch_bit_exact():
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    from flax import nnx
+
+    from qjax import nn as qnn
+    from qjax.interop.torch import torch_engine
+
+    x = np.random.default_rng(1).standard_normal((8, 6, 6, 3)).astype(np.float32)
+    v = Net("float").init(jax.random.key(0), x)
+    _, upd = Net("calibrate").apply(v, x, mutable=["ObserverState"])
+    v = {**v, **upd}
+    _, upd = Net("load").apply(v, x, mutable=["QParam"])
+    v = {**v, **upd}
+    y_int = np.asarray(Net("integer").apply(v, x))
+    r = nnx.Rngs(5)  # different initial weights: everything must come from v
+    seq = qnn.Sequential(qnn.QuantStub(), qnn.QConv(3, 8, (3, 3), padding=1, relu=True, engine=ENGINE, rngs=r),
+                         qnn.Flatten(), qnn.QDense(8 * 6 * 6, 5, engine=ENGINE, rngs=r), qnn.DeQuantStub())
+    qnn.linen.load_into(seq, v)
+    qnn.convert(seq)
+    np.testing.assert_array_equal(np.asarray(seq(x)), y_int)
+    with torch_engine("fbgemm"):
+        want = qnn.to_torch(seq)(torch.from_numpy(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))))).numpy()
+    assert int((y_int != want).sum()) == 0
