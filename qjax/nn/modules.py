@@ -171,7 +171,8 @@ class QuantStub(_Quantized):
         self.estimator = estimator
         self.rounding = rounding
 
-    def __call__(self, x):
+    def __call__(self, x, *, key=None):
+        """``key``: PRNG key for a stochastic ``rounding`` (QAT and integer modes)."""
         if self.mode == "float":
             return x
         if self.mode in ("calibrate", "load"):
@@ -182,13 +183,13 @@ class QuantStub(_Quantized):
             return x
         if self.mode == "qat":
             y = ste.fake_quantize(x, self._s(), self.zero_point.get_value(), "quint8", estimator=self.estimator,
-                                  rounding=self.rounding)
+                                  rounding=self.rounding, key=key)
             return QFloat(y, self._s(), self.zero_point.get_value())
         if self.rounding is not None:
             from ..hardware.integer_ops import quantize_input
 
             spec = HardwareSpec(quantize_rounding=self.rounding)
-            return quantize_input(x, dict(scale=self._s(), zero_point=self._zp()), spec=spec)
+            return quantize_input(x, dict(scale=self._s(), zero_point=self._zp()), spec=spec, key=key)
         return quantize(x, self._s(), self._zp(), quint8)
 
 
@@ -331,12 +332,13 @@ class QConv(_Weighted):
             y = y + self.bias.get_value()
         return jnp.maximum(y, 0.0) if self.relu else y
 
-    def __call__(self, x):
+    def __call__(self, x, *, key=None):
+        """``key``: PRNG key for a hardware spec's stochastic rounding (QAT and integer modes)."""
         if self.layout == "NCHW":
-            return _move_channels(self._call_nhwc(_move_channels(x, 1, -1)), -1, 1)
-        return self._call_nhwc(x)
+            return _move_channels(self._call_nhwc(_move_channels(x, 1, -1), key), -1, 1)
+        return self._call_nhwc(x, key)
 
-    def _call_nhwc(self, x):
+    def _call_nhwc(self, x, key=None):
         if self.mode in ("float", "calibrate", "load"):
             y = self._float(x)
             self._after_float(y)
@@ -347,16 +349,16 @@ class QConv(_Weighted):
                          w_scale=self._ws(), w_zero_point=self.w_zero_point.get_value(), scale=self._s(),
                          zero_point=self.zero_point.get_value(), stride=self.strides, padding=self.padding,
                          groups=self.groups, relu=self.relu, engine=self.engine, estimator=self.estimator,
-                         channels_last=True)
+                         channels_last=True, key=key)
             return QFloat(y, self._s(), self.zero_point.get_value())
         engine = resolve_arithmetic(self.engine)
         if isinstance(engine, HardwareSpec):
-            return self._hardware(x, engine)
+            return self._hardware(x, engine, key)
         return int_conv(x, self.quantized_weight(), self._bias(), scale=self._s(), zero_point=self._zp(),
                         stride=self.strides, padding=self.padding, groups=self.groups, relu=self.relu, engine=engine,
                         channels_last=True)
 
-    def _hardware(self, x, spec):
+    def _hardware(self, x, spec, key=None):
         """Integer-only conv under ``spec``: parameters derived as qjax.hardware.convert derives them."""
         from ..hardware.integer_ops import conv_integer
         from ..ops import conv_geometry
@@ -373,7 +375,7 @@ class QConv(_Weighted):
         p = dict(weight=wt, bias_q=None if b is None else bq, m0=m0, shift=shift, scale=self._s(),
                  zero_point=self._zp())
         geom = conv_geometry(nd, self.strides, self.padding, 1, self.groups)
-        y = conv_integer(xt, p, spec=spec, geometry=geom, relu=self.relu)
+        y = conv_integer(xt, p, spec=spec, geometry=geom, relu=self.relu, key=key)
         return QArray(jnp.moveaxis(y.values, 1, -1), y.scale, y.zero_point, quint8, None, check=False)
 
 
@@ -386,7 +388,8 @@ class QDense(_Weighted):
         self._init_weight((in_features, out_features), out_features, use_bias, rngs, weight_observer, engine,
                           estimator, relu)
 
-    def __call__(self, x):
+    def __call__(self, x, *, key=None):
+        """``key``: PRNG key for a hardware spec's stochastic rounding (QAT and integer modes)."""
         if self.mode in ("float", "calibrate", "load"):
             y = x @ self.kernel.get_value()
             if self.bias is not None:
@@ -399,7 +402,7 @@ class QDense(_Weighted):
             y = ste.linear(x.value, w_t, self._bias(), x_scale=x.scale, x_zero_point=x.zero_point,
                            w_scale=self._ws(), w_zero_point=self.w_zero_point.get_value(), scale=self._s(),
                            zero_point=self.zero_point.get_value(), relu=self.relu, engine=self.engine,
-                           estimator=self.estimator)
+                           estimator=self.estimator, key=key)
             return QFloat(y, self._s(), self.zero_point.get_value())
         engine = resolve_arithmetic(self.engine)
         wq = self.quantized_weight()
@@ -412,7 +415,7 @@ class QDense(_Weighted):
             bq, m0, shift = _derive_callback(engine, wq.shape[0], x.scale, wq.scale, self._s(), b)
             p = dict(weight=wq, bias_q=None if b is None else bq, m0=m0, shift=shift, scale=self._s(),
                      zero_point=self._zp())
-            return linear_integer(x, p, spec=engine, relu=self.relu)
+            return linear_integer(x, p, spec=engine, relu=self.relu, key=key)
         return int_linear(x, wq, self._bias(), scale=self._s(), zero_point=self._zp(), relu=self.relu,
                           engine=engine)
 
@@ -424,9 +427,12 @@ class Sequential(nnx.Module):
         self.layers = nnx.List(layers) if hasattr(nnx, "List") else list(layers)
         self.mode = _check_mode(mode)
 
-    def __call__(self, x):
-        for layer in self.layers:
-            x = layer(x)
+    def __call__(self, x, *, key=None):
+        """``key``: split over the layers that take one (stochastic rounding under a hardware spec)."""
+        layers = list(self.layers)
+        keys = [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
+        for layer, k in zip(layers, keys):
+            x = layer(x, key=k) if k is not None and isinstance(layer, (QuantStub, QConv, QDense)) else layer(x)
         return x
 
 

@@ -216,3 +216,21 @@ def test_observer_module_wrappers():
         np.testing.assert_array_equal(np.asarray(z).reshape(-1), tz.numpy().reshape(-1))
     with pytest.raises(ValueError, match="not an observer"):
         qnn.Observer("histc")
+
+
+def test_stochastic_rounding_spec_takes_a_key(data):
+    """A spec that rounds stochastically needs a key; with the same key QAT and integer outputs are equal."""
+    x, _ = data
+    spec = "tflite_single:rounding=stochastic"
+    m = make_cnn(engine=spec)
+    _calibrate(m, x[:8])
+    qnn.prepare_qat(m)
+    with pytest.raises(ValueError, match="key"):
+        m(x[:4])
+    k = jax.random.key(3)
+    y_qat = np.asarray(m(x[:4], key=k))
+    g = nnx.grad(lambda m: jnp.sum(m(x[:4], key=k) ** 2))(m)
+    assert np.isfinite(np.asarray(g.layers[1].kernel.get_value())).all()
+    qnn.convert(m)
+    np.testing.assert_array_equal(np.asarray(m(x[:4], key=k)), y_qat)
+    assert not np.array_equal(np.asarray(m(x[:4], key=jax.random.key(4))), y_qat)  # the key matters
