@@ -16,6 +16,7 @@ integer kernels (and :func:`qjax.ste.conv` after :func:`qjax.dequantize`) use ex
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -54,21 +55,33 @@ def init_v(w, scale, axis=0):
     return -jnp.log((ZETA - GAMMA) / (frac - GAMMA) - 1.0)
 
 
-def soft_weight(w, v, scale, zero_point, dtype="qint8", axis=0):
+def _range(dtype, quant_min, quant_max):
     dt = as_qdtype(dtype)
+    lo = dt.qmin if quant_min is None else int(quant_min)
+    hi = dt.qmax if quant_max is None else int(quant_max)
+    if not dt.qmin <= lo < hi <= dt.qmax:
+        raise ValueError(f"quant_min={quant_min}, quant_max={quant_max}: need {dt.qmin} <= quant_min < quant_max <= "
+                         f"{dt.qmax} ({dt.name})")
+    return dt, lo, hi
+
+
+def soft_weight(w, v, scale, zero_point, dtype="qint8", axis=0, quant_min=None, quant_max=None):
+    """``s * (clip(floor(w/s) + h(V) + z, qmin, qmax) - z)``; ``quant_min``/``quant_max`` narrow the range
+    (e.g. -8, 7 for 4-bit weights in int8 containers)."""
+    dt, qmin, qmax = _range(dtype, quant_min, quant_max)
     if jnp.ndim(scale) == 0:
         axis = None
     shp = _bshape(w, axis)
     z = jnp.round(jnp.asarray(zero_point, jnp.float32))
     s, z = jnp.reshape(scale, shp), (jnp.reshape(z, shp) if z.ndim else z)
-    q = jnp.clip(jax.lax.stop_gradient(_floor(w, scale, axis)) + rectified_sigmoid(v) + z, dt.qmin, dt.qmax)
+    q = jnp.clip(jax.lax.stop_gradient(_floor(w, scale, axis)) + rectified_sigmoid(v) + z, qmin, qmax)
     return (q - z) * s
 
 
-def hard_weight(w, v, scale, zero_point, dtype="qint8", axis=0) -> QArray:
-    """The integer weights after AdaRound: ``floor(w/s) + [V >= 0]``, clamped (the zero point rounded half to even,
-    as :func:`soft_weight` sees it once the optimisation rounds it)."""
-    dt = as_qdtype(dtype)
+def hard_weight(w, v, scale, zero_point, dtype="qint8", axis=0, quant_min=None, quant_max=None) -> QArray:
+    """The integer weights after AdaRound: ``floor(w/s) + [V >= 0]``, clamped to ``[quant_min, quant_max]`` (the
+    dtype's range by default; the zero point rounded half to even, as :func:`soft_weight` sees it)."""
+    dt, qmin, qmax = _range(dtype, quant_min, quant_max)
     if jnp.ndim(scale) == 0:
         axis = None
     shp = _bshape(w, axis)
@@ -76,7 +89,7 @@ def hard_weight(w, v, scale, zero_point, dtype="qint8", axis=0) -> QArray:
     if axis is not None:
         z = jnp.broadcast_to(z, (w.shape[axis % w.ndim],))
     q = _floor(w, scale, axis) + (v >= 0).astype(jnp.float32) + jnp.reshape(z, shp if z.ndim else ())
-    q = jnp.clip(q, dt.qmin, dt.qmax).astype(dt.storage)
+    q = jnp.clip(q, qmin, qmax).astype(dt.storage)
     return QArray(q, jnp.asarray(scale, jnp.float32), z.astype(jnp.int32), dt, None if axis is None else axis % w.ndim)
 
 
@@ -91,30 +104,37 @@ def beta_schedule(step, total, warmup=0.2, start=20.0, end=2.0):
 
 
 def reconstruct(w, scale, zero_point, x, forward: Callable, *, dtype="qint8", axis=0, steps=1000, lr=1e-2,
-                reg_weight=0.01, warmup=0.2, v0=None):
+                reg_weight=0.01, warmup=0.2, v0=None, quant_min=None, quant_max=None):
     """Optimize AdaRound's ``V`` for ``forward(weight, x)`` (a layer); returns ``(V, losses)``.
 
     The reconstruction target is ``forward(w, x)`` with the float weights; the regularizer is
-    off during the warm-up and then pushes ``h(V)`` to 0 or 1 while ``β`` anneals.
+    off during the warm-up and then pushes ``h(V)`` to 0 or 1 while ``β`` anneals.  The optimisation
+    is one jitted ``lax.scan``, compiled once per ``forward`` object and shapes (pass the same
+    function for every call with the same layer shape to reuse the compilation).
     """
-    target = forward(w, x)
+    _range(dtype, quant_min, quant_max)  # checks the arguments
     v = init_v(w, scale, axis) if v0 is None else v0
+    cfg = (forward, dtype, axis, int(steps), float(lr), float(reg_weight), float(warmup), quant_min, quant_max)
+    return _reconstruct(cfg, w, scale, zero_point, x, v)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _reconstruct(cfg, w, scale, zero_point, x, v):
+    forward, dtype, axis, steps, lr, reg_weight, warmup, quant_min, quant_max = cfg
+    target = forward(w, x)
     opt = optax.adam(lr)
 
     def loss_fn(v, step):
-        rec = jnp.mean((forward(soft_weight(w, v, scale, zero_point, dtype, axis), x) - target) ** 2)
+        wq = soft_weight(w, v, scale, zero_point, dtype, axis, quant_min, quant_max)
+        rec = jnp.mean((forward(wq, x) - target) ** 2)
         on = (step >= warmup * steps).astype(jnp.float32)
         return rec + on * reg_weight * regularizer(v, beta_schedule(step, steps, warmup)), rec
 
-    @jax.jit
-    def run(v):
-        def body(carry, step):
-            v, st = carry
-            (_, rec), g = jax.value_and_grad(loss_fn, has_aux=True)(v, step)
-            upd, st = opt.update(g, st, v)
-            return (optax.apply_updates(v, upd), st), rec
+    def body(carry, step):
+        v, st = carry
+        (_, rec), g = jax.value_and_grad(loss_fn, has_aux=True)(v, step)
+        upd, st = opt.update(g, st, v)
+        return (optax.apply_updates(v, upd), st), rec
 
-        (v, _), recs = jax.lax.scan(body, (v, opt.init(v)), jnp.arange(steps, dtype=jnp.float32))
-        return v, recs
-
-    return run(v)
+    (v, _), recs = jax.lax.scan(body, (v, opt.init(v)), jnp.arange(steps, dtype=jnp.float32))
+    return v, recs

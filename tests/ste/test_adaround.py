@@ -52,3 +52,25 @@ def test_hard_weight_per_tensor_and_float_zero_point():
     assert np.asarray(hard.values).tolist() == [[5, -2], [1, 7]]
     soft = adaround.soft_weight(w, v * 100, 0.1, 0.7)
     np.testing.assert_allclose(np.asarray(soft), np.asarray(qjax.dequantize(hard)), atol=1e-6)
+
+
+def test_adaround_low_bit_range_and_one_compilation():
+    import pytest
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 8)).astype(np.float32)
+    forward = lambda w, x: x @ w.T
+    s = np.full(4, 0.02, np.float32)
+    z = np.zeros(4, np.int32)
+    w1 = (rng.standard_normal((4, 8)) * 0.3).astype(np.float32)  # far outside 4 bits at this scale
+    w2 = (rng.standard_normal((4, 8)) * 0.3).astype(np.float32)
+    adaround._reconstruct._clear_cache()
+    v1, _ = adaround.reconstruct(w1, s, z, x, forward, steps=20, quant_min=-8, quant_max=7)
+    adaround.reconstruct(w2, s, z, x, forward, steps=20, quant_min=-8, quant_max=7)
+    assert adaround._reconstruct._cache_size() == 1  # same forward and shapes: compiled once
+    hard = np.asarray(adaround.hard_weight(w1, v1, s, z, quant_min=-8, quant_max=7).values)
+    assert hard.min() >= -8 and hard.max() <= 7 and (hard == 7).any() and (hard == -8).any()
+    soft = np.asarray(adaround.soft_weight(w1, v1, s, z, quant_min=-8, quant_max=7))
+    assert soft.min() >= -8 * 0.02 - 1e-7 and soft.max() <= 7 * 0.02 + 1e-7
+    with pytest.raises(ValueError, match="quant_min"):
+        adaround.hard_weight(w1, v1, s, z, quant_min=-200, quant_max=7)
