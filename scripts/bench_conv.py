@@ -2,8 +2,10 @@
 
     python scripts/bench_conv.py [--repeat 15] [--threads N]
 
-Both run in this process on the same inputs; each timing is the median of
-``--repeat`` runs after warm-up, and the ratio is qjax / torch (lower is better).
+Both run in this process on the same inputs, interleaved call by call (see
+``bench_common.interleaved``): each time is the median of ``--repeat`` rounds after
+warm-up, and each ratio the median over rounds of qjax / torch in the same round
+(lower is better), which keeps the ratio stable when other processes load the machine.
 qjax is timed in torch layout (NCHW, as a torch user calls it) and channels-last
 (NHWC, as a Flax user calls it); both outputs are checked equal to torch's first.
 """
@@ -14,10 +16,12 @@ import argparse
 import os
 import statistics
 import sys
-import time
 import warnings
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_common import interleaved, machine_line, setup_threads  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -32,36 +36,29 @@ LAYERS = [
 ]
 
 
-def median_time(fn, repeat):
-    fn()
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--pin", type=int, default=0, help="run on the first N CPUs only (0: all)")
     ap.add_argument("--only", default=None, help="substring filter on layer names")
+    ap.add_argument("--markdown", action="store_true", help="also print the table as markdown (README)")
     args = ap.parse_args(argv)
 
+    setup_threads(args.threads, args.pin)
     import jax
     import torch
 
     import qjax
 
-    torch.set_num_threads(args.threads)
     torch.backends.quantized.engine = "fbgemm"
     rng = np.random.default_rng(0)
-    print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} fbgemm, "
-          f"{args.threads} threads, median of {args.repeat}")
-    print(f"{'layer':32s} {'torch ms':>9s} {'qjax NCHW':>10s} {'ratio':>6s} {'qjax NHWC':>10s} {'ratio':>6s}")
+    print(machine_line(args.threads) + f", median of {args.repeat} interleaved rounds")
+    print("ratio = median over rounds of qjax/torch in the same round; min = ratio of the fastest rounds")
+    print(f"{'layer':32s} {'torch ms':>9s} {'qjax NCHW':>10s} {'ratio':>6s} {'min':>5s} {'qjax NHWC':>10s} "
+          f"{'ratio':>6s} {'min':>5s}")
     rows = []
+    torch_ms = []
     for name, kind, n, c, o, sp, k, s, p, g in LAYERS:
         if args.only and args.only not in name:
             continue
@@ -95,7 +92,8 @@ def main(argv=None):
             want = run_torch().int_repr().numpy()
             assert (np.asarray(f_nchw(xj, wq, b)) == want).all(), f"{name}: qjax NCHW != torch"
             assert (np.moveaxis(np.asarray(f_nhwc(xj_cl, wq_cl, b)), -1, 1) == want).all(), f"{name}: qjax NHWC != torch"
-            t_cl = median_time(lambda: f_nhwc(xj_cl, wq_cl, b).block_until_ready(), args.repeat)
+            fns = {"torch": run_torch, "nchw": lambda: f_nchw(xj, wq, b).block_until_ready(),
+                   "nhwc": lambda: f_nhwc(xj_cl, wq_cl, b).block_until_ready()}
         else:
             packed = torch.ops.quantized.linear_prepack(qw_t, torch.from_numpy(b))
 
@@ -107,14 +105,25 @@ def main(argv=None):
             xj = jax.device_put(x)
             want = run_torch().int_repr().numpy()
             assert (np.asarray(f_nchw(xj, wq, b)) == want).all(), f"{name}: qjax != torch"
-            t_cl = None
-        t_torch = median_time(run_torch, args.repeat)
-        t_q = median_time(lambda: f_nchw(xj, wq, b).block_until_ready(), args.repeat)
-        rows.append((name, t_torch, t_q, t_cl))
-        cl = f"{t_cl * 1e3:10.2f} {t_cl / t_torch:6.2f}" if t_cl is not None else f"{'-':>10s} {'-':>6s}"
-        print(f"{name:32s} {t_torch * 1e3:9.2f} {t_q * 1e3:10.2f} {t_q / t_torch:6.2f} {cl}", flush=True)
-    best = [min(r[2], r[3] or r[2]) / r[1] for r in rows]
-    print(f"median ratio (best layout per layer): {statistics.median(best):.2f}")
+            fns = {"torch": run_torch, "nchw": lambda: f_nchw(xj, wq, b).block_until_ready()}
+        res = interleaved(fns, args.repeat, "torch")
+        t_torch, _, m_torch = res["torch"]
+        (t_q, r_q, m_q), (t_cl, r_cl, m_cl) = res["nchw"], res.get("nhwc", (None, None, None))
+        rows.append((name, r_q, m_q / m_torch, r_cl, m_cl / m_torch if m_cl else None))
+        torch_ms.append(t_torch * 1e3)
+        cl = (f"{t_cl * 1e3:10.2f} {r_cl:6.2f} {m_cl / m_torch:5.2f}" if t_cl is not None
+              else f"{'-':>10s} {'-':>6s} {'-':>5s}")
+        print(f"{name:32s} {t_torch * 1e3:9.2f} {t_q * 1e3:10.2f} {r_q:6.2f} {m_q / m_torch:5.2f} {cl}", flush=True)
+    if args.markdown:
+        print(f"\n| layer | torch ms | qjax NCHW / torch | (fastest rounds) | qjax NHWC / torch | (fastest rounds) |")
+        print("|---|---|---|---|---|---|")
+        for (name, r_q, m_q, r_cl, m_cl), t in zip(rows, torch_ms):
+            cl = f"{r_cl:.2f} | {m_cl:.2f}" if r_cl is not None else "- | -"
+            print(f"| {name} | {t:.2f} | {r_q:.2f} | {m_q:.2f} | {cl} |")
+    best = [min(r[1], r[3] or r[1]) for r in rows]
+    best_min = [min(r[2], r[4] or r[2]) for r in rows]
+    print(f"best layout per layer: median ratio {statistics.median(best):.2f} (worst layer {max(best):.2f}); "
+          f"min-time ratio {statistics.median(best_min):.2f} (worst layer {max(best_min):.2f})")
     return 0
 
 

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["conv_accumulate", "output_spatial", "pad_input", "offset_corrected", "pair_saturated_dot"]
+__all__ = ["conv_accumulate", "output_spatial", "pad_input", "offset_corrected", "pair_saturated_dot", "ones_dot",
+           "when_nonzero", "int8_conv"]
 
 _I32 = jnp.int32
 
@@ -60,19 +61,6 @@ def _taps(xp, kernel, strides, dilation, out_sp):
         )
         views.append(lax.slice(xp, start, limit, (1,) + tuple(strides) + (1,)))
     return views
-
-
-def _window_sums(v, kernel, strides, dilation):
-    """Sum of ``v`` (N, *spatial, G) over each kernel window (VALID, already padded)."""
-    return lax.reduce_window(
-        v,
-        np.int32(0),
-        lax.add,
-        (1,) + tuple(kernel) + (1,),
-        (1,) + tuple(strides) + (1,),
-        "VALID",
-        window_dilation=(1,) + tuple(dilation) + (1,),
-    )
 
 
 def offset_corrected(raw, zx, sum_w, zw, sum_x, taps):
@@ -130,32 +118,100 @@ def _exact_int8(x, zx, w, zw, kernel, strides, padding, dilation, groups):
     # cancel.  With x' = x - 128 and z' = zx - 128, over the K taps of a window:
     #   sum (x - zx)(w - zw) = sum x'w - z' sum w - zw sum x' + K z' zw
     nd = len(kernel)
-    xs = lax.bitcast_convert_type(x ^ jnp.uint8(0x80), jnp.int8)
-    zs = zx - 128
-    xp = pad_input(xs, zs.astype(jnp.int8), padding)
-    spatial = "DHW"[-nd:] if nd <= 3 else None
-    if spatial is None:
+    if nd not in (1, 2, 3):
         raise ValueError("only 1-d, 2-d and 3-d convolutions are supported")
-    lhs = "N" + spatial + "C"
-    dn = (lhs, spatial + "IO", lhs)
-    raw = lax.conv_general_dilated(
-        xp,
-        w,
-        window_strides=tuple(strides),
-        padding="VALID",
-        rhs_dilation=tuple(dilation),
-        dimension_numbers=dn,
-        feature_group_count=groups,
-        preferred_element_type=_I32,
-    )
+    zs = zx - 128
     out_ch = w.shape[-1]
-    taps = math.prod(kernel) * w.shape[-2]
-    sum_w = jnp.sum(w.astype(_I32), axis=tuple(range(nd + 1)))  # (O,)
-    # sum of x' over each window, per group, broadcast to the group's output channels
-    xg = jnp.sum(xp.astype(_I32).reshape(xp.shape[:-1] + (groups, -1)), axis=-1)
-    sum_x = _window_sums(xg, kernel, strides, dilation)  # (N, *out, G)
-    sum_x = jnp.repeat(sum_x, out_ch // groups, axis=-1)
+    cg = w.shape[-2]
+    taps = math.prod(kernel) * cg
+
+    def shifted(x):  # x - 128 as int8, padded with zx - 128
+        return pad_input(lax.bitcast_convert_type(x ^ jnp.uint8(0x80), jnp.int8), zs.astype(jnp.int8), padding)
+
+    def window_sums(xp):
+        # sum of x' over each window, per group: the same int8 convolution with all-ones
+        # weights (one output channel per group)
+        s = int8_conv(xp, jnp.ones(tuple(kernel) + (cg, groups), jnp.int8), strides, dilation, groups)
+        return s if groups == 1 else jnp.repeat(s, out_ch // groups, axis=-1)
+
+    sum_shape = x.shape[:1] + output_spatial(x.shape[1:-1], kernel, strides, padding, dilation) + (
+        1 if groups == 1 else out_ch,)
+    # the zw * sum_x term vanishes for symmetric weights (every fbgemm qconfig): the window
+    # sums are skipped then (at run time with lax.cond when zw is traced)
+    xp = shifted(x)
+    sum_x = when_nonzero(zw, lambda: window_sums(xp), sum_shape)
+    raw = int8_conv(xp, w, strides, dilation, groups)
+    # sum of w per output channel: an int8 x int8 product with a ones vector, so the
+    # weights are read once as int8 (a widening convert + reduce materialises an int32 copy)
+    sum_w = ones_dot(w.reshape((taps, out_ch)), axis=0)  # (O,)
+
     return offset_corrected(raw, zs, sum_w, zw, sum_x, taps)
+
+
+# XLA's CPU backend runs an s8 x s8 -> s32 convolution with YNNPACK only if it is 2-d, channels-last
+# and max(C_in, C_out) > 16 (xla/backends/cpu/ynn_support.cc, IsConvolutionOpSupportedByYnn);
+# anything else is upcast to an s32 convolution on XLA's generic loop.  That loop is fast for
+# very few input channels (<= 8: 0.3-2 ms on 32x32x32 outputs, faster than YNNPACK there) but
+# falls off a cliff above (C_in = 12..16: 9-21 ms against YNNPACK's 2.5-2.8 ms, measured on this
+# project's 2-core bench machine), so narrow convolutions with C_in > 8 get padded filters.
+_YNN_MIN_CHANNELS = 17
+_GENERIC_MAX_CIN = 8
+
+
+def int8_conv(xp, w, strides, dilation, groups):
+    """``sum x * w`` (int8 x int8 -> exact int32), VALID, channels-last; a 1-d ``xp``/``w`` go through 2-d.
+
+    Output channels are padded with zero filters (and sliced off again) where the
+    convolution is too narrow for XLA's int8 kernel; zero filters change no sum.
+    """
+    nd = w.ndim - 2
+    spatial = "DHW"[-nd:]
+    dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+    cin, out_ch = xp.shape[-1], w.shape[-1]
+    if nd == 2 and groups == 1 and cin <= _GENERIC_MAX_CIN and math.prod(w.shape[:2]) > 9 and out_ch >= 32:
+        # few input channels and a large kernel (a 7x7 RGB stem): both YNNPACK's convolution and
+        # XLA's generic loop are slow here (121 ms for ResNet-18's stem on 8x224x224); an im2col
+        # of the int8 input (K = taps x C, tap-major like the HWIO weight) and one int8 GEMM
+        # compute the same integer sums
+        out_sp = output_spatial(xp.shape[1:-1], w.shape[:2], strides, ((0, 0), (0, 0)), dilation)
+        cols = jnp.concatenate(_taps(xp, w.shape[:2], strides, dilation, out_sp), axis=-1)
+        return lax.dot_general(cols, w.reshape((-1, out_ch)), (((3,), (0,)), ((), ())),
+                               preferred_element_type=_I32)
+    og = out_ch // groups
+    pad_og = 0
+    if nd == 2 and max(cin, out_ch) < _YNN_MIN_CHANNELS and cin > _GENERIC_MAX_CIN:
+        pad_og = -(-_YNN_MIN_CHANNELS // groups) - og  # smallest og' with groups * og' >= 17
+        wg = w.reshape(w.shape[:-1] + (groups, og))
+        wg = jnp.pad(wg, [(0, 0)] * (wg.ndim - 1) + [(0, pad_og)])
+        w = wg.reshape(w.shape[:-1] + (groups * (og + pad_og),))
+    out = lax.conv_general_dilated(xp, w, window_strides=tuple(strides), padding="VALID",
+                                   rhs_dilation=tuple(dilation), dimension_numbers=dn,
+                                   feature_group_count=groups, preferred_element_type=_I32)
+    if pad_og:
+        out = out.reshape(out.shape[:-1] + (groups, og + pad_og))[..., :og].reshape(out.shape[:-1] + (out_ch,))
+    return out
+
+
+def ones_dot(a, axis):
+    """Exact int32 sum of int8 ``a`` over ``axis`` (0 or -1 of a 2-d array) as an int8 dot with ones."""
+    if axis == 0:
+        ones = jnp.ones((1, a.shape[0]), jnp.int8)
+        return lax.dot_general(ones, a, (((1,), (0,)), ((), ())), preferred_element_type=_I32)[0]
+    ones = jnp.ones((a.shape[-1], 1), jnp.int8)
+    return lax.dot_general(a, ones, (((a.ndim - 1,), (0,)), ((), ())), preferred_element_type=_I32)
+
+
+def when_nonzero(zw, fn, shape):
+    """``fn()`` (int32 of ``shape``) where some weight zero point is nonzero, else zeros.
+
+    Decided at trace time for concrete zero points, else with ``lax.cond`` (one branch
+    runs); both give the same accumulator, since the result is only ever multiplied by zw.
+    """
+    from ..checks import is_concrete
+
+    if is_concrete(zw):
+        return fn() if np.any(np.asarray(zw) != 0) else jnp.zeros(shape, _I32)
+    return lax.cond(jnp.any(zw != 0), fn, lambda: jnp.zeros(shape, _I32))
 
 
 def _depthwise(x, zx, w, zw, kernel, strides, padding, dilation, groups, out_sp, saturate):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from .conv import offset_corrected, pair_saturated_dot
+from .conv import offset_corrected, ones_dot, pair_saturated_dot, when_nonzero
 
 __all__ = ["linear_accumulate"]
 
@@ -28,9 +28,16 @@ def linear_accumulate(x, zx, w, zw, *, saturation=None):
     if saturation is None:
         xs = lax.bitcast_convert_type(x ^ jnp.uint8(0x80), jnp.int8)  # x - 128, exact in int8
         zs = zx - 128
-        raw = lax.dot_general(xs, w, (((xs.ndim - 1,), (1,)), ((), ())), preferred_element_type=_I32)
-        sum_x = jnp.sum(xs.astype(_I32), axis=-1, keepdims=True)
-        sum_w = jnp.sum(w.astype(_I32), axis=1)
+        lead = xs.shape[:-1]
+        x2 = xs.reshape((-1, k))
+        m = x2.shape[0]
+        # sum_k w[o, k] comes out of the same int8 GEMM as one extra row of ones: reading
+        # the weights once, as int8 (a separate reduce widens them to an int32 copy first)
+        xe = jnp.concatenate([x2, jnp.ones((1, k), jnp.int8)], axis=0)
+        raw_e = lax.dot_general(xe, w, (((1,), (1,)), ((), ())), preferred_element_type=_I32)
+        raw, sum_w = raw_e[:m].reshape(lead + (out_ch,)), raw_e[m]
+        # the row sums only matter for a nonzero weight zero point
+        sum_x = when_nonzero(zw, lambda: ones_dot(xs, axis=-1), lead + (1,))
         return offset_corrected(raw, zs, sum_w, zw, sum_x, k)
     if saturation != "gemm_pairs":
         raise ValueError(f"saturation={saturation!r}; linear supports None or 'gemm_pairs'")

@@ -24,6 +24,9 @@ for every int32 ``r`` — so a huge positive ``y`` (r = INT32_MIN) gives 0, not 
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -67,6 +70,16 @@ def requantize_fbgemm(acc, *, x_scale, w_scale, bias, out_scale, out_zero_point,
     """
     if per_channel is None:
         per_channel = np.ndim(w_scale) == 1
+    return _requantize(acc, x_scale, w_scale, bias, out_scale, out_zero_point, relu=bool(relu),
+                       per_channel=bool(per_channel), qmin=int(qmin), qmax=int(qmax))
+
+
+# Jitted so that a model's layers with the same shapes share one trace and one lowered function:
+# the exact float32 emulation (mul_rn, div_rn, fma) is a few hundred jax ops, and re-tracing it
+# for every layer was most of the trace+lower time of an imported model.  The values are the same
+# (XLA inlines the call before optimising).
+@functools.partial(jax.jit, static_argnames=("relu", "per_channel", "qmin", "qmax"))
+def _requantize(acc, x_scale, w_scale, bias, out_scale, out_zero_point, *, relu, per_channel, qmin, qmax):
     atw, mult = fbgemm_multipliers(x_scale, w_scale, out_scale)
     accf = acc.astype(jnp.float32)
     if bias is None:

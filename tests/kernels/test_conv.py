@@ -134,3 +134,29 @@ def test_depthwise_row_offset_saturates():
     got = run(*case, "depthwise_pairs")
     np.testing.assert_array_equal(got, conv_acc(*case, saturation="depthwise_pairs"))
     assert got[0, 0, 0, 0, 0] == 147 * 255 - 5 * 32767 - 0  # raw - zw * min(row, 32767)
+
+
+@st.composite
+def stem_cases(draw):
+    """Few input channels, many outputs, a large kernel: the im2col + int8 GEMM path of ``int8_conv``."""
+    c, o = draw(st.integers(1, 8)), draw(st.integers(32, 40))
+    kernel = (draw(st.integers(2, 7)), draw(st.integers(5, 7)))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(2))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(2))
+    padding = tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(2))
+    spatial = tuple(max(d * (k - 1) + 1 - lo - hi, 1) + draw(st.integers(0, 9))
+                    for k, d, (lo, hi) in zip(kernel, dilation, padding))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.integers(0, 256, size=(draw(st.integers(1, 2)), c) + spatial).astype(np.uint8)
+    w = rng.integers(-128, 128, size=(o, c) + kernel).astype(np.int8)
+    zx = int(rng.integers(0, 256))
+    zw = rng.integers(-128, 128, size=o) if draw(st.booleans()) else 0
+    return x, zx, w, zw, stride, padding, dilation, 1
+
+
+@settings(max_examples=40)
+@given(stem_cases())
+def test_exact_accumulator_im2col_stem(case):
+    got = run(*case, None)
+    x, zx, w, zw, stride, padding, dilation, g = case
+    np.testing.assert_array_equal(got, wrap32(conv_acc(x, zx, w, zw, stride, padding, dilation, g)))
