@@ -39,7 +39,7 @@ import numpy as np
 
 from .qops.transcendental import fma32_numpy
 
-__all__ = ["HistogramState", "init", "update", "search_min_max", "histc", "linspace", "cascade_sum",
+__all__ = ["init", "update", "search_min_max", "histc", "linspace", "cascade_sum",
            "MAX_BINS"]
 
 MAX_BINS = 32768  # at::internal::GRAIN_SIZE: longer sums are split across threads
@@ -163,11 +163,8 @@ def histc(x, bins: int, lo, hi) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- the observer
 
-class HistogramState(dict):
-    """``{"histogram": (bins,) float32, "min_val": float32, "max_val": float32}`` (torch's buffers)."""
-
-
 def init(bins: int = 2048) -> dict:
+    """``{"histogram": (bins,) float32 zeros, "min_val": +inf, "max_val": -inf}`` (torch's buffers)."""
     if not 0 < bins <= MAX_BINS:
         raise ValueError(f"bins={bins}: must be in 1..{MAX_BINS} (torch sums longer histograms across threads)")
     return dict(histogram=np.zeros(bins, np.float32), min_val=np.float32(np.inf), max_val=np.float32(-np.inf))

@@ -275,7 +275,6 @@ class _Passthrough(_Op):
         self.estimator = estimator
         self.memory_format = memory_format
         self.threads = int(threads)
-        self.engine = "fbgemm"
 
     def load_qparams(self):  # no qparams of its own
         pass
