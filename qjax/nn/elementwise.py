@@ -37,9 +37,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax import lax
 
+from .. import observers as obs
 from .. import ste
 from ..dtypes import quint8
 from ..engines import Qnnpack
@@ -51,6 +51,7 @@ from ..qops import qnnpack as qq
 from ..qops.concat import cat as int_cat
 from ..qops.paths import CHANNELS_LAST, CONTIGUOUS
 from ..quantize import dequantize, quantize
+from ..ste.fake_quant import integer_zero_point
 from ..ste.ops import resolve_arithmetic
 from .modules import QFloat, _check_mode, _Quantized
 
@@ -78,8 +79,7 @@ def _fmt(memory_format, ndim):
 
 def _requantize(x: QFloat) -> QArray:
     """A QAT activation back to its integers: ``value = (q - z) * s`` is on the grid, so this is exact."""
-    z = jnp.clip(jnp.round(x.zero_point), 0, 255).astype(jnp.int32)
-    return quantize(x.value, x.scale, z, quint8)
+    return quantize(x.value, x.scale, integer_zero_point(x.zero_point, quint8), quint8)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -148,9 +148,10 @@ class _Op(_Quantized):
         return QFloat(y, so, zo)
 
     def _out(self, scale=None, zero_point=None):
-        s = self._s() if scale is None else jnp.maximum(scale, 1.1920928955078125e-07)
-        z = self._zp() if zero_point is None else jnp.clip(jnp.round(zero_point), 0, 255).astype(jnp.int32)
-        return s, z
+        """The output's scale and integer zero point: the module's own, or the traced ones the QAT forward passes."""
+        s = self.scale.get_value() if scale is None else scale
+        z = self.zero_point.get_value() if zero_point is None else zero_point
+        return jnp.maximum(s, obs.EPS), integer_zero_point(z, quint8)
 
 
 class _Binary(_Op):

@@ -36,6 +36,7 @@ from ..ops import linear as int_linear
 from ..qarray import QArray
 from ..quantize import dequantize, quantize
 from .. import ste
+from ..ste.fake_quant import integer_zero_point
 from ..ste.ops import resolve_arithmetic
 
 __all__ = ["Observer", "QParam", "ObserverState", "QFloat", "QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten", "MaxPool",
@@ -150,7 +151,7 @@ class _Quantized(nnx.Module):
         self.zero_point.set_value(z.astype(jnp.float32))
 
     def _zp(self):
-        return jnp.clip(jnp.round(self.zero_point.get_value()), 0, 255).astype(jnp.int32)
+        return integer_zero_point(self.zero_point.get_value(), quint8)
 
     # learned scales are clamped to eps where used, as torch's _LearnableFakeQuantize clamps them
     def _s(self):
