@@ -11,8 +11,8 @@ quantization keep the preset's half-away rounding.
 
 * without QAT: the PTQ model converted with ``qjax.hardware.convert`` (stochastic: a fixed key per seed);
 * with QAT: ``qnn.from_qmodel`` → QAT under that spec → evaluated under that spec, for the modes at 31 bits and
-  the multiplier widths at half-away (the two slices of the grid).  Stochastic rounding needs a PRNG key that
-  ``qjax.nn`` layers do not pass; ``common.make_keyed`` swaps in subclasses that do (a fresh key per call, also
+  the multiplier widths at half-away (the two slices of the grid).  Stochastic rounding needs a PRNG key per call;
+  ``common.make_keyed`` swaps in subclasses that pass ``key=`` to qjax.nn's layers (a fresh key per call, also
   at evaluation).
 """
 
@@ -59,7 +59,7 @@ def run_one(name, seed, steps, log, qat_modes, qat_bits):
         spec = spec_name(mode, bits)
         net = qnn.from_qmodel(qm, xte[:2], engine=qjax.Fbgemm.host())
         C.set_arithmetic(net, spec, "half_away")
-        if mode == "stochastic":  # workaround: qjax.nn passes no PRNG key (see common.make_keyed)
+        if mode == "stochastic":  # a fresh PRNG key per layer call (common.make_keyed)
             C.make_keyed(net, seed)
         qnn.prepare_qat(net, from_observers=False)
         try:
