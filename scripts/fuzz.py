@@ -1,12 +1,16 @@
-"""Long randomized comparison of qjax.conv / qjax.linear against torch 2.13's fbgemm kernels.
+"""Long randomized comparison of qjax.conv / qjax.linear against torch 2.13's quantized kernels.
 
-    python scripts/fuzz.py --outputs 10000000 --seed 0
+    python scripts/fuzz.py --outputs 10000000 --seed 0 [--engine fbgemm|qnnpack|onednn|x86]
 
 Draws random layers (conv1d/2d/3d: generic, grouped, depthwise fast-path and not,
 GConv-shaped, pointwise; linear), random qparams (per-tensor/per-channel, symmetric
 and asymmetric weights, full and reduced activation range, bias, ReLU), runs torch
 and qjax (jitted) on each, and prints ``N mismatches of M outputs`` overall and per
-kind.  Exit status 1 if any output differs.
+kind.  Exit status 1 if any output differs.  ``--engine`` selects torch's engine and the
+qjax engine that models it (fbgemm and x86 at this machine's ISA); onednn draws symmetric
+weights (its prepack requires them) and, with x86, skips the two shape families for which
+oneDNN 3.12 returns uninitialised memory (``tests/engines/test_engines_torch.py``).  qjax
+runs on JAX's default device (a GPU where jaxlib has one), torch on the CPU.
 """
 
 from __future__ import annotations
@@ -17,11 +21,26 @@ import os
 import sys
 import time
 
+import jax
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+import qjax  # noqa: E402
+from qjax.kernels.fbgemm_paths import host_isa  # noqa: E402
 from tests import helpers, torch_ref  # noqa: E402  (the tests' torch oracle)
+from tests.engines.test_engines_torch import onednn_garbage  # noqa: E402
+
+ENGINES = {"fbgemm": lambda: helpers.HOST_FBGEMM, "qnnpack": qjax.engines.Qnnpack, "onednn": qjax.engines.Onednn,
+           "x86": lambda: qjax.engines.X86(isa=host_isa())}
+
+
+def uses_onednn(engine, case):
+    if isinstance(engine, qjax.engines.Onednn):
+        return True
+    if isinstance(engine, qjax.engines.X86) and case["kind"] != "linear":
+        return isinstance(engine.dispatch(np.asarray(case["zw"]), case["groups"]), qjax.engines.Onednn)
+    return False
 
 
 def random_case(rng):
@@ -84,20 +103,28 @@ def main(argv=None):
     ap.add_argument("--outputs", type=int, default=1_000_000, help="stop after this many compared outputs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-minutes", type=float, default=600.0)
+    ap.add_argument("--engine", choices=sorted(ENGINES), default="fbgemm")
     args = ap.parse_args(argv)
-    torch_ref.set_engine("fbgemm")
+    torch_ref.set_engine(args.engine)
+    engine = ENGINES[args.engine]()
     rng = np.random.default_rng(args.seed)
     stats = collections.defaultdict(lambda: [0, 0, 0])
     total = mism = cases = 0
     t0 = time.time()
     while total < args.outputs and time.time() - t0 < args.max_minutes * 60:
         case = random_case(rng)
+        if args.engine == "onednn":
+            case["zw"] = np.zeros_like(case["zw"])  # torch's onednn prepack requires symmetric weights
+        if case["kind"] != "linear" and uses_onednn(engine, case) and onednn_garbage(case):
+            stats["onednn-garbage-skipped"][2] += 1  # torch's output is uninitialised memory here
+            continue
         try:
             want = helpers.torch_linear(case) if case["kind"] == "linear" else helpers.torch_conv(case)
         except RuntimeError:
             stats["torch-rejected"][2] += 1  # a configuration torch itself refuses
             continue
-        got = helpers.qjax_linear(case) if case["kind"] == "linear" else helpers.qjax_conv(case)
+        got = (helpers.qjax_linear(case, engine=engine) if case["kind"] == "linear"
+               else helpers.qjax_conv(case, engine=engine))
         bad = int((got.astype(np.int64) != want.astype(np.int64)).sum())
         key = f"{case['kind']}{'' if case['kind'] == 'linear' else str(case['nd']) + 'd'}"
         s = stats[key]
@@ -115,7 +142,8 @@ def main(argv=None):
     for k in sorted(stats):
         s = stats[k]
         print(f"  {k:24s} {s[0]} mismatches of {s[1]} outputs ({s[2]} cases)")
-    print(f"{mism} mismatches of {total} outputs ({cases} cases, {time.time() - t0:.0f}s, seed {args.seed})")
+    print(f"{mism} mismatches of {total} outputs ({cases} cases, {time.time() - t0:.0f}s, seed {args.seed}, "
+          f"engine {args.engine}, qjax on {jax.devices()[0].platform})")
     return 1 if mism else 0
 
 
