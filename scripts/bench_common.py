@@ -13,7 +13,7 @@ import os
 import statistics
 import time
 
-__all__ = ["interleaved", "setup_threads", "machine_line", "peak_rss_mib"]
+__all__ = ["interleaved", "setup_threads", "machine_line", "peak_rss_mib", "load_line", "one_line_error"]
 
 
 def setup_threads(threads: int, pin: int = 0):
@@ -55,12 +55,12 @@ def interleaved(fns: dict, repeat: int, reference: str, warmup: int = 2):
             for nm, ts in times.items()}
 
 
-def machine_line(threads: int) -> str:
+def machine_line(threads: int, engines: str = "fbgemm") -> str:
     import jax
     import torch
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} fbgemm, "
+    return (f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} {engines}, "
             f"torch threads {threads}, CPUs usable {len(os.sched_getaffinity(0))} of {os.cpu_count()}, "
             f"load average {load:.2f} at start")
 
@@ -70,3 +70,17 @@ def peak_rss_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_line(when: str = "") -> str:
+    """``uptime``'s load averages (1, 5, 15 min) and the time, to print next to a measurement."""
+    one, five, fifteen = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    stamp = time.strftime("%H:%M:%S UTC", time.gmtime())
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} {when} ({stamp}, {os.cpu_count()} CPUs)".replace("  ", " ")
+
+
+def one_line_error(e: BaseException, limit: int = 200) -> str:
+    """``Type: message`` on one line (the first line of the message), cut to ``limit`` characters."""
+    msg = str(e).strip().splitlines()
+    text = f"{type(e).__name__}: {msg[0] if msg else ''}".replace("|", "/")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
