@@ -95,15 +95,39 @@ def _explain(args) -> int:
     return 2
 
 
+# verify's keyword arguments -> the command line's flags, for one-line user errors
+_VERIFY_FLAGS = dict(model="MODEL", inputs="--inputs", n="--n", input_shape="--shape", batch_size="--batch-size",
+                     report="--report", resume="--resume", max_batches="--max-batches", coordinator="--coordinator",
+                     num_processes="--num-processes", process_id="--process-id")
+
+
 def _verify(args) -> int:
     _quiet_torch()
-    from .verify import verify
+    from .verify import VerifyError, verify
 
-    shape = _parse_index(args.shape) if args.shape else None
-    report = verify(args.model, n=args.n, batch_size=args.batch_size, seed=args.seed, inputs=args.inputs,
-                    input_shape=shape, engine=args.engine, shard=not args.no_shard, progress=not args.json)
-    print(report.to_json() if args.json else report)
-    return 0 if report.mismatches == 0 else 1
+    try:
+        shape = _parse_index(args.shape) if args.shape else None
+    except ValueError:
+        print(f"qjax verify: --shape: {args.shape!r} is not a comma-separated list of integers, e.g. 3,224,224",
+              file=sys.stderr)
+        return 2
+    progress = not args.json and not args.no_progress and sys.stderr.isatty()
+    try:
+        report = verify(args.model, n=args.n, batch_size=args.batch_size, seed=args.seed, inputs=args.inputs,
+                        input_shape=shape, engine=args.engine, shard=not args.no_shard, progress=progress,
+                        report=args.report, resume=args.resume, max_batches=args.max_batches,
+                        overlap={"auto": "auto", "on": True, "off": False}[args.overlap], coordinator=args.coordinator,
+                        num_processes=args.num_processes, process_id=args.process_id)
+    except VerifyError as e:
+        print(f"qjax verify: {_VERIFY_FLAGS.get(e.arg, e.arg)}: {e.rule}", file=sys.stderr)
+        return 2
+    import jax
+
+    if jax.process_index() == 0:
+        print(report.to_json() if args.json else report)
+    if report.mismatches:
+        return 1
+    return 0 if report.complete else 3
 
 
 def _hardware(args) -> int:
@@ -178,11 +202,22 @@ def main(argv=None) -> int:
     v.add_argument("--n", type=int, default=256, help="number of random inputs (default 256)")
     v.add_argument("--batch-size", type=int, default=64)
     v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--inputs", help=".npy/.npz file of inputs (overrides --n)")
+    v.add_argument("--inputs", help=".npy file (memory-mapped), directory of .npy files or .npz of inputs "
+                                    "(overrides --n)")
     v.add_argument("--shape", help="per-sample input shape, e.g. 3,224,224 (default: the factory's example)")
     v.add_argument("--engine", default=None)
-    v.add_argument("--no-shard", action="store_true", help="do not shard batches over all JAX devices")
+    v.add_argument("--no-shard", action="store_true", help="do not shard batches over the local JAX devices")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.add_argument("--report", help="JSON report rewritten after every batch (atomically); resumable")
+    v.add_argument("--resume", action="store_true", help="continue from --report, skipping the batches it lists "
+                                                         "as done (a missing report starts the run)")
+    v.add_argument("--max-batches", type=int, help="stop after this many batches (per process); exit code 3")
+    v.add_argument("--overlap", choices=("auto", "on", "off"), default="auto",
+                   help="run torch's forward while the qjax batch computes (auto: on accelerators only)")
+    v.add_argument("--no-progress", action="store_true", help="no progress bar (it is shown on a terminal only)")
+    v.add_argument("--coordinator", help="host:port of process 0 for jax.distributed (multi-process/multi-host)")
+    v.add_argument("--num-processes", type=int, help="number of verifying processes (with --coordinator)")
+    v.add_argument("--process-id", type=int, help="this process's index in [0, --num-processes)")
     v.set_defaults(func=_verify)
 
     h = sub.add_parser("hardware", help="run a model under integer-only hardware arithmetic; per-layer deviation table")
