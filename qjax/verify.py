@@ -401,8 +401,11 @@ def _compare(got, want, scale):
 class _Group:
     """This process's view of the verifying processes: exchange small JSON records."""
 
+    CAP = 2048  # bytes of one process's record in the common single-collective exchange
+
     def __init__(self):
         self.count, self.index = jax.process_count(), jax.process_index()
+        self.connected = False
 
     def allgather(self, obj) -> list:
         """Every process's ``obj`` (JSON-serialisable), in process order."""
@@ -410,13 +413,22 @@ class _Group:
             return [obj]
         from jax.experimental import multihost_utils
 
-        data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
-        # int32 lengths and uint8 bytes: without jax_enable_x64 an int64 array is gathered as int32
-        lens = np.asarray(multihost_utils.process_allgather(np.array([data.size], np.int32))).reshape(-1)
-        buf = np.zeros(max(1, int(lens.max())), np.uint8)
-        buf[:data.size] = data
-        allbuf = np.asarray(multihost_utils.process_allgather(buf))
-        return [json.loads(allbuf[p, :lens[p]].tobytes()) for p in range(self.count)]
+        data = json.dumps(obj).encode()
+        # one collective of fixed-size buffers (a 4-byte length, then the bytes), a second one only if some
+        # record is longer; int32/uint8 because without jax_enable_x64 int64 arrays are gathered as int32
+        buf = np.zeros(4 + self.CAP, np.uint8)
+        buf[:4] = np.frombuffer(np.array([len(data)], "<i4").tobytes(), np.uint8)
+        buf[4:4 + min(len(data), self.CAP)] = np.frombuffer(data[:self.CAP], np.uint8)
+        with _stdout_to_stderr(not self.connected):  # gloo prints "[Gloo] Rank i is connected" to stdout
+            allbuf = np.asarray(multihost_utils.process_allgather(buf))
+        self.connected = True
+        lens = [int(np.frombuffer(allbuf[p, :4].tobytes(), "<i4")[0]) for p in range(self.count)]
+        if max(lens) > self.CAP:
+            big = np.zeros(max(lens), np.uint8)
+            big[:len(data)] = np.frombuffer(data, np.uint8)
+            allbuf = np.asarray(multihost_utils.process_allgather(big))
+            return [json.loads(allbuf[p, :lens[p]].tobytes()) for p in range(self.count)]
+        return [json.loads(allbuf[p, 4:4 + lens[p]].tobytes()) for p in range(self.count)]
 
     def broadcast(self, obj):
         """Process 0's ``obj`` on every process."""
@@ -430,6 +442,29 @@ class _Group:
         buf[:data.size] = data
         out = np.asarray(multihost_utils.broadcast_one_to_all(buf))
         return json.loads(out[:n].tobytes())
+
+
+class _stdout_to_stderr:
+    """Point file descriptor 1 at stderr for a block: C++ libraries' prints must not mix with ``--json``."""
+
+    def __init__(self, active=True):
+        self.active = active
+
+    def __enter__(self):
+        if self.active:
+            import sys
+
+            sys.stdout.flush()
+            self.saved = os.dup(1)
+            os.dup2(2, 1)
+
+    def __exit__(self, *exc):
+        if self.active:
+            import sys
+
+            sys.stdout.flush()
+            os.dup2(self.saved, 1)
+            os.close(self.saved)
 
 
 def _init_distributed(coordinator, num_processes, process_id):
@@ -611,6 +646,7 @@ def verify(model, *, n=1000, batch_size=64, seed=0, inputs=None, example_input=N
         raise VerifyError("report", f"{report!r} is a directory; give a .json file path")
     if report and not os.path.isdir(os.path.dirname(os.path.abspath(report))):
         raise VerifyError("report", f"the directory of {report!r} does not exist")
+    src = open_inputs(inputs) if inputs is not None else None  # before the model: its errors come first
     name = model if isinstance(model, str) else type(model).__name__
     engine = engine or torch.backends.quantized.engine
     # set before loading: TorchScript files repack their weights for the engine current at load time
@@ -618,9 +654,7 @@ def verify(model, *, n=1000, batch_size=64, seed=0, inputs=None, example_input=N
     if isinstance(model, str):
         model, ex = load_torch_model(model)
         example_input = example_input if example_input is not None else ex
-    if inputs is not None:
-        src = open_inputs(inputs)
-    else:
+    if src is None:
         if input_shape is None:
             if example_input is None:
                 raise VerifyError("input_shape", "give input_shape, inputs or an example_input to size the random "
@@ -761,19 +795,28 @@ def verify(model, *, n=1000, batch_size=64, seed=0, inputs=None, example_input=N
                 got = np.asarray(out.values if isinstance(out, QArray) else out)[:m]
                 scale = float(np.asarray(inter[step_node].scale)) if step_node else None
                 bad, step, index = _compare(got, want, scale)
-                fd = None
-                if bad and (totals.first_divergence is None or k < totals.first_divergence["batch"]):
-                    fd = _first_divergence(model, qmodel, x, engine) or dict(
-                        node="(output)", source="", mismatches=bad, size=int(got.size), index=index, qjax=None,
-                        torch=None)
-                    fd.update(batch=k, first_sample=k * batch_size + (fd["index"][0] if fd["index"] else 0))
-                rec = dict(batch=k, outputs=int(want.size), mismatches=bad, max_abs_step=step, first_divergence=fd,
+                rec = dict(batch=k, outputs=int(want.size), mismatches=bad, max_abs_step=step, first_divergence=None,
                            qjax_seconds=(t2 - t1) + (t4 - t3), torch_seconds=t3 - t2, load_seconds=t1 - t0,
                            compare_seconds=time.perf_counter() - t4)
             t5 = time.perf_counter()
-            for other in group.allgather(rec):
-                if other:
-                    totals.add(other)
+            recs = [other for other in group.allgather(rec) if other]
+            # The divergence (a run with every intermediate captured: another compile) only for the lowest
+            # mismatching batch below the current first one, by the process that holds it, then shared.
+            lowest = totals.first_divergence["batch"] if totals.first_divergence else num_batches
+            cand = min((o["batch"] for o in recs if o["mismatches"] and o["batch"] < lowest), default=None)
+            if cand is not None:
+                fd = None
+                if rec and rec["batch"] == cand:
+                    fd = _first_divergence(model, qmodel, x, engine) or dict(
+                        node="(output)", source="", mismatches=bad, size=int(got.size), index=index, qjax=None,
+                        torch=None)
+                    fd.update(batch=cand, first_sample=cand * batch_size + (fd["index"][0] if fd["index"] else 0))
+                fd = next(f for f in group.allgather(fd) if f)
+                for o in recs:
+                    if o["batch"] == cand:
+                        o["first_divergence"] = fd
+            for o in recs:
+                totals.add(o)
             write()
             t6 = time.perf_counter()
             if rec:  # the exchange and the report write (counted in the next write)

@@ -90,49 +90,49 @@ open_inputs = sys.modules["qjax.verify"].open_inputs
 SAME = ("outputs", "mismatches", "max_abs_step", "first_divergence", "samples", "batches", "batches_done")
 
 
-def conv1d_net():
-    """The smallest model (6 outputs, fast to compile), the same in every process (seeded weights)."""
+def linear_net():
+    """Quant -> Linear(32, 6) -> DeQuant: the fastest model to compile; the same in every process (seeded)."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        return models.conv1d_net()
+        return models._quantize(models.Wrap(torch.nn.Linear(32, 6)), torch.zeros(2, 32), False, 0, "fbgemm")
 
 
-def conv1d_factory():
-    """A factory for `qjax verify tests.test_verify:conv1d_factory`."""
-    return conv1d_net()
+def linear_factory():
+    """A factory for `qjax verify tests.test_verify:linear_factory`."""
+    return linear_net()
 
 
 def wrong_import(m, x, shift=0.02):
-    """The conv1d net's import with its fc bias moved a fraction of a step: a few outputs round differently."""
+    """The import with the linear layer's bias moved a fraction of a step: a few outputs round differently."""
     qm = qjax.from_torch(m, x, engine="fbgemm")
     p = dict(qm.params)
-    fc = dict(p["fc"])
+    fc = dict(p["block"])
     fc["bias"] = fc["bias"] + shift * fc["scale"]
-    p["fc"] = fc
+    p["block"] = fc
     return qm.with_params(p)
 
 
 @pytest.fixture(scope="module")
-def conv1d(tmp_path_factory):
+def small(tmp_path_factory):
     torch.backends.quantized.engine = "fbgemm"
-    m, x = conv1d_net()
+    m, x = linear_net()
     d = tmp_path_factory.mktemp("inputs")
-    xs = np.random.default_rng(7).standard_normal((42,) + tuple(x.shape[1:])).astype(np.float32)
+    xs = np.random.default_rng(17).standard_normal((50,) + tuple(x.shape[1:])).astype(np.float32)
     np.save(d / "all.npy", xs)
     parts = d / "parts"
     parts.mkdir()
-    for name, lo, hi in (("a.npy", 0, 5), ("b.npy", 5, 30), ("c.npy", 30, 42)):  # boundaries inside batches
+    for name, lo, hi in (("a.npy", 0, 5), ("b.npy", 5, 30), ("c.npy", 30, 50)):  # boundaries inside batches
         np.save(parts / name, xs[lo:hi])
     return m, x, xs, str(d / "all.npy"), str(parts), wrong_import(m, x)
 
 
-def test_npy_directory_is_memory_mapped_and_equals_the_array(conv1d):
-    m, x, xs, path, parts, bad = conv1d
+def test_npy_directory_is_memory_mapped_and_equals_the_array(small):
+    m, x, xs, path, parts, bad = small
     src = open_inputs(parts)
-    assert src.n == 42 and all(isinstance(a, np.memmap) for a in src.arrays)
+    assert src.n == 50 and all(isinstance(a, np.memmap) for a in src.arrays)
     assert (src.batch(3, 33) == xs[3:33]).all()
     reps = [verify(m, qmodel=bad, inputs=i, batch_size=8, engine="fbgemm") for i in (xs, path, parts)]
-    assert reps[0].mismatches > 0 and reps[0].batches == 6
+    assert reps[0].mismatches > 0 and reps[0].batches == 7
     for r in reps[1:]:
         assert {k: getattr(r, k) for k in SAME} == {k: getattr(reps[0], k) for k in SAME}
 
@@ -142,39 +142,37 @@ def test_random_inputs_do_not_depend_on_the_batching():
     assert src.block > 1 and (src.batch(300, 700) == src.batch(0, 1000)[300:700]).all()
 
 
-def test_interrupted_and_resumed_report_equals_the_full_run(conv1d, tmp_path):
-    m, x, xs, path, parts, bad = conv1d
-    full = verify(m, qmodel=bad, inputs=parts, batch_size=4, engine="fbgemm")
-    assert full.mismatches > 0 and full.first_divergence["batch"] > 0 and full.complete
+def test_interrupted_and_resumed_report_equals_the_full_run(small, tmp_path):
+    m, x, xs, path, parts, bad = small
+    full = verify(m, qmodel=bad, inputs=parts, batch_size=8, engine="fbgemm")
+    assert full.mismatches > 0 and full.first_divergence["batch"] == 3 and full.complete  # batches 3 and 4 differ
     report = str(tmp_path / "run.json")
     calls = []
     hook = m.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape[0]))
     try:
-        part = verify(m, qmodel=bad, inputs=parts, batch_size=4, engine="fbgemm", report=report, max_batches=2)
+        part = verify(m, qmodel=bad, inputs=parts, batch_size=8, engine="fbgemm", report=report, max_batches=2)
         assert not part.complete and part.batches_done == 2
         saved = json.load(open(report))
         assert saved["done_batches"] == [[0, 2]] and saved["batches_done"] == 2 and not saved["complete"]
         calls.clear()
-        part = verify(m, qmodel=bad, inputs=parts, batch_size=4, engine="fbgemm", report=report, resume=True,
+        part = verify(m, qmodel=bad, inputs=parts, batch_size=8, engine="fbgemm", report=report, resume=True,
                       max_batches=3, progress=True)
-        assert part.batches_done == 5 and calls[-3:] == [4, 4, 4]  # batches 2-4 only (after the shape check)
-        done = verify(m, qmodel=bad, inputs=parts, batch_size=4, engine="fbgemm", report=report, resume=True)
+        assert part.batches_done == 5 and calls[-3:] == [8, 8, 8]  # batches 2-4 only (after the shape check)
+        done = verify(m, qmodel=bad, inputs=parts, batch_size=8, engine="fbgemm", report=report, resume=True)
     finally:
         hook.remove()
     assert {k: getattr(done, k) for k in SAME} == {k: getattr(full, k) for k in SAME}
     saved = json.load(open(report))
-    assert saved["complete"] and saved["mismatches"] == full.mismatches and saved["done_batches"] == [[0, 11]]
+    assert saved["complete"] and saved["mismatches"] == full.mismatches and saved["done_batches"] == [[0, 7]]
     assert saved["first_divergence"] == json.loads(json.dumps(full.first_divergence))
     assert os.listdir(tmp_path) == ["run.json"]  # no temporary files left behind
 
 
-def test_resume_refuses_another_run(conv1d, tmp_path):
-    m, x, xs, path, parts, bad = conv1d
+def test_resume_refuses_another_run(small, tmp_path):
+    m, x, xs, path, parts, bad = small
     report = str(tmp_path / "run.json")
     verify(m, qmodel=bad, inputs=path, batch_size=8, engine="fbgemm", report=report, max_batches=1)
-    other = tmp_path / "other.npy"
-    np.save(other, xs[::-1].copy())  # same names? no: same shape, dtype and size, other content
-    np.save(tmp_path / "all.npy", xs[::-1].copy())
+    np.save(tmp_path / "all.npy", xs[::-1].copy())  # same name, shape, dtype and size; other content
     with pytest.raises(VerifyError, match=r"inputs\.files\[0\]\.first_last_sha256"):
         verify(m, qmodel=bad, inputs=str(tmp_path / "all.npy"), batch_size=8, engine="fbgemm", report=report,
                resume=True)
@@ -190,23 +188,23 @@ def _cli(argv, capsys):
     return code, out.out, out.err
 
 
-def test_cli_report_resume_and_exit_codes(conv1d, tmp_path, capsys):
-    m, x, xs, path, parts, bad = conv1d
+def test_cli_report_resume_and_exit_codes(small, tmp_path, capsys):
+    m, x, xs, path, parts, bad = small
     report = str(tmp_path / "r.json")
-    base = ["verify", "tests.test_verify:conv1d_factory", "--inputs", parts, "--batch-size", "16", "--engine", "fbgemm",
+    base = ["verify", "tests.test_verify:linear_factory", "--inputs", parts, "--batch-size", "8", "--engine", "fbgemm",
             "--report", report]
     code, out, err = _cli(base + ["--max-batches", "1"], capsys)
-    assert code == 3 and "incomplete: 1 of 3 batches" in out
+    assert code == 3 and "incomplete: 1 of 7 batches" in out
     code, out, err = _cli(base + ["--resume", "--json"], capsys)
     rep = json.loads(out)
-    assert code == 0 and rep["complete"] and rep["outputs"] == 42 * 6 and rep["mismatches"] == 0
-    assert json.load(open(report))["done_batches"] == [[0, 3]]
+    assert code == 0 and rep["complete"] and rep["outputs"] == 50 * 6 and rep["mismatches"] == 0
+    assert json.load(open(report))["done_batches"] == [[0, 7]]
 
 
 @pytest.mark.parametrize("case", ["missing", "empty_dir", "int_dtype", "pickled", "wrong_shape", "resume_other",
                                   "no_report", "bad_coordinator"])
-def test_cli_user_errors_are_one_line(case, conv1d, tmp_path, capsys):
-    m, x, xs, path, parts, bad = conv1d
+def test_cli_user_errors_are_one_line(case, small, tmp_path, capsys):
+    m, x, xs, path, parts, bad = small
     args, flag, rule = ["--inputs", path], "--inputs", ""
     if case == "missing":
         args, rule = ["--inputs", str(tmp_path / "nope.npy")], "does not exist"
@@ -221,7 +219,7 @@ def test_cli_user_errors_are_one_line(case, conv1d, tmp_path, capsys):
         args, rule = ["--inputs", str(tmp_path / "o.npy")], "without pickle"
     elif case == "wrong_shape":
         np.save(tmp_path / "s.npy", xs[:, :3])
-        args, rule = ["--inputs", str(tmp_path / "s.npy")], "torch's forward rejects inputs of per-sample shape (3, 32)"
+        args, rule = ["--inputs", str(tmp_path / "s.npy")], "torch's forward rejects inputs of per-sample shape (3,)"
     elif case == "resume_other":
         report = tmp_path / "r.json"
         report.write_text(json.dumps(dict(format="qjax.verify/1", run=dict(model="other"))))
@@ -230,7 +228,7 @@ def test_cli_user_errors_are_one_line(case, conv1d, tmp_path, capsys):
         args, flag, rule = ["--inputs", path, "--resume"], "--resume", "needs a report path"
     elif case == "bad_coordinator":
         args, flag, rule = ["--inputs", path, "--coordinator", "localhost"], "--coordinator", "is not host:port"
-    code, out, err = _cli(["verify", "tests.test_verify:conv1d_factory", "--engine", "fbgemm"] + args, capsys)
+    code, out, err = _cli(["verify", "tests.test_verify:linear_factory", "--engine", "fbgemm"] + args, capsys)
     assert code == 2 and out == "" and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and err.startswith(f"qjax verify: {flag}: ") and rule in err, err
 
@@ -241,20 +239,20 @@ import jax, torch
 # before the wrong import below runs JAX (verify(coordinator=...) initializes it itself when nothing ran yet)
 jax.distributed.initialize(sys.argv[3], num_processes=2, process_id=int(sys.argv[4]))
 from qjax.verify import verify
-from tests.test_verify import conv1d_net, wrong_import
+from tests.test_verify import linear_net, wrong_import
 torch.backends.quantized.engine = "fbgemm"
-m, x = conv1d_net()
-rep = verify(m, qmodel=wrong_import(m, x), inputs=sys.argv[1], batch_size=4, engine="fbgemm", report=sys.argv[2],
+m, x = linear_net()
+rep = verify(m, qmodel=wrong_import(m, x), inputs=sys.argv[1], batch_size=8, engine="fbgemm", report=sys.argv[2],
              coordinator=sys.argv[3], num_processes=2, process_id=int(sys.argv[4]))
 print("REPORT " + rep.to_json().replace(chr(10), " "))
 """
 
 
-def test_two_processes_with_jax_distributed_merge_one_report(conv1d, tmp_path):
+def test_two_processes_with_jax_distributed_merge_one_report(small, tmp_path):
     import socket
 
-    m, x, xs, path, parts, bad = conv1d
-    single = verify(m, qmodel=bad, inputs=parts, batch_size=4, engine="fbgemm")
+    m, x, xs, path, parts, bad = small
+    single = verify(m, qmodel=bad, inputs=parts, batch_size=8, engine="fbgemm")
     with socket.socket() as s:  # a free port for the coordinator
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -269,6 +267,6 @@ def test_two_processes_with_jax_distributed_merge_one_report(conv1d, tmp_path):
     reps = [json.loads(next(ln for ln in out.splitlines() if ln.startswith("REPORT "))[7:]) for out, _ in outs]
     want = json.loads(json.dumps({k: getattr(single, k) for k in SAME}))
     saved = json.load(open(report))
-    assert saved["processes"] == 2 and saved["done_batches"] == [[0, 11]]
+    assert saved["processes"] == 2 and saved["done_batches"] == [[0, 7]]
     for r in reps + [saved]:  # both processes hold the merged totals; process 0 wrote them
         assert {k: r[k] for k in SAME} == want
