@@ -179,7 +179,11 @@ def load_torch_model(spec: str):
                                    "factory module:function")
     from .interop.torchscript import load
 
-    return load(spec), None
+    try:
+        return load(spec), None
+    except RuntimeError as e:  # not a TorchScript archive (e.g. a state dict saved with torch.save)
+        raise VerifyError("model", f"{spec!r} is not a TorchScript archive ({_one_line(e)}); save the converted "
+                                   "model with torch.jit.save(torch.jit.script(model)) or give a factory") from None
 
 
 def _params_sha256(qmodel: QModel) -> str:
@@ -685,7 +689,9 @@ def verify(model, *, n=1000, batch_size=64, seed=0, inputs=None, example_input=N
     if qmodel is None:
         ex = example_input if example_input is not None else first
         qmodel = from_torch(model, np.asarray(ex, np.float32), engine=engine)
-    run_id = dict(model=name, params_sha256=_params_sha256(qmodel), engine=str(engine), batch_size=batch_size,
+    # a file's name, not its path: the same model copied to another host or directory resumes
+    model_id = os.path.basename(name) if os.path.isfile(name) else name
+    run_id = dict(model=model_id, params_sha256=_params_sha256(qmodel), engine=str(engine), batch_size=batch_size,
                   samples=n, inputs=src.fingerprint)
     ids = group.allgather(run_id)
     for p, other in enumerate(ids):

@@ -85,8 +85,7 @@ def test_sharded_verify_on_four_cpu_devices(scripted):
 # ------------------------------------------------------------------------------------------------
 # streaming inputs, resumable reports, user errors, jax.distributed (issue 13)
 
-VerifyError = sys.modules["qjax.verify"].VerifyError
-open_inputs = sys.modules["qjax.verify"].open_inputs
+from qjax.verify import VerifyError, _RandomInputs, open_inputs  # noqa: E402
 SAME = ("outputs", "mismatches", "max_abs_step", "first_divergence", "samples", "batches", "batches_done")
 
 
@@ -131,14 +130,16 @@ def test_npy_directory_is_memory_mapped_and_equals_the_array(small):
     src = open_inputs(parts)
     assert src.n == 50 and all(isinstance(a, np.memmap) for a in src.arrays)
     assert (src.batch(3, 33) == xs[3:33]).all()
-    reps = [verify(m, qmodel=bad, inputs=i, batch_size=8, engine="fbgemm") for i in (xs, path, parts)]
+    # overlap=True (torch's forward while the qjax batch runs; off by default on CPU) must not change a number
+    reps = [verify(m, qmodel=bad, inputs=i, batch_size=8, engine="fbgemm", overlap=ov)
+            for i, ov in ((xs, False), (path, True), (parts, False))]
     assert reps[0].mismatches > 0 and reps[0].batches == 7
     for r in reps[1:]:
         assert {k: getattr(r, k) for k in SAME} == {k: getattr(reps[0], k) for k in SAME}
 
 
 def test_random_inputs_do_not_depend_on_the_batching():
-    src = sys.modules["qjax.verify"]._RandomInputs(1000, (3, 8, 8), seed=5)
+    src = _RandomInputs(1000, (3, 8, 8), seed=5)
     assert src.block > 1 and (src.batch(300, 700) == src.batch(0, 1000)[300:700]).all()
 
 
@@ -193,7 +194,7 @@ def test_cli_report_resume_and_exit_codes(small, tmp_path, capsys):
     report = str(tmp_path / "r.json")
     base = ["verify", "tests.test_verify:linear_factory", "--inputs", parts, "--batch-size", "8", "--engine", "fbgemm",
             "--report", report]
-    code, out, err = _cli(base + ["--max-batches", "1"], capsys)
+    code, out, err = _cli(base + ["--max-batches", "1", "--resume"], capsys)  # no report yet: starts the run
     assert code == 3 and "incomplete: 1 of 7 batches" in out
     code, out, err = _cli(base + ["--resume", "--json"], capsys)
     rep = json.loads(out)
@@ -202,10 +203,10 @@ def test_cli_report_resume_and_exit_codes(small, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing", "empty_dir", "int_dtype", "pickled", "wrong_shape", "resume_other",
-                                  "no_report", "bad_coordinator"])
+                                  "no_report", "bad_coordinator", "not_torchscript", "no_factory"])
 def test_cli_user_errors_are_one_line(case, small, tmp_path, capsys):
     m, x, xs, path, parts, bad = small
-    args, flag, rule = ["--inputs", path], "--inputs", ""
+    args, flag, rule, model = ["--inputs", path], "--inputs", "", "tests.test_verify:linear_factory"
     if case == "missing":
         args, rule = ["--inputs", str(tmp_path / "nope.npy")], "does not exist"
     elif case == "empty_dir":
@@ -228,7 +229,12 @@ def test_cli_user_errors_are_one_line(case, small, tmp_path, capsys):
         args, flag, rule = ["--inputs", path, "--resume"], "--resume", "needs a report path"
     elif case == "bad_coordinator":
         args, flag, rule = ["--inputs", path, "--coordinator", "localhost"], "--coordinator", "is not host:port"
-    code, out, err = _cli(["verify", "tests.test_verify:linear_factory", "--engine", "fbgemm"] + args, capsys)
+    elif case == "not_torchscript":
+        (tmp_path / "m.pt").write_bytes(b"not a zip archive")
+        model, flag, rule = str(tmp_path / "m.pt"), "MODEL", "is not a TorchScript archive"
+    elif case == "no_factory":
+        model, flag, rule = "tests.test_verify:no_such_factory", "MODEL", "cannot import the factory"
+    code, out, err = _cli(["verify", model, "--engine", "fbgemm"] + args, capsys)
     assert code == 2 and out == "" and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and err.startswith(f"qjax verify: {flag}: ") and rule in err, err
 
