@@ -177,12 +177,13 @@ def run_config(name, engine, batch, size, args, converted_cache):
         qm = qjax.from_torch(model, x, engine=engine)
         row.import_s = time.perf_counter() - t0
 
-        stage = "compile"
+        stage = "trace"
         xj = jax.device_put(x.numpy())
         forward = jax.jit(lambda m, v: m(v))
         t0 = time.perf_counter()
         lowered = forward.lower(qm, xj)
         row.lower_s = time.perf_counter() - t0
+        stage = "compile"
         t0 = time.perf_counter()
         compiled = lowered.compile()
         row.compile_s = time.perf_counter() - t0
@@ -213,13 +214,35 @@ def run_config(name, engine, batch, size, args, converted_cache):
 
             row.profile = profile_forward(qm, xj, model, x, calls=args.profile_calls, reference=got)
     except Exception as e:  # noqa: BLE001 — a failed configuration is a row, the run goes on
-        row.status = f"{stage} failed: {one_line_error(e)}"
+        from qjax.interop.torch import TorchImportError
+
+        if isinstance(e, TorchImportError) and stage != "import":
+            stage = f"import failed (raised at {stage})"  # the importer defers some checks to trace time
+        else:
+            stage = f"{stage} failed"
+        row.status = f"{stage}: {one_line_error(e)}"
         if args.verbose:
             traceback.print_exc()
     return row
 
 
 # ---------------------------------------------------------------------------------------------- output
+
+
+def tree_state() -> str:
+    """The qjax checkout measured: commit and uncommitted changes under qjax/ (numbers move with them)."""
+    import subprocess
+
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    try:
+        head = subprocess.run(["git", "-C", root, "log", "-1", "--format=%h %cI"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "qjax"], capture_output=True,
+                               text=True, check=True).stdout.split("\n")
+        dirty = [d[3:] for d in dirty if d.strip()]
+    except (OSError, subprocess.CalledProcessError):
+        return "qjax checkout: unknown (no git)"
+    return f"qjax at {head}" + (f", uncommitted changes in {', '.join(dirty)}" if dirty else ", clean")
 
 
 def _f(v, fmt):
@@ -234,8 +257,8 @@ def markdown_table(rows) -> str:
         size = "" if r.size == 224 else f" ({r.size}²)"
         head = f"| {r.model}{size} | {r.engine} | {r.batch} |"
         if r.status != "ok":
-            mism = "" if r.mismatches is None else f" {r.mismatches} of {r.outputs} |"
-            lines.append(f"{head} {r.status} |||||{mism or ' |'}{_f(r.import_s, '.1f')} | {_f(r.lower_s, '.1f')} | "
+            mism = "" if r.mismatches is None else f"{r.mismatches} of {r.outputs}"
+            lines.append(f"{head} {r.status} | | | | {mism} | {_f(r.import_s, '.1f')} | {_f(r.lower_s, '.1f')} | "
                          f"{_f(r.compile_s, '.1f')} |")
             continue
         lines.append(f"{head} {_f(r.torch_ms, ',.1f')} | {_f(r.qjax_ms, ',.1f')} | **{_f(r.ratio, '.2f')}×** | "
@@ -245,7 +268,10 @@ def markdown_table(rows) -> str:
 
 
 def report(rows, header, args, done) -> str:
-    parts = [header, "", markdown_table(rows)]
+    legend = ("ratio: median over rounds of qjax/torch in the same round; fastest-round ratio: fastest qjax round / "
+              "fastest torch round; mismatches: output elements whose float32 bits differ (checked before timing); "
+              "import s: `qjax.from_torch`; trace+lower s and compile s: `jax.jit(f).lower(...)` and `.compile()`.")
+    parts = [header, "", markdown_table(rows), "", legend]
     if not done:
         parts.append("\n(run in progress)")
     else:
@@ -302,7 +328,8 @@ def main(argv=None):
 
     import_torchvision()  # fail early (with its reason) if torchvision cannot be imported at all
     header = (f"torchvision quantizable models, random weights, eager convert; {machine_line(args.threads, '/'.join(engines))}; "
-              f"{args.size}x{args.size} inputs, median of {args.repeat} interleaved rounds\n\n{load_line('at start')}")
+              f"{args.size}x{args.size} inputs, median of {args.repeat} interleaved rounds; {tree_state()}\n\n"
+              f"{load_line('at start')}")
     print(header, flush=True)
     rows, cache = [], {}
 
