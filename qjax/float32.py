@@ -35,7 +35,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["mul_rn", "div_rn", "two_sum", "two_product", "add_round_to_odd", "fma", "mul_add"]
+__all__ = ["uncontracted", "mul_rn", "div_rn", "two_sum", "two_product", "add_round_to_odd", "fma", "mul_add"]
 
 _U32 = jnp.uint32
 _F32 = jnp.float32
@@ -51,6 +51,26 @@ def _from_bits(b):
 
 def _u(v):
     return jnp.asarray(v, _U32)
+
+
+def uncontracted(x):
+    """``x`` unchanged, as a value no later float add can be contracted with.
+
+    XLA (and LLVM below it) contracts ``fmul`` followed by ``fadd`` into an FMA.  Here the
+    float passes through ``bitcast -> umin(bits, 0xFFFFFFFE) -> bitcast``: the minimum changes
+    only the bit pattern ``0xFFFFFFFF`` (a negative NaN; a NaN stays a NaN), so every value is
+    returned as is, but neither XLA's simplifier nor LLVM can prove the minimum an identity, and
+    an add whose operand is not an ``fmul`` has nothing to fuse with.  So
+    ``uncontracted(a * b) + c`` is exactly ``fl32(fl32(a*b) + c)``: one vector min instead of
+    :func:`mul_rn`'s ~40 integer operations (``tests/test_float32.py`` checks 0 differences on
+    inputs where the contracted form differs).  It also hides the product from XLA's
+    reassociation of ``(x * c1) * c2`` with constants.
+
+    Exactness domain: XLA's CPU backend flushes subnormals, so products below the float32
+    normal range are zero here (as they are for any later op on a :func:`mul_rn` result).
+    """
+    u = lax.bitcast_convert_type(jnp.asarray(x, _F32), _U32)
+    return lax.bitcast_convert_type(jnp.minimum(u, _u(0xFFFFFFFE)), _F32)
 
 
 def mul_rn(a, b):

@@ -150,3 +150,17 @@ def test_div_rn_is_correctly_rounded_with_broadcast_and_constant_divisors():
     np.testing.assert_array_equal(np.asarray(jax.jit(lambda a: f32x.div_rn(a, b))(a)), want)
     np.testing.assert_array_equal(np.asarray(jax.jit(lambda b: f32x.div_rn(a, b))(b)), want)
     np.testing.assert_array_equal(np.asarray(jax.jit(f32x.div_rn)(np.float32(1), a)), np.float32(1) / a)
+
+
+def test_uncontracted_product_is_rounded_before_the_add():
+    """``uncontracted(a*b) + c`` is the unfused ``fl32(fl32(a*b) + c)`` where XLA fuses ``a*b + c``."""
+    import jax
+
+    rng = np.random.default_rng(7)
+    a, b, c = random_floats(rng, 100_000, -4, 4), random_floats(rng, 100_000, -4, 4), random_floats(rng, 100_000, -4, 4)
+    unfused = ((a * b).astype(np.float32) + c).astype(np.float32)
+    got = jax.jit(lambda a, b, c: f32x.uncontracted(a * b) + c)(a, b, c)
+    assert bits_equal(got, unfused).all()
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, 3e38], np.float32)
+    out = np.asarray(jax.jit(f32x.uncontracted)(specials))
+    assert bits_equal(out, specials).all()

@@ -23,6 +23,9 @@ float32 scales qjax keeps, ``fl32(1.0 / x)`` in double equals the float32 divisi
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -47,16 +50,30 @@ def onednn_factors(x_scale, w_scale, out_scale, op="conv"):
 def requantize_onednn(acc, *, x_scale, w_scale, bias, out_scale, out_zero_point, relu=False, op="conv",
                       combined_scale=False, qmin=0, qmax=255):
     """int32 accumulator (channels last) -> output values as int32 (see the module docstring)."""
+    return _requantize(acc, x_scale, w_scale, bias, out_scale, out_zero_point, relu=bool(relu), op=op,
+                       combined_scale=bool(combined_scale), qmin=int(qmin), qmax=int(qmax))
+
+
+# Jitted so that layers with the same shapes share one trace (as for fbgemm's requantization).
+# Per element the epilogue is native float32 arithmetic: each product is rounded once and
+# passes through f32x.uncontracted before anything adds to it or multiplies it again, so XLA
+# can neither contract it into an FMA with the bias / zero-point add nor reassociate the scale
+# products; every product then equals oneDNN's unfused ``vmulps`` (tests/requant/test_onednn.py
+# puts values on the ties where a contracted or reassociated form differs).  The scale factors
+# are per channel at most and keep the integer-emulated mul_rn.
+@functools.partial(jax.jit, static_argnames=("relu", "op", "combined_scale", "qmin", "qmax"))
+def _requantize(acc, x_scale, w_scale, bias, out_scale, out_zero_point, *, relu, op, combined_scale, qmin, qmax):
     a_src, a_wei, a_dinv = onednn_factors(x_scale, w_scale, out_scale, op)
+    nc = f32x.uncontracted
     v = acc.astype(jnp.float32)
     if combined_scale:
-        v = f32x.mul_rn(v, f32x.mul_rn(a_src, a_wei))
+        v = nc(v * f32x.mul_rn(a_src, a_wei))
     else:
-        v = f32x.mul_rn(f32x.mul_rn(v, a_src), a_wei)
+        v = nc(nc(v * a_src) * a_wei)
     if bias is not None:
         v = v + jnp.asarray(bias, jnp.float32)
     if relu:
         v = jnp.maximum(v, 0.0)
-    v = f32x.mul_rn(v, a_dinv) + jnp.asarray(out_zero_point).astype(jnp.float32)
+    v = nc(v * a_dinv) + jnp.asarray(out_zero_point).astype(jnp.float32)
     v = jnp.clip(v, np.float32(qmin), np.float32(qmax))
     return jnp.round(v).astype(jnp.int32)
