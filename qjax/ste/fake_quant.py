@@ -15,6 +15,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from ..dtypes import QDType, as_qdtype
 from ..float32 import div_rn
@@ -22,7 +23,7 @@ from ..quantize import _channel_shape, _dequantize_values, _quantize_values
 from ..rounding import round_float
 from .estimators import Estimator, get_estimator
 
-__all__ = ["fake_quantize", "FakeQuantConfig", "integer_zero_point"]
+__all__ = ["fake_quantize", "FakeQuantConfig", "integer_zero_point", "own_buffer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,24 @@ def integer_zero_point(z, dtype: QDType):
     return jnp.clip(jnp.round(jnp.asarray(z, jnp.float32)), dtype.qmin, dtype.qmax).astype(jnp.int32)
 
 
-def _forward(cfg: FakeQuantConfig, x, s, z, key):
+def own_buffer(values, scale):
+    """``values`` unchanged, as a buffer of their own (what ``qjax.graph._materialize`` does per graph node).
+
+    The exact quantize / requantize arithmetic (:mod:`qjax.float32`'s FMA emulation) is ~10x the
+    cost of a plain multiply-round; left alone, XLA's CPU fusion copies it into every consumer's
+    loop (the integer conv's padding, the dequantize, the next layer's quantize), unvectorised and
+    once per consumer.  XLA drops ``optimization_barrier`` before fusion and hoists an identity out
+    of a ``conditional``, but a conditional's result is a materialised buffer: the values pass
+    through a ``cond`` on a tautology XLA does not fold (``s == s or s != s`` on a float scale)
+    whose never-taken branch differs.
+    """
+    s = jnp.asarray(scale).reshape(-1)[0]
+    always = (s == s) | (s != s)
+    return lax.cond(always, lambda a: a, lambda a: a ^ jnp.ones((), a.dtype), values)
+
+
+def _integers(cfg: FakeQuantConfig, x, s, z, key):
+    """The forward pass's integers (the dtype's storage type; int32 under a hardware rounding) and zero point."""
     zi = integer_zero_point(z, cfg.dtype)
     if cfg.rounding is None:
         q = _quantize_values(x, s, zi, cfg.dtype, cfg.axis)
@@ -46,6 +64,11 @@ def _forward(cfg: FakeQuantConfig, x, s, z, key):
         shp = () if cfg.axis is None else _channel_shape(x.ndim, cfg.axis)
         r = round_float(div_rn(x, s.reshape(shp)), cfg.rounding, key)
         q = jnp.clip(jnp.clip(r, -1e6, 1e6).astype(jnp.int32) + zi.reshape(shp), cfg.dtype.qmin, cfg.dtype.qmax)
+    return q, zi
+
+
+def _forward(cfg: FakeQuantConfig, x, s, z, key):
+    q, zi = _integers(cfg, x, s, z, key)
     return _dequantize_values(q, s, zi, cfg.axis)
 
 
@@ -80,7 +103,27 @@ def _fq_bwd(cfg, res, g):
 _fake_quant.defvjp(_fq_fwd, _fq_bwd)
 
 
-def fake_quantize(x, scale, zero_point, dtype="quint8", axis=None, estimator="lsq", rounding=None, key=None):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fake_quant_integers(cfg, x, s, z, key):
+    q, zi = _integers(cfg, x, s, z, key)
+    q = own_buffer(q.astype(cfg.dtype.storage), s)  # the next integer op reads these integers, not x again
+    return _dequantize_values(q, s, zi, cfg.axis), q
+
+
+def _fqi_fwd(cfg, x, s, z, key):
+    y, q = _fake_quant_integers(cfg, x, s, z, key)
+    return (y, q), (x, y, s, z, key)
+
+
+def _fqi_bwd(cfg, res, g):
+    return _fq_bwd(cfg, res, g[0])  # the integers are not differentiable
+
+
+_fake_quant_integers.defvjp(_fqi_fwd, _fqi_bwd)
+
+
+def fake_quantize(x, scale, zero_point, dtype="quint8", axis=None, estimator="lsq", rounding=None, key=None,
+                  return_integers=False):
     """Quantize-dequantize ``x`` exactly as the integer path, differentiable through ``estimator``.
 
     Args:
@@ -93,9 +136,11 @@ def fake_quantize(x, scale, zero_point, dtype="quint8", axis=None, estimator="ls
         ``"lsq_plus"``.
       rounding: ``None`` for torch's quantize rule, or a :mod:`qjax.rounding` mode for the
         integer-only hardware rule (``"stochastic"`` needs ``key``).
+      return_integers: also return the integers (the dtype's storage type; not differentiable), which
+        :func:`qjax.ste.conv` / :func:`qjax.ste.linear` take as ``x_integers`` instead of quantizing again.
 
     Returns:
-      float32 array like ``x``: the dequantized integers.
+      float32 array like ``x``: the dequantized integers (and, with ``return_integers``, the integers).
     """
     from ..checks import check_scale
 
@@ -115,4 +160,5 @@ def fake_quantize(x, scale, zero_point, dtype="quint8", axis=None, estimator="ls
     cfg = FakeQuantConfig(dtype, axis, get_estimator(estimator), rounding)
     if rounding == "stochastic" and key is None:
         raise ValueError("rounding='stochastic' needs a PRNG key")
-    return _fake_quant(cfg, x, jnp.asarray(scale, jnp.float32), jnp.asarray(zero_point, jnp.float32), key)
+    fq = _fake_quant_integers if return_integers else _fake_quant
+    return fq(cfg, x, jnp.asarray(scale, jnp.float32), jnp.asarray(zero_point, jnp.float32), key)

@@ -210,3 +210,77 @@ def test_fake_quantize_shape_errors_and_rounding_mask():
     # floor rounding: 127.7 floors to 127 (not clamped) so its gradient passes; -128.4 floors to -129 (clamped)
     g = jax.grad(lambda x: jnp.sum(ste.fake_quantize(x, 1.0, 0.0, "qint8", estimator="clipped", rounding="floor")))(x)
     assert np.asarray(g).tolist() == [[1.0, 1.0, 0.0]]
+
+
+def _layer_config(kind, relu, est, per_channel, channels_last):
+    """The static configuration ste.conv / ste.linear build (fbgemm, with a bias)."""
+    from qjax.ste import ops
+
+    geom = qjax.ops.conv_geometry(2, (1, 2), 1, 1, 1) if kind == "conv" else None
+    e = ste.get_estimator(est)
+    return ops._Layer(kind, geom, relu, ops.resolve_arithmetic("fbgemm"), True, per_channel, e, e, channels_last)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31), kind=st.sampled_from(["conv", "linear"]), relu=st.booleans(),
+       est=st.sampled_from(["ste", "clipped", "lsq", "lsq_plus"]), per_channel=st.booleans(),
+       channels_last=st.booleans(), ties=st.floats(0.0, 0.5), on_grid=st.booleans())
+def test_backward_equals_the_surrogates_gradient(seed, kind, relu, est, per_channel, channels_last, ties, on_grid):
+    """The custom VJP (residuals saved in the forward pass, backward written out) gives, bit for bit, jax.grad
+    of ``_surrogate`` (the float graph fq -> conv -> relu -> fq it documents): all nine gradients, every
+    estimator, per tensor and per channel, conv (NCHW and channels-last) and linear, with ties and clamping;
+    ``on_grid``: x is a dequantized activation passed with its integers (qjax.nn's path: no re-quantize)."""
+    from qjax.ste import ops
+
+    channels_last = channels_last and kind == "conv"
+    cfg = _layer_config(kind, relu, est, per_channel, channels_last)
+    rng = np.random.default_rng(seed)
+    o, c = 5, 3
+    sx, zx, sy, zy = np.float32(0.05), np.float32(rng.integers(90, 140)), np.float32(0.08), np.float32(100.0)
+    xshape = ((2, 6, 5, c) if channels_last else (2, c, 6, 5)) if kind == "conv" else (4, 12)
+    wshape = (o, c, 3, 3) if kind == "conv" else (o, 12)
+    # inputs on exact rounding ties ((k + 1/2)·s) for a fraction of the elements, and beyond the clamp range
+    x = (rng.standard_normal(xshape) * 4).astype(np.float32)
+    tie = rng.random(xshape) < ties
+    x = np.where(tie, (np.round(x / sx) + np.float32(0.5)) * sx, x).astype(np.float32)
+    w = (rng.standard_normal(wshape) * 0.3).astype(np.float32)
+    wmax = np.abs(w).reshape(o, -1).max(1) if per_channel else np.abs(w).max()
+    sw = (wmax / 100).astype(np.float32)
+    zw = np.zeros(o, np.float32) if per_channel else np.float32(0)
+    swb = sw.reshape((-1,) + (1,) * (w.ndim - 1)) if per_channel else sw  # weights beyond ±127·sw are clamped
+    w = np.where(rng.random(wshape) < ties, (np.round(w / swb) + np.float32(0.5)) * swb, w).astype(np.float32)
+    b = (rng.standard_normal(o) * 0.3).astype(np.float32)
+    xq = None
+    if on_grid:
+        xq = np.asarray(qjax.quantize(x, sx, int(zx), qjax.quint8).values)
+        x = np.asarray(ste.fake_quantize(x, sx, zx, "quint8"))
+    args = (x, w, b, sx, zx, sw, zw, sy, zy)
+    cot = rng.standard_normal(np.shape(ops._surrogate(cfg, *args))).astype(np.float32)
+
+    def custom(*a):
+        return jnp.sum(ops._layer(cfg, *a, None, xq)[0] * cot)
+
+    def reference(*a):
+        return jnp.sum(ops._surrogate(cfg, *a) * cot)
+
+    got = jax.grad(custom, argnums=tuple(range(9)))(*args)
+    want = jax.grad(reference, argnums=tuple(range(9)))(*args)
+    for name, g, r in zip(("x", "w", "b", "sx", "zx", "sw", "zw", "sy", "zy"), got, want):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(r), err_msg=name)
+
+
+def test_dequantized_activations_quantize_back_to_their_integers():
+    """Why qjax.nn passes an activation's integers on instead of quantizing it again: for every (q, z) pair and
+    scales from qjax.nn's floor (float32 eps) to 1e35, quantize(dequantize(q)) == q exactly."""
+    from qjax import observers as obs
+    from qjax.quantize import _dequantize_values, _quantize_values
+
+    q = jnp.asarray(np.tile(np.arange(256), 256).astype(np.uint8))
+    z = jnp.asarray(np.repeat(np.arange(256), 256).astype(np.int32))
+    rng = np.random.default_rng(0)
+    scales = [float(obs.EPS), 1e-6, 0.1, 1.0, 3.0, 1e10, 1e35] + list(np.exp(rng.uniform(np.log(1.2e-7), 80.0, 25)))
+    roundtrip = jax.jit(jax.vmap(lambda q, z, s: _quantize_values(_dequantize_values(q, s, z, None), s, z,
+                                                                  qjax.quint8, None), in_axes=(0, 0, None)))
+    for s in scales:
+        got = roundtrip(q[:, None], z[:, None], jnp.float32(s))[:, 0]
+        assert int((got != q).sum()) == 0, s
