@@ -1,4 +1,5 @@
-"""qjax.verify / `qjax verify` / `qjax explain --model`: TorchScript and factory models, sharding, JSON."""
+"""qjax.verify / `qjax verify` / `qjax explain --model`: TorchScript and factory models, sharding, JSON; streamed
+.npy inputs, resumable reports, one-line user errors, two processes with jax.distributed."""
 
 import json
 import os
@@ -12,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 import qjax
 from qjax.cli import main
-from qjax.verify import verify
+from qjax.verify import VerifyError, _RandomInputs, open_inputs, verify
 
 from . import models
 
@@ -85,7 +86,6 @@ def test_sharded_verify_on_four_cpu_devices(scripted):
 # ------------------------------------------------------------------------------------------------
 # streaming inputs, resumable reports, user errors, jax.distributed (issue 13)
 
-from qjax.verify import VerifyError, _RandomInputs, open_inputs  # noqa: E402
 SAME = ("outputs", "mismatches", "max_abs_step", "first_divergence", "samples", "batches", "batches_done")
 
 
