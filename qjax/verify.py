@@ -51,6 +51,7 @@ import hashlib
 import importlib
 import json
 import math
+import mmap as mmap_module
 import os
 import tempfile
 import time
@@ -236,9 +237,29 @@ class _ArrayInputs(_Inputs):
         for a, lo in zip(self.arrays, self.offsets[:-1]):
             hi = lo + a.shape[0]
             if hi > start and lo < stop:
-                parts.append(a[max(start - lo, 0):min(stop, hi) - lo])
-        x = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return np.ascontiguousarray(x, dtype=np.float32)
+                r0, r1 = max(start - lo, 0), min(stop, hi) - lo
+                parts.append(np.array(a[r0:r1], dtype=np.float32))  # a copy, not a view of the mapping
+                _release(a, r0, r1)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _release(a, r0: int, r1: int):
+    """Unmap rows ``[r0, r1)`` of a memory-mapped array once copied (``MADV_DONTNEED``).
+
+    The pages are clean and file-backed, so the kernel could reclaim them anyway, but until then they
+    count in the process's resident set: verifying a 1.6 GB file peaked at 2.1 GB RSS without this.
+    """
+    mm = getattr(a, "_mmap", None)
+    if mm is None or not hasattr(mmap_module, "MADV_DONTNEED") or r1 <= r0 or not a.flags.c_contiguous:
+        return
+    row = a.strides[0]
+    base = a.offset % mmap_module.ALLOCATIONGRANULARITY  # where np.memmap's data starts inside its mapping
+    begin, end = base + r0 * row, base + r1 * row
+    begin -= begin % mmap_module.PAGESIZE
+    try:
+        mm.madvise(mmap_module.MADV_DONTNEED, begin, end - begin)
+    except (OSError, ValueError):  # pragma: no cover - an advice, never a failure
+        pass
 
 
 class _RandomInputs(_Inputs):

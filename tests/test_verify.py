@@ -129,7 +129,8 @@ def test_npy_directory_is_memory_mapped_and_equals_the_array(small):
     m, x, xs, path, parts, bad = small
     src = open_inputs(parts)
     assert src.n == 50 and all(isinstance(a, np.memmap) for a in src.arrays)
-    assert (src.batch(3, 33) == xs[3:33]).all()
+    assert (src.batch(3, 33) == xs[3:33]).all() and (src.batch(6, 20) == xs[6:20]).all()
+    assert not np.shares_memory(src.batch(6, 20), src.arrays[1])  # copied out, its pages released
     # overlap=True (torch's forward while the qjax batch runs; off by default on CPU) must not change a number
     reps = [verify(m, qmodel=bad, inputs=i, batch_size=8, engine="fbgemm", overlap=ov)
             for i, ov in ((xs, False), (path, True), (parts, False))]
