@@ -10,9 +10,10 @@ Inputs
   Random normal inputs (``n``, ``input_shape``, ``seed``; sample ``j`` is the same whatever
   the batch size or process count), an array, or a path: a ``.npy`` file or a directory of
   ``.npy`` files (taken in name order, concatenated along the sample axis), each opened with
-  ``np.load(mmap_mode="r", allow_pickle=False)`` so only the current batch is read into
-  memory — inputs larger than memory work.  ``.npz`` files are read whole (zip members cannot
-  be memory-mapped).  Inputs must be floating point; they are cast to float32 per batch.
+  ``np.load(mmap_mode="r", allow_pickle=False)``; each batch is copied out and its pages are
+  released (``MADV_DONTNEED``), so only the batches in flight are resident — inputs larger than
+  memory work.  ``.npz`` files are read whole (zip members cannot be memory-mapped).  Inputs must
+  be floating point; they are cast to float32 per batch.
 
 Batches
   Batch ``k`` holds samples ``[k·B, min((k+1)·B, n))``.  Every batch, the last one included, is
@@ -26,7 +27,8 @@ Resumable reports
   With ``report="run.json"`` the running totals, the batches done and a fingerprint of the run
   (model name and a hash of the imported parameters, engine, batch size, input file names,
   shapes, dtypes, sizes and hashes of each file's first and last sample) are written after every
-  batch (to a temporary file, then ``os.replace``: a crash never leaves a torn report).
+  batch by a background thread (to a temporary file, then ``os.replace``: a crash never leaves a
+  torn report).
   ``resume=True`` skips the batches the report lists as done and refuses, naming the first
   difference, a report written for another model, engine, batch size or inputs.  The totals
   only depend on which batches were compared (sums, maxima, and the divergence of the
@@ -40,7 +42,19 @@ Processes and hosts
   after every round the per-batch results (a few numbers and, on a mismatch, the divergence) are
   exchanged with ``multihost_utils.process_allgather`` (gloo CPU collectives, jax's default on
   CPU), so every process holds the merged totals and process 0 writes the one report.  Process 0
-  alone reads a report to resume and broadcasts it.
+  alone reads a report to resume and broadcasts it.  ``jax.distributed`` must be initialized before
+  JAX runs anything in the process: pass ``coordinator=`` to the first JAX-using call, or call
+  ``jax.distributed.initialize`` yourself first.  A process that fails (a user error on one host)
+  leaves the others waiting until ``jax.distributed``'s heartbeat timeout ends them.
+
+Command line::
+
+    qjax verify MODEL [--inputs x.npy | --inputs dir/ | --n N --shape C,H,W --seed S] [--batch-size B]
+        [--engine E] [--report run.json [--resume]] [--max-batches K] [--overlap auto|on|off]
+        [--coordinator host:port --num-processes N --process-id I] [--json] [--no-progress] [--no-shard]
+
+Exit status 0: every batch compared, 0 mismatches; 1: mismatches; 2: a user error (one line on
+stderr naming the flag and the rule); 3: stopped by ``--max-batches`` without a mismatch (resume it).
 """
 
 from __future__ import annotations
