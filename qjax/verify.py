@@ -44,8 +44,9 @@ Processes and hosts
   CPU), so every process holds the merged totals and process 0 writes the one report.  Process 0
   alone reads a report to resume and broadcasts it.  ``jax.distributed`` must be initialized before
   JAX runs anything in the process: pass ``coordinator=`` to the first JAX-using call, or call
-  ``jax.distributed.initialize`` yourself first.  A process that fails (a user error on one host)
-  leaves the others waiting until ``jax.distributed``'s heartbeat timeout ends them.
+  ``jax.distributed.initialize`` yourself first.  A set-up error on one process (a missing file on
+  one host) is exchanged and raised on every process; a process that dies mid-run leaves the
+  others to ``jax.distributed``'s timeouts.
 
 Command line::
 
@@ -675,60 +676,75 @@ def verify(model, *, n=1000, batch_size=64, seed=0, inputs=None, example_input=N
 
     from .interop.torch import from_torch
 
-    if int(batch_size) < 1:
-        raise VerifyError("batch_size", f"{batch_size} is not a positive batch size")
-    if max_batches is not None and int(max_batches) < 0:
-        raise VerifyError("max_batches", f"{max_batches} is negative")
-    if resume and not report:
-        raise VerifyError("resume", "needs a report path to resume from")
-    if report and os.path.isdir(report):
-        raise VerifyError("report", f"{report!r} is a directory; give a .json file path")
-    if report and not os.path.isdir(os.path.dirname(os.path.abspath(report))):
-        raise VerifyError("report", f"the directory of {report!r} does not exist")
-    src = open_inputs(inputs) if inputs is not None else None  # before the model: its errors come first
-    name = model if isinstance(model, str) else type(model).__name__
-    engine = engine or torch.backends.quantized.engine
-    # set before loading: TorchScript files repack their weights for the engine current at load time
-    torch.backends.quantized.engine = engine
-    if isinstance(model, str):
-        model, ex = load_torch_model(model)
-        example_input = example_input if example_input is not None else ex
-    if src is None:
-        if input_shape is None:
-            if example_input is None:
-                raise VerifyError("input_shape", "give input_shape, inputs or an example_input to size the random "
-                                                 "inputs")
-            input_shape = tuple(np.shape(example_input)[1:])
-        if int(n) < 1:
-            raise VerifyError("n", f"{n} is not a positive number of inputs")
-        src = _RandomInputs(n, input_shape, seed)
-    n = src.n
-    batch_size = min(int(batch_size), n)
-    num_batches = -(-n // batch_size)
-    devices = jax.local_devices() if shard else jax.local_devices()[:1]
-    nd = len(devices)
-    padded = -(-batch_size // nd) * nd  # every batch padded to this: one compile
-    if overlap == "auto":
-        overlap = devices[0].platform != "cpu"
+    setup_error = None
+    try:  # set-up errors are exchanged below: a failing process must not leave the others waiting
+        if int(batch_size) < 1:
+            raise VerifyError("batch_size", f"{batch_size} is not a positive batch size")
+        if max_batches is not None and int(max_batches) < 0:
+            raise VerifyError("max_batches", f"{max_batches} is negative")
+        if resume and not report:
+            raise VerifyError("resume", "needs a report path to resume from")
+        if report and os.path.isdir(report):
+            raise VerifyError("report", f"{report!r} is a directory; give a .json file path")
+        if report and not os.path.isdir(os.path.dirname(os.path.abspath(report))):
+            raise VerifyError("report", f"the directory of {report!r} does not exist")
+        src = open_inputs(inputs) if inputs is not None else None  # before the model: its errors come first
+        name = model if isinstance(model, str) else type(model).__name__
+        engine = engine or torch.backends.quantized.engine
+        # set before loading: TorchScript files repack their weights for the engine current at load time
+        torch.backends.quantized.engine = engine
+        if isinstance(model, str):
+            model, ex = load_torch_model(model)
+            example_input = example_input if example_input is not None else ex
+        if src is None:
+            if input_shape is None:
+                if example_input is None:
+                    raise VerifyError("input_shape", "give input_shape, inputs or an example_input to size the "
+                                                     "random inputs")
+                input_shape = tuple(np.shape(example_input)[1:])
+            if int(n) < 1:
+                raise VerifyError("n", f"{n} is not a positive number of inputs")
+            src = _RandomInputs(n, input_shape, seed)
+        n = src.n
+        batch_size = min(int(batch_size), n)
+        num_batches = -(-n // batch_size)
+        devices = jax.local_devices() if shard else jax.local_devices()[:1]
+        nd = len(devices)
+        padded = -(-batch_size // nd) * nd  # every batch padded to this: one compile
+        if overlap == "auto":
+            overlap = devices[0].platform != "cpu"
 
-    def load(k):
-        return src.batch(k * batch_size, min((k + 1) * batch_size, n))
+        def load(k):
+            return src.batch(k * batch_size, min((k + 1) * batch_size, n))
 
-    t_setup = time.perf_counter()
-    first = load(0)
-    try:  # the input's shape or dtype is wrong for the model: the user's error, said in one line
-        _torch_forward(model, first[:1])
-    except (RuntimeError, ValueError, TypeError, IndexError) as e:
-        raise VerifyError("inputs", f"torch's forward rejects inputs of per-sample shape {src.sample_shape} "
-                                    f"({_one_line(e)})") from None
-    if qmodel is None:
-        ex = example_input if example_input is not None else first
-        qmodel = from_torch(model, np.asarray(ex, np.float32), engine=engine)
-    # a file's name, not its path: the same model copied to another host or directory resumes
-    model_id = os.path.basename(name) if os.path.isfile(name) else name
-    run_id = dict(model=model_id, params_sha256=_params_sha256(qmodel), engine=str(engine), batch_size=batch_size,
-                  samples=n, inputs=src.fingerprint)
+        t_setup = time.perf_counter()
+        first = load(0)
+        try:  # the input's shape or dtype is wrong for the model: the user's error, said in one line
+            _torch_forward(model, first[:1])
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            raise VerifyError("inputs", f"torch's forward rejects inputs of per-sample shape {src.sample_shape} "
+                                        f"({_one_line(e)})") from None
+        if qmodel is None:
+            ex = example_input if example_input is not None else first
+            qmodel = from_torch(model, np.asarray(ex, np.float32), engine=engine)
+        # a file's name, not its path: the same model copied to another host or directory resumes
+        model_id = os.path.basename(name) if os.path.isfile(name) else name
+        run_id = dict(model=model_id, params_sha256=_params_sha256(qmodel), engine=str(engine),
+                      batch_size=batch_size, samples=n, inputs=src.fingerprint)
+    except Exception as e:
+        if group.count == 1:
+            raise
+        setup_error = e
+        run_id = dict(error=str(e.rule if isinstance(e, VerifyError) else _one_line(e)),
+                      arg=e.arg if isinstance(e, VerifyError) else None)
     ids = group.allgather(run_id)
+    if setup_error is not None:
+        raise setup_error
+    for p, other in enumerate(ids):
+        if "error" in other:
+            if other["arg"]:
+                raise VerifyError(other["arg"], f"(on process {p}) {other['error']}")
+            raise RuntimeError(f"process {p} failed while setting up: {other['error']}")
     for p, other in enumerate(ids):
         diff = _first_difference(ids[0], other)
         if diff:
