@@ -7,10 +7,12 @@ The torchvision 0.28.0 wheel on the package index is a CUDA build: its C extensi
 false), but ``torchvision/_meta_registrations.py`` calls
 ``torch.library.register_fake("torchvision::nms")`` (and ``qnms``) unconditionally at import
 time, which raises ``RuntimeError: operator torchvision::nms does not exist``.  Defining the
-two schemas (copied from torchvision's ``csrc/ops/nms.cpp`` / ``quantized/cpu/qnms_kernel.cpp``)
-before the import lets ``import torchvision`` succeed; the models (``torchvision.models`` and
+two schemas (``nms``'s as torchvision's ``csrc/ops/nms.cpp`` declares it; ``qnms`` with the same
+arguments, those of its fake kernel ``meta_qnms``) before the import lets ``import torchvision`` succeed; the models (``torchvision.models`` and
 ``torchvision.models.quantization``) are pure Python and need no C op.  Calling ``nms`` itself
-still fails (no kernel) — nothing here uses it.
+still fails (no kernel) — nothing here uses it.  torchvision's own dependency pillow must be
+installed (``pip install -e '.[bench]'`` brings it; an install of torchvision with ``--no-deps``
+does not, and ``import torchvision`` then fails on ``from PIL import Image``).
 
     from _torchvision import import_torchvision
     torchvision = import_torchvision()
