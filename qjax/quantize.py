@@ -84,7 +84,10 @@ def quantize_unfused(x, inv, zp, qmin: int, qmax: int, storage):
     through; converting that NaN to the integer type gives 0x80000000, whose low
     bits are 0 for 8-bit types (INT32_MIN for qint32).
     """
-    v = f32x.mul_add(x, inv, jnp.asarray(zp).astype(jnp.float32))
+    # the product is native (it cannot be contracted with the add, f32x.uncontracted); a
+    # subnormal product, flushed to zero by XLA's CPU backend, adds to the same sum as the exact one
+    v = f32x.uncontracted(jnp.asarray(x, jnp.float32) * jnp.asarray(inv, jnp.float32)) + jnp.asarray(zp).astype(
+        jnp.float32)
     q = clamp_to_int(round_half_even(v), qmin, qmax, jnp.int32)
     nan_value = jnp.int32(-(2**31)) if qmax >= 2**24 else jnp.int32(0)
     return jnp.where(jnp.isnan(v), nan_value, q).astype(storage)
