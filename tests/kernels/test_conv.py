@@ -137,12 +137,13 @@ def test_depthwise_row_offset_saturates():
 
 
 @st.composite
-def stem_cases(draw):
-    """Few input channels, many outputs, a large kernel: the im2col + int8 GEMM path of ``int8_conv``."""
-    c, o = draw(st.integers(1, 8)), draw(st.integers(32, 40))
+def stem_cases(draw, space_to_depth=False):
+    """Few input channels, many outputs, a large kernel: the im2col + int8 GEMM path of ``int8_conv``
+    (``space_to_depth``: stride 2, no dilation, <= 4 channels — the stride-1 block convolution)."""
+    c, o = draw(st.integers(1, 4 if space_to_depth else 8)), draw(st.integers(32, 40))
     kernel = (draw(st.integers(2, 7)), draw(st.integers(5, 7)))
-    stride = tuple(draw(st.integers(1, 3)) for _ in range(2))
-    dilation = tuple(draw(st.integers(1, 2)) for _ in range(2))
+    stride = (2, 2) if space_to_depth else tuple(draw(st.integers(1, 3)) for _ in range(2))
+    dilation = (1, 1) if space_to_depth else tuple(draw(st.integers(1, 2)) for _ in range(2))
     padding = tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(2))
     spatial = tuple(max(d * (k - 1) + 1 - lo - hi, 1) + draw(st.integers(0, 9))
                     for k, d, (lo, hi) in zip(kernel, dilation, padding))
@@ -158,6 +159,14 @@ def stem_cases(draw):
 @settings(max_examples=25)
 @given(stem_cases())
 def test_exact_accumulator_im2col_stem(case):
+    got = run(*case, None)
+    x, zx, w, zw, stride, padding, dilation, g = case
+    np.testing.assert_array_equal(got, wrap32(conv_acc(x, zx, w, zw, stride, padding, dilation, g)))
+
+
+@settings(max_examples=15)
+@given(stem_cases(space_to_depth=True))
+def test_exact_accumulator_space_to_depth_stem(case):
     got = run(*case, None)
     x, zx, w, zw, stride, padding, dilation, g = case
     np.testing.assert_array_equal(got, wrap32(conv_acc(x, zx, w, zw, stride, padding, dilation, g)))
