@@ -51,8 +51,9 @@ from ..qops import qnnpack as qq
 from ..qops.concat import cat as int_cat
 from ..qops.paths import CHANNELS_LAST, CONTIGUOUS
 from ..quantize import dequantize, quantize
-from ..ste.fake_quant import integer_zero_point
-from ..ste.ops import resolve_arithmetic
+from ..ste.fake_quant import FakeQuantConfig, _fq_bwd, integer_zero_point
+from ..ste.fake_quant import _forward as _fq_forward
+from ..ste.ops import own_buffer, resolve_arithmetic
 from .modules import QFloat, _check_mode, _Quantized
 
 __all__ = ["QAdd", "QMul", "QCat", "Hardswish", "ReLU", "ReLU6", "AvgPool", "GlobalAvgPool"]
@@ -78,22 +79,53 @@ def _fmt(memory_format, ndim):
 
 
 def _requantize(x: QFloat) -> QArray:
-    """A QAT activation back to its integers: ``value = (q - z) * s`` is on the grid, so this is exact."""
-    return quantize(x.value, x.scale, integer_zero_point(x.zero_point, quint8), quint8)
+    """A QAT activation back to its integers: ``value = (q - z) * s`` is on the grid, so this is exact
+    (the integers themselves where the producer passed them on: the same values, no quantize)."""
+    z = integer_zero_point(x.zero_point, quint8)
+    if x.integers is not None:
+        return QArray(x.integers, jnp.asarray(x.scale, jnp.float32), z, quint8, None, check=False)
+    return quantize(x.value, x.scale, z, quint8)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _exact_forward(exact, surrogate, *args):
-    return exact(*args)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _exact_forward(exact, float_op, fq_cfg, n, ints, *args):
+    """``exact(ints, *args)`` forward; backward: the VJP of the surrogate ``fq(float_op(values); s, z)``.
+
+    ``args`` are ``n`` (value, scale, zero point) triples and, when the module has its own output
+    qparams, its ``(scale, zero point)``; otherwise the output takes the first input's.  ``ints``:
+    the inputs' integers where known (else ``None``), not differentiable.  Returns the dequantized
+    output and its integers.
+    """
+    return exact(ints, *args)
 
 
-def _exact_fwd(exact, surrogate, *args):
-    return exact(*args), args
+def _out_qparams(n, args):
+    return (args[3 * n], args[3 * n + 1]) if len(args) > 3 * n else (args[1], args[2])
 
 
-def _exact_bwd(exact, surrogate, args, g):
-    _, vjp = jax.vjp(surrogate, *args)
-    return tuple(vjp(g))
+def _exact_fwd(exact, float_op, fq_cfg, n, ints, *args):
+    # the surrogate's float output and (for an estimator that learns the scale) its fake-quantized value,
+    # computed once here: the backward needs nothing else
+    s, z = _out_qparams(n, args)
+    y = float_op(*[args[3 * i] for i in range(n)])
+    yh = _fq_forward(fq_cfg, y, s, z, None) if fq_cfg.estimator.learn_scale else None
+    return exact(ints, *args), (ints, args, y, yh)
+
+
+def _exact_bwd(exact, float_op, fq_cfg, n, res, g):
+    ints, args, y, yh = res
+    s, z = _out_qparams(n, args)
+    dy, ds, dz, _ = _fq_bwd(fq_cfg, (y, yh, s, z, None), g[0])  # g[1]: the output integers' (float0) cotangent
+    dvalues = jax.vjp(float_op, *[args[3 * i] for i in range(n)])[1](dy)
+    grads = [jnp.zeros_like(a) for a in args]
+    for i in range(n):
+        grads[3 * i] = dvalues[i]
+    if len(args) > 3 * n:
+        grads[3 * n], grads[3 * n + 1] = ds, dz
+    else:  # the output's qparams are the first input's
+        grads[1], grads[2] = ds, dz
+    dints = tuple(None if q is None else np.zeros(np.shape(q), jax.dtypes.float0) for q in ints)
+    return (dints,) + tuple(grads)
 
 
 _exact_forward.defvjp(_exact_fwd, _exact_bwd)
@@ -106,9 +138,6 @@ class _Op(_Quantized):
         self.estimator = estimator
         self.memory_format = memory_format
         self.threads = int(threads)
-
-    def _fq(self, y, s, z):
-        return ste.fake_quantize(y, s, z, "quint8", estimator=self.estimator)
 
     def _run(self, xs, float_op, int_op, own_qparams=True):
         """Dispatch on the mode; ``int_op(list of QArray) -> QArray`` (NHWC), ``float_op(*floats)``."""
@@ -129,23 +158,21 @@ class _Op(_Quantized):
         else:
             so, zo = xs[0].scale, xs[0].zero_point
 
-        def exact(*a):
-            qf = [QFloat(a[3 * i], a[3 * i + 1], a[3 * i + 2]) for i in range(n)]
+        def exact(ints, *a):
+            qs = [_requantize(QFloat(a[3 * i], a[3 * i + 1], a[3 * i + 2], ints[i])) for i in range(n)]
             if own_qparams:
-                self_s, self_z = a[3 * n], a[3 * n + 1]
-                return dequantize(int_op([_requantize(q) for q in qf], scale=self_s, zero_point=self_z))
-            return dequantize(int_op([_requantize(q) for q in qf]))
-
-        def surrogate(*a):
-            y = float_op(*[a[3 * i] for i in range(n)])
-            s, z = (a[3 * n], a[3 * n + 1]) if own_qparams else (a[1], a[2])
-            return self._fq(y, s, z)
+                y = int_op(qs, scale=a[3 * n], zero_point=a[3 * n + 1])
+            else:
+                y = int_op(qs)
+            yq = own_buffer(y.values, y.scale)
+            return dequantize(QArray(yq, y.scale, y.zero_point, y.dtype, None, check=False)), yq
 
         args = [v for x in xs for v in (x.value, x.scale, x.zero_point)]
         if own_qparams:
             args += [so, zo]
-        y = _exact_forward(exact, surrogate, *args)
-        return QFloat(y, so, zo)
+        fq_cfg = FakeQuantConfig(quint8, None, ste.get_estimator(self.estimator))
+        y, yq = _exact_forward(exact, float_op, fq_cfg, n, tuple(x.integers for x in xs), *args)
+        return QFloat(y, so, zo, yq)
 
     def _out(self, scale=None, zero_point=None):
         """The output's scale and integer zero point: the module's own, or the traced ones the QAT forward passes."""

@@ -76,13 +76,18 @@ def _unpack(a):
 
 @jax.tree_util.register_pytree_node_class
 class QFloat:
-    """A fake-quantized activation in QAT mode: ``value`` (dequantized floats) with its ``scale``/``zero_point``."""
+    """A fake-quantized activation in QAT mode: ``value`` (dequantized floats) with its ``scale``/``zero_point``.
 
-    def __init__(self, value, scale, zero_point):
-        self.value, self.scale, self.zero_point = value, scale, zero_point
+    ``integers`` (optional, uint8 like ``value``, not differentiable): the integers ``value`` dequantizes
+    from, which the qjax.nn modules produce and pass on so that the next integer op need not quantize
+    ``value`` again (it would get them back exactly); ``None`` where unknown (then it quantizes).
+    """
+
+    def __init__(self, value, scale, zero_point, integers=None):
+        self.value, self.scale, self.zero_point, self.integers = value, scale, zero_point, integers
 
     def tree_flatten(self):
-        return (self.value, self.scale, self.zero_point), None
+        return (self.value, self.scale, self.zero_point, self.integers), None
 
     @classmethod
     def tree_unflatten(cls, aux, children):
@@ -183,9 +188,10 @@ class QuantStub(_Quantized):
                 self.load_qparams()
             return x
         if self.mode == "qat":
-            y = ste.fake_quantize(x, self._s(), self.zero_point.get_value(), "quint8", estimator=self.estimator,
-                                  rounding=self.rounding, key=key)
-            return QFloat(y, self._s(), self.zero_point.get_value())
+            s, z = self._s(), self.zero_point.get_value()
+            y, q = ste.fake_quantize(x, s, z, "quint8", estimator=self.estimator, rounding=self.rounding, key=key,
+                                     return_integers=True)
+            return QFloat(y, s, z, q)
         if self.rounding is not None:
             from ..hardware.integer_ops import quantize_input
 
@@ -218,7 +224,8 @@ class Flatten(nnx.Module):
         if isinstance(x, QArray):
             return QArray(x.values.reshape(x.shape[0], -1), x.scale, x.zero_point, x.dtype, None, check=False)
         if isinstance(x, QFloat):
-            return QFloat(x.value.reshape(x.shape[0], -1), x.scale, x.zero_point)
+            q = None if x.integers is None else x.integers.reshape(x.shape[0], -1)
+            return QFloat(x.value.reshape(x.shape[0], -1), x.scale, x.zero_point, q)
         return x.reshape(x.shape[0], -1)
 
 
@@ -246,7 +253,11 @@ class MaxPool(nnx.Module):
             v = self._pool(x.values.astype(jnp.int32), jnp.int32(-(2**31))).astype(x.values.dtype)
             return QArray(v, x.scale, x.zero_point, x.dtype, None, check=False)
         if isinstance(x, QFloat):
-            return QFloat(self._pool(x.value, -jnp.inf), x.scale, x.zero_point)
+            # dequantization is monotone, so the integers' max is the max's integers; pooled as float32 (exact
+            # for uint8) because reduce_window's generic (non-float) path fails under JVP even for integers
+            q = None if x.integers is None else \
+                self._pool(x.integers.astype(jnp.float32), -jnp.inf).astype(x.integers.dtype)
+            return QFloat(self._pool(x.value, -jnp.inf), x.scale, x.zero_point, q)
         return self._pool(jnp.asarray(x, jnp.float32), -jnp.inf)
 
 
@@ -294,7 +305,8 @@ def _move_channels(x, src, dst):
     if isinstance(x, QArray):
         return QArray(jnp.moveaxis(x.values, src, dst), x.scale, x.zero_point, x.dtype, None, check=False)
     if isinstance(x, QFloat):
-        return QFloat(jnp.moveaxis(x.value, src, dst), x.scale, x.zero_point)
+        q = None if x.integers is None else jnp.moveaxis(x.integers, src, dst)
+        return QFloat(jnp.moveaxis(x.value, src, dst), x.scale, x.zero_point, q)
     return jnp.moveaxis(x, src, dst)
 
 
@@ -345,13 +357,14 @@ class QConv(_Weighted):
             self._after_float(y)
             return y
         if self.mode == "qat":
-            y = ste.conv(x.value, self.kernel.get_value(), self._bias(), x_scale=x.scale,
-                         x_zero_point=x.zero_point,
-                         w_scale=self._ws(), w_zero_point=self.w_zero_point.get_value(), scale=self._s(),
-                         zero_point=self.zero_point.get_value(), stride=self.strides, padding=self.padding,
-                         groups=self.groups, relu=self.relu, engine=self.engine, estimator=self.estimator,
-                         channels_last=True, key=key)
-            return QFloat(y, self._s(), self.zero_point.get_value())
+            s, z = self._s(), self.zero_point.get_value()
+            y, q = ste.conv(x.value, self.kernel.get_value(), self._bias(), x_scale=x.scale,
+                            x_zero_point=x.zero_point, w_scale=self._ws(),
+                            w_zero_point=self.w_zero_point.get_value(), scale=s, zero_point=z, stride=self.strides,
+                            padding=self.padding, groups=self.groups, relu=self.relu, engine=self.engine,
+                            estimator=self.estimator, channels_last=True, key=key, x_integers=x.integers,
+                            return_integers=True)
+            return QFloat(y, s, z, q)
         engine = resolve_arithmetic(self.engine)
         if isinstance(engine, HardwareSpec):
             return self._hardware(x, engine, key)
@@ -400,11 +413,12 @@ class QDense(_Weighted):
             return y
         w_t = self.kernel.get_value().T  # (out, in), torch's layout
         if self.mode == "qat":
-            y = ste.linear(x.value, w_t, self._bias(), x_scale=x.scale, x_zero_point=x.zero_point,
-                           w_scale=self._ws(), w_zero_point=self.w_zero_point.get_value(), scale=self._s(),
-                           zero_point=self.zero_point.get_value(), relu=self.relu, engine=self.engine,
-                           estimator=self.estimator, key=key)
-            return QFloat(y, self._s(), self.zero_point.get_value())
+            s, z = self._s(), self.zero_point.get_value()
+            y, q = ste.linear(x.value, w_t, self._bias(), x_scale=x.scale, x_zero_point=x.zero_point,
+                              w_scale=self._ws(), w_zero_point=self.w_zero_point.get_value(), scale=s, zero_point=z,
+                              relu=self.relu, engine=self.engine, estimator=self.estimator, key=key,
+                              x_integers=x.integers, return_integers=True)
+            return QFloat(y, s, z, q)
         engine = resolve_arithmetic(self.engine)
         wq = self.quantized_weight()
         wq = QArray(wq.values.T, wq.scale, wq.zero_point, qint8, 0, check=False)
