@@ -59,7 +59,7 @@ class Onednn:
 
     @staticmethod
     def _symmetric(w_zero_point):
-        if is_concrete(w_zero_point) and bool(jnp.any(jnp.asarray(w_zero_point) != 0)):
+        if is_concrete(w_zero_point) and bool(np.any(np.asarray(w_zero_point) != 0)):
             raise QuantizationError("onednn needs symmetric weights (weight zero point 0), as torch's prepack does")
 
     def conv(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
