@@ -104,11 +104,17 @@ def max_pool(x: QArray, kernel_size, stride=None, padding=0, dilation=1, ceil_mo
 def _max_pool_values(v, *, k, s, p, d, osz, lowest):
     nd = len(k)
     hi = [max((osz[i] - 1) * s[i] + d[i] * (k[i] - 1) + 1 - v.shape[2 + i] - p[i], 0) for i in range(nd)]
-    init = jnp.array(lowest, v.dtype)
-    y = lax.reduce_window(v, init, lax.max, (1, 1) + k, (1, 1) + s,
-                          ((0, 0), (0, 0)) + tuple((p[i], hi[i]) for i in range(nd)),
-                          window_dilation=(1, 1) + d)
-    return y[(slice(None), slice(None)) + tuple(slice(0, o) for o in osz)]
+    # the maximum of one strided slice per window tap: XLA's CPU reduce_window is a generic
+    # loop (ResNet's 3x3/2 max-pool on 4x64x112x112: 17.5 ms against 8.0 ms for the slices,
+    # median of 9 interleaved rounds, 1 core); a max is exact in any order
+    vp = lax.pad(v, jnp.array(lowest, v.dtype), ((0, 0, 0), (0, 0, 0)) + tuple((p[i], hi[i], 0) for i in range(nd)))
+    y = None
+    for tap in itertools.product(*[range(ki) for ki in k]):
+        start = (0, 0) + tuple(t * di for t, di in zip(tap, d))
+        limit = vp.shape[:2] + tuple(t * di + si * (o - 1) + 1 for t, di, si, o in zip(tap, d, s, osz))
+        sl = lax.slice(vp, start, limit, (1, 1) + tuple(s))
+        y = sl if y is None else jnp.maximum(y, sl)
+    return y
 
 
 # --------------------------------------------------------------------------------------------- windows
