@@ -51,16 +51,18 @@ def a_src():
     return inv(inv(SX))
 
 
-def fused_reference(case, fuse_bias, fuse_zy):
-    """The epilogue in numpy float32, with the bias add or the zero-point add fused (one rounding)."""
+def fused_reference(case, fuse_bias, fuse_zy, reassociate=False):
+    """The epilogue in numpy float32, with the bias add or the zero-point add fused (one rounding),
+    or the two scale products reassociated (``acc * fl32(a_src * sw)``, XLA's rewrite of constant factors)."""
     acc = (case["x"].astype(np.int64) - ZX).reshape(-1)[None, :].astype(F32)  # (1, P), channel axis first below
     sw = np.asarray(case["sw"], F32)[:, None]
     t = (acc * a_src()).astype(F32)
+    p = (acc * (a_src() * sw).astype(F32)).astype(F32) if reassociate else (t * sw).astype(F32)
     if case["bias"] is None:
-        v = (t * sw).astype(F32)
+        v = p
     else:
         b = np.asarray(case["bias"], F32)[:, None]
-        v = (t.astype(np.float64) * sw + b).astype(F32) if fuse_bias else ((t * sw).astype(F32) + b).astype(F32)
+        v = (t.astype(np.float64) * sw + b).astype(F32) if fuse_bias else (p + b).astype(F32)
     a_dinv = inv(inv(inv(case["sy"])))
     zy = F32(case["zy"])
     v = (v.astype(np.float64) * a_dinv + zy).astype(F32) if fuse_zy else ((v * a_dinv).astype(F32) + zy).astype(F32)
@@ -90,6 +92,7 @@ def test_bias_add_is_not_contracted():
     want = check(case)
     assert (fused_reference(case, False, False) == want).all()  # the reference is right ...
     assert (fused_reference(case, True, False) != want).sum() >= O // 8  # ... and the FMA rule is not
+    assert (fused_reference(case, False, False, reassociate=True) != want).sum() >= O // 8  # nor reassociation
 
 
 def test_zero_point_add_is_not_contracted():
