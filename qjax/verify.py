@@ -265,7 +265,10 @@ def _release(a, r0: int, r1: int):
     count in the process's resident set: verifying a 1.6 GB file peaked at 2.1 GB RSS without this.
     """
     mm = getattr(a, "_mmap", None)
-    if mm is None or not hasattr(mmap_module, "MADV_DONTNEED") or r1 <= r0 or not a.flags.c_contiguous:
+    # read-only (MAP_SHARED) mappings only: on a copy-on-write one ("c", MAP_PRIVATE) DONTNEED would
+    # drop the private writes; np.load(mmap_mode="r") is the only source of memmaps here today
+    if (mm is None or getattr(a, "mode", None) != "r" or not hasattr(mmap_module, "MADV_DONTNEED") or r1 <= r0
+            or not a.flags.c_contiguous):
         return
     row = a.strides[0]
     base = a.offset % mmap_module.ALLOCATIONGRANULARITY  # where np.memmap's data starts inside its mapping
