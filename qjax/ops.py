@@ -215,7 +215,8 @@ def _conv_values(x, sx, zx, w, sw, zw, bias, sy, zy, *, engine, geometry, relu, 
         w = _weight_to_last(w)  # (O, I, *K) -> (*K, I, O)
     out = engine.conv(x, sx, zx, w, sw, zw, per_channel, bias, sy, zy, geometry, relu).astype(jnp.uint8)
     if not channels_last:
-        if w.shape[-2] != 1:  # not depthwise: that kernel's tap loop and epilogue fuse well with the relayout
+        # a depthwise kernel's tap loop fuses well with the relayout on large maps only
+        if w.shape[-2] != 1 or math.prod(out.shape[1:-1]) <= _DEPTHWISE_OWN_BUFFER_MAX_PIXELS:
             out = _own_buffer(out)
         out = _channels_to_first(out)
     return out
@@ -230,6 +231,12 @@ def _channels_to_last(x):
     return jnp.transpose(x.reshape(n, c, -1), (0, 2, 1)).reshape((n,) + sp + (c,))
 
 
+# Depthwise 3x3 convs, batch 16, median of 5 interleaved rounds (1 core): materialising the output
+# before the relayout took 384ch@14x14 12.2 -> 8.1 ms, 576@14 27.9 -> 15.6, 960@7 8.2 -> 4.9, but
+# 144@28 10.3 -> 12.5, 192@28 14.0 -> 17.0, 144@56 35.9 -> 59.4: only maps of at most 14x14 get it.
+_DEPTHWISE_OWN_BUFFER_MAX_PIXELS = 196
+
+
 def _own_buffer(x):
     """uint8 ``x`` unchanged, as a buffer of its own (see :func:`qjax.graph._materialize`).
 
@@ -237,7 +244,7 @@ def _own_buffer(x):
     and the fused loop reads the int32 accumulator with a stride of C (~9 ns per element in
     ``scripts/bench_torchvision.py --profile``): computed channels-last first, a 1x1 16->96
     conv on 4x112x112 took 38-41 ms instead of 56 (median of 9 interleaved rounds, 1 core).
-    (Not for depthwise convs, whose tap loop is better fused with it: 32 -> 48 ms.)  A
+    (Depthwise convs on large maps are faster fused: see ``_DEPTHWISE_OWN_BUFFER_MAX_PIXELS``.)  A
     conditional's result is always materialised; its predicate (a byte is at most 255) is
     always true but depends on run-time data, so XLA cannot fold it.
     """
