@@ -352,6 +352,10 @@ def main(argv=None):
                 write(False)
     text = write(True)
     print("\n" + text)
+    bad = [f"{r.model} {r.engine} b{r.batch}" for r in rows if r.mismatches]
+    if bad:  # a benchmark of a model that is not bit-exact measures nothing: fail loudly (gpu_check relies on it)
+        print(f"MISMATCHES in: {', '.join(bad)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -4,8 +4,11 @@ oneDNN 3.12 (torch's onednn engine, and the x86 engine's symmetric-weight convol
 returns garbage — non-deterministically — for two shape families; those are excluded
 here because no arithmetic can reproduce uninitialised memory:
   A. one input channel per group with a channel multiplier > 1 (``C/groups == 1 < O/groups``);
-  B. a non-zero input zero point with an output window lying entirely in the padding while
-     its dilated taps straddle the input.
+  B. a non-zero input zero point with an output window lying entirely in the padding (found
+     first for dilated taps straddling the input; scripts/fuzz.py --engine x86 --seed 6 then hit a
+     one-tap window in the left padding — kernel 1, dilation 2, zx 59 — where six torch runs of the
+     same case gave outputs differing among themselves on 210–224 of 434 elements, and zx = 0
+     gave identical runs equal to qjax's).
 """
 
 import numpy as np
@@ -34,7 +37,7 @@ def onednn_garbage(case):
             out = (sp + 2 * p - d * (k - 1) - 1) // s + 1
             for j in range(out):
                 taps = [j * s - p + t * d for t in range(k)]
-                if all(t < 0 or t >= sp for t in taps) and any(t < 0 for t in taps) and any(t >= sp for t in taps):
+                if all(t < 0 or t >= sp for t in taps):
                     return True
     return False
 
