@@ -80,7 +80,7 @@ def _torch_histogram_observer(**kw):
     return HistogramObserver(**kw)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 2**31), kinds=st.lists(st.sampled_from(KINDS), min_size=1, max_size=4),
        bins=st.sampled_from([2048, 2048, 256, 100]), dtype=st.sampled_from(["quint8", "qint8"]),
        symmetric=st.booleans(), reduce_range=st.booleans(), custom=st.booleans())

@@ -38,7 +38,7 @@ def _torch_observer(kind, **kw):
     return getattr(tobs, kind)(**kw)
 
 
-@settings(max_examples=60)
+@settings(max_examples=30)
 @given(kind=st.sampled_from(sorted(KINDS)), data_kind=st.sampled_from(sorted(ADVERSARIAL)),
        seed=st.integers(0, 2**31), dtype=st.sampled_from(["quint8", "qint8"]), symmetric=st.booleans(),
        reduce_range=st.booleans(), custom=st.integers(0, 3), batches=st.integers(1, 4), c=st.floats(0.001, 0.5))

@@ -16,7 +16,7 @@ def _fbgemm():
     torch_ref.set_engine("fbgemm")
 
 
-@settings(max_examples=60)
+@settings(max_examples=40)
 @given(case=conv_cases(nds=(2,)))
 def test_conv2d_matches_torch(case):
     assert_same(qjax_conv(case), torch_conv(case), f"conv2d {case['kind']}")

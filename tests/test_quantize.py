@@ -39,16 +39,19 @@ def draw_qparams(rng, dtype, channels=None):
 def test_quantize_per_tensor_matches_torch_on_ties(dtype):
     rng = np.random.default_rng(10)
     total = 0
-    for _ in range(40):
+    # one compiled function for the traced-qparams case: inputs padded to one length (the padding, zeros, is
+    # compared too); the compile-time-constant case compiles per draw, so it runs on the first 12 draws only
+    traced = jax.jit(lambda x, s, z: qjax.quantize(x, s, z, dtype).values)
+    for i in range(40):
         n = int(rng.integers(1, 4000))
         scale, zp = draw_qparams(rng, dtype)
-        x = tie_data(rng, n, scale, dtype)
+        x = np.zeros(4000, np.float32)
+        x[:n] = tie_data(rng, n, scale, dtype)
         want = torch_ref.quantize(x, scale, zp, dtype.name)
-        # jit with traced qparams, and with qparams as compile-time constants
-        got_traced = jax.jit(lambda x, s, z: qjax.quantize(x, s, z, dtype).values)(x, np.float32(scale), np.int32(zp))
-        got_const = jax.jit(lambda x: qjax.quantize(x, scale, zp, dtype).values)(x)
-        np.testing.assert_array_equal(np.asarray(got_traced), want)
-        np.testing.assert_array_equal(np.asarray(got_const), want)
+        np.testing.assert_array_equal(np.asarray(traced(x, np.float32(scale), np.int32(zp))), want)
+        if i < 12:
+            got_const = jax.jit(lambda x: qjax.quantize(x, scale, zp, dtype).values)(x[:n])
+            np.testing.assert_array_equal(np.asarray(got_const), want[:n])
         total += n
     assert total > 50_000
 
@@ -84,7 +87,7 @@ def test_quantize_nan_inf_and_huge(dtype, per_channel):
 
 
 @pytest.mark.torch
-@settings(max_examples=60)
+@settings(max_examples=30)
 @given(
     dtype=st.sampled_from(DTYPES),
     per_channel=st.booleans(),

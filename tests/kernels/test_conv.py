@@ -51,7 +51,7 @@ def run(x, zx, w, zw, stride, padding, dilation, g, saturation):
     return np.moveaxis(np.asarray(acc), -1, 1)
 
 
-@settings(max_examples=60)
+@settings(max_examples=40)
 @given(acc_cases())
 def test_exact_accumulator(case):
     got = run(*case, None)

@@ -39,7 +39,7 @@ def _set(mod, scale, zp):
 
 
 @pytest.mark.torch
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(seed=st.integers(0, 2**31), threads=st.sampled_from([1, 2]), relu=st.booleans(),
        hw=st.sampled_from([(5, 7), (9, 4), (1, 1), (16, 16)]), c=st.sampled_from([3, 8, 33]))
 def test_integer_modules_equal_torch(seed, threads, relu, hw, c):
