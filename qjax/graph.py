@@ -22,6 +22,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from .buffers import own_buffer
+
 __all__ = ["Ref", "Node", "QModel", "register_op", "OPS", "Static"]
 
 OPS: dict[str, Callable] = {}
@@ -121,25 +123,16 @@ def _refs(spec, out):
 
 
 def _materialize(value):
-    """A node's integer result as its own buffer; the values are unchanged.
+    """A node's integer result as its own buffer (:func:`qjax.buffers.own_buffer`); the values are unchanged.
 
     Without it XLA's CPU fusion pulls a node's elementwise arithmetic into its consumer's
-    loops: the exact float32 quantize (``qjax.float32``'s FMA emulation) fused into the
-    NCHW->NHWC relayout and padding of the stem conv's input ran unvectorised, ~17 ms
-    instead of 1 ms, and a ResNet-style model took 25 ms where its nodes jitted one by one
-    took 10 ms.  XLA drops ``optimization_barrier`` before fusion and hoists an identity out
-    of a ``conditional``, but a conditional's result is always a materialised buffer: so
-    the values pass through a cond whose predicate is a tautology XLA does not fold
-    (``s == s or s != s`` on the float scale) and whose never-taken branch differs.
+    loops: a ResNet-style model took 25 ms where its nodes jitted one by one took 10 ms.
     """
     from .qarray import QArray
 
     if not isinstance(value, QArray):
         return value
-    s = jax.numpy.asarray(value.scale).reshape(-1)[0]
-    always = (s == s) | (s != s)
-    v = value.values
-    v = jax.lax.cond(always, lambda a: a, lambda a: a ^ jax.numpy.ones((), a.dtype), v)
+    v = own_buffer(value.values, value.scale)
     return QArray(v, value.scale, value.zero_point, value.dtype, value.axis, check=False)
 
 

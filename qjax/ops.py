@@ -25,9 +25,9 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from .checks import QuantizationError, check_scale, check_zero_point, is_concrete
+from .buffers import own_buffer
 from .dtypes import qint8, quint8
 from .engines import ConvGeometry, ConvTransposeGeometry, resolve_engine
 from .kernels.conv_transpose import conv_transpose_output_size
@@ -217,7 +217,9 @@ def _conv_values(x, sx, zx, w, sw, zw, bias, sy, zy, *, engine, geometry, relu, 
     if not channels_last:
         # a depthwise kernel's tap loop fuses well with the relayout on large maps only
         if w.shape[-2] != 1 or math.prod(out.shape[1:-1]) <= _DEPTHWISE_OWN_BUFFER_MAX_PIXELS:
-            out = _own_buffer(out)
+            # the requantization computed channels-last into its own buffer: fused into the relayout it
+            # read the int32 accumulator with a stride of C (1x1 16->96 on 4x112x112: 56 vs 38-41 ms)
+            out = own_buffer(out, out)
         out = _channels_to_first(out)
     return out
 
@@ -235,21 +237,6 @@ def _channels_to_last(x):
 # before the relayout took 384ch@14x14 12.2 -> 8.1 ms, 576@14 27.9 -> 15.6, 960@7 8.2 -> 4.9, but
 # 144@28 10.3 -> 12.5, 192@28 14.0 -> 17.0, 144@56 35.9 -> 59.4: only maps of at most 14x14 get it.
 _DEPTHWISE_OWN_BUFFER_MAX_PIXELS = 196
-
-
-def _own_buffer(x):
-    """uint8 ``x`` unchanged, as a buffer of its own (see :func:`qjax.graph._materialize`).
-
-    Without it XLA fuses a conv's requantization into the NHWC->NCHW relayout of its output,
-    and the fused loop reads the int32 accumulator with a stride of C (~9 ns per element in
-    ``scripts/bench_torchvision.py --profile``): computed channels-last first, a 1x1 16->96
-    conv on 4x112x112 took 38-41 ms instead of 56 (median of 9 interleaved rounds, 1 core).
-    (Depthwise convs on large maps are faster fused: see ``_DEPTHWISE_OWN_BUFFER_MAX_PIXELS``.)  A
-    conditional's result is always materialised; its predicate (a byte is at most 255) is
-    always true but depends on run-time data, so XLA cannot fold it.
-    """
-    first = x.reshape(-1)[0].astype(jnp.int32)
-    return lax.cond(first <= 255, lambda v: v, lambda v: v ^ jnp.ones((), v.dtype), x)
 
 
 def _channels_to_first(x):

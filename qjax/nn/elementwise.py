@@ -53,7 +53,8 @@ from ..qops.paths import CHANNELS_LAST, CONTIGUOUS
 from ..quantize import dequantize, quantize
 from ..ste.fake_quant import FakeQuantConfig, _fq_bwd, integer_zero_point
 from ..ste.fake_quant import _forward as _fq_forward
-from ..ste.ops import own_buffer, resolve_arithmetic
+from ..buffers import own_buffer
+from ..ste.ops import resolve_arithmetic
 from .modules import QFloat, _check_mode, _Quantized
 
 __all__ = ["QAdd", "QMul", "QCat", "Hardswish", "ReLU", "ReLU6", "AvgPool", "GlobalAvgPool"]

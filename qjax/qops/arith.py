@@ -21,6 +21,7 @@ import numpy as np
 from jax import lax
 
 from .. import float32 as f32x
+from ..buffers import own_buffer
 from ..quantize import quantize_unfused
 from ..requant.fbgemm import round_to_int32_cvtps2dq
 
@@ -38,18 +39,6 @@ _F32 = jnp.float32
 _CAP = np.float32(2**31 - 128)
 
 
-def _own_buffer(table, q):
-    """``table`` unchanged, as a buffer of its own (see :func:`qjax.graph._materialize`).
-
-    Left alone, XLA fuses the table's arithmetic into the gather and evaluates it again for
-    every element looked up (12 ms instead of 1 for 800k elements).  A conditional's result
-    is always materialised; its predicate (a byte of ``q`` is at most 255) is always true
-    but depends on run-time data, so XLA cannot fold it even when the qparams are constants.
-    """
-    q0 = lax.bitcast_convert_type(q.reshape(-1)[0], jnp.uint8).astype(jnp.int32)
-    return lax.cond(q0 <= 255, lambda t: t, lambda t: t + np.float32(1), table)
-
-
 def _byte_table(q, scale, zero_point, formula):
     """``formula(q)`` for 8-bit ``q`` and per-tensor qparams as a 256-entry table gathered at ``q``.
 
@@ -62,7 +51,7 @@ def _byte_table(q, scale, zero_point, formula):
     if q.dtype not in (jnp.uint8, jnp.int8) or np.ndim(scale) or np.ndim(zero_point) or q.size <= 256:
         return formula(q)
     codes = np.arange(256, dtype=np.uint8)  # table index = the byte's bit pattern
-    table = _own_buffer(formula(jnp.asarray(codes.view(np.int8) if q.dtype == jnp.int8 else codes)), q)
+    table = own_buffer(formula(jnp.asarray(codes.view(np.int8) if q.dtype == jnp.int8 else codes)), q)
     index = lax.bitcast_convert_type(q, jnp.uint8) if q.dtype == jnp.int8 else q
     return table.at[index.astype(jnp.int32)].get(mode="promise_in_bounds")
 

@@ -15,15 +15,15 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
+from ..buffers import own_buffer
 from ..dtypes import QDType, as_qdtype
 from ..float32 import div_rn
 from ..quantize import _channel_shape, _dequantize_values, _quantize_values
 from ..rounding import round_float
 from .estimators import Estimator, get_estimator
 
-__all__ = ["fake_quantize", "FakeQuantConfig", "integer_zero_point", "own_buffer"]
+__all__ = ["fake_quantize", "FakeQuantConfig", "integer_zero_point"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,22 +37,6 @@ class FakeQuantConfig:
 def integer_zero_point(z, dtype: QDType):
     """The forward pass's zero point: ``clamp(rne(z), qmin, qmax)`` as int32."""
     return jnp.clip(jnp.round(jnp.asarray(z, jnp.float32)), dtype.qmin, dtype.qmax).astype(jnp.int32)
-
-
-def own_buffer(values, scale):
-    """``values`` unchanged, as a buffer of their own (what ``qjax.graph._materialize`` does per graph node).
-
-    The exact quantize / requantize arithmetic (:mod:`qjax.float32`'s FMA emulation) is ~10x the
-    cost of a plain multiply-round; left alone, XLA's CPU fusion copies it into every consumer's
-    loop (the integer conv's padding, the dequantize, the next layer's quantize), unvectorised and
-    once per consumer.  XLA drops ``optimization_barrier`` before fusion and hoists an identity out
-    of a ``conditional``, but a conditional's result is a materialised buffer: the values pass
-    through a ``cond`` on a tautology XLA does not fold (``s == s or s != s`` on a float scale)
-    whose never-taken branch differs.
-    """
-    s = jnp.asarray(scale).reshape(-1)[0]
-    always = (s == s) | (s != s)
-    return lax.cond(always, lambda a: a, lambda a: a ^ jnp.ones((), a.dtype), values)
 
 
 def _integers(cfg: FakeQuantConfig, x, s, z, key):

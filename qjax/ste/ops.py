@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..buffers import own_buffer
 from ..dtypes import qint8, quint8
 from ..hardware import integer_ops as iops
 from ..hardware.convert import derive_layer
@@ -44,7 +45,7 @@ from ..ops import linear as _int_linear
 from ..qarray import QArray
 from ..quantize import _dequantize_values, _quantize_values
 from .estimators import Estimator, get_estimator
-from .fake_quant import FakeQuantConfig, _fq_bwd, fake_quantize, integer_zero_point, own_buffer
+from .fake_quant import FakeQuantConfig, _fq_bwd, fake_quantize, integer_zero_point
 
 __all__ = ["conv", "linear"]
 
