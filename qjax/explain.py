@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import float32 as f32x
-from .engines import resolve_engine
+from .engines import resolve
 from .ops import conv, conv_geometry, linear
 from .qarray import QArray
 
@@ -151,7 +151,7 @@ def explain(xq: QArray, wq: QArray, bias=None, *, scale, zero_point, index, op="
     ``torch_output`` (optional) is shown next to qjax's result.
     Returns an :class:`Explanation`; ``print()`` it for the step-by-step trace.
     """
-    eng = resolve_engine(engine)
+    eng = resolve(engine)
     if getattr(eng, "name", None) != "fbgemm":
         raise NotImplementedError(f"explain traces the fbgemm requantization; engine={engine!r} is not supported yet")
     index = tuple(int(i) for i in index)

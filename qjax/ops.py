@@ -29,9 +29,10 @@ import numpy as np
 from .checks import QuantizationError, check_scale, check_zero_point, is_concrete
 from .buffers import own_buffer
 from .dtypes import qint8, quint8
-from .engines import ConvGeometry, ConvTransposeGeometry, resolve_engine
+from .engines import ConvGeometry, ConvTransposeGeometry, layer_engine, resolve
 from .kernels.conv_transpose import conv_transpose_output_size
 from .kernels.conv import output_spatial
+from .layout import channels_to_first, channels_to_last, weight_to_last
 from .qarray import QArray, as_f32, as_i32
 
 __all__ = ["conv", "conv_transpose", "linear", "conv_geometry", "accumulator_bound"]
@@ -144,15 +145,8 @@ def _check_overflow(taps, xq, wq):
         )
 
 
-def _dispatched(engine, wq, groups, output_padding=()):
-    """Engines that choose a backend per layer (torch's ``x86``) decide here, on concrete weights."""
-    if hasattr(engine, "dispatch") and is_concrete(wq.zero_point):
-        return engine.dispatch(wq.zero_point, groups, output_padding)
-    return engine
-
-
 def conv(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0, dilation=1, groups=1, relu=False,
-         engine="fbgemm", channels_last=False) -> QArray:
+         engine="fbgemm", channels_last=False, key=None) -> QArray:
     """Quantized convolution, bit-exact to the engine (see the module docstring for shapes).
 
     Args:
@@ -165,8 +159,9 @@ def conv(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0, dilation=
         Padded positions hold the input zero point (they add 0).
       groups: feature groups (``groups == C`` is depthwise).
       relu: fuse ReLU (torch's ``ConvReLU`` modules).
-      engine: ``"fbgemm"`` or an engine instance (see :mod:`qjax.engines`).
+      engine: ``"fbgemm"``, any registered name, or an engine instance (see :mod:`qjax.engines`).
       channels_last: operands in ``(N, *spatial, C)`` / ``(*kernel, C//groups, O)`` layout.
+      key: PRNG key for an engine that rounds stochastically (a hardware spec's ``stochastic``).
 
     Returns:
       quint8 per-tensor QArray with the output ``scale`` and ``zero_point``.
@@ -198,10 +193,10 @@ def conv(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0, dilation=
     b = _check_bias(bias, o)
     _check_out(scale, zero_point)
     _check_overflow(cg * math.prod(kernel), xq, wq)
-    eng = _dispatched(resolve_engine(engine), wq, g)
+    eng = layer_engine(resolve(engine), wq.zero_point, g)
     values = _conv_values(
         xq.values, xq.scale, xq.zero_point, wq.values, wq.scale, wq.zero_point, b,
-        as_f32(scale), as_i32(zero_point),
+        as_f32(scale), as_i32(zero_point), key,
         engine=eng, geometry=geom, relu=bool(relu), per_channel=wq.axis is not None,
         channels_last=bool(channels_last),
     )
@@ -209,44 +204,25 @@ def conv(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0, dilation=
 
 
 @functools.partial(jax.jit, static_argnames=("engine", "geometry", "relu", "per_channel", "channels_last"))
-def _conv_values(x, sx, zx, w, sw, zw, bias, sy, zy, *, engine, geometry, relu, per_channel, channels_last):
+def _conv_values(x, sx, zx, w, sw, zw, bias, sy, zy, key, *, engine, geometry, relu, per_channel, channels_last):
     if not channels_last:
-        x = _channels_to_last(x)  # (N, C, *S) -> (N, *S, C)
-        w = _weight_to_last(w)  # (O, I, *K) -> (*K, I, O)
-    out = engine.conv(x, sx, zx, w, sw, zw, per_channel, bias, sy, zy, geometry, relu).astype(jnp.uint8)
+        x = channels_to_last(x)  # (N, C, *S) -> (N, *S, C)
+        w = weight_to_last(w)  # (O, I, *K) -> (*K, I, O)
+    out = engine.conv(x, sx, zx, w, sw, zw, per_channel, bias, sy, zy, geometry, relu, key).astype(jnp.uint8)
     if not channels_last:
         # a depthwise kernel's tap loop fuses well with the relayout on large maps only
         if w.shape[-2] != 1 or math.prod(out.shape[1:-1]) <= _DEPTHWISE_OWN_BUFFER_MAX_PIXELS:
             # the requantization computed channels-last into its own buffer: fused into the relayout it
             # read the int32 accumulator with a stride of C (1x1 16->96 on 4x112x112: 56 vs 38-41 ms)
             out = own_buffer(out, out)
-        out = _channels_to_first(out)
+        out = channels_to_first(out)
     return out
-
-
-# Layout changes as transposes *between reshapes*.  A plain transpose lets XLA's layout
-# assignment turn it into a free relabelling, which hands the int8 convolution a
-# non-row-major operand; XLA then falls back from its fast int8 kernel to a generic
-# int32 loop (~25x slower).  Reshapes need row-major operands, so the data really moves.
-def _channels_to_last(x):
-    n, c, sp = x.shape[0], x.shape[1], x.shape[2:]
-    return jnp.transpose(x.reshape(n, c, -1), (0, 2, 1)).reshape((n,) + sp + (c,))
 
 
 # Depthwise 3x3 convs, batch 16, median of 5 interleaved rounds (1 core): materialising the output
 # before the relayout took 384ch@14x14 12.2 -> 8.1 ms, 576@14 27.9 -> 15.6, 960@7 8.2 -> 4.9, but
 # 144@28 10.3 -> 12.5, 192@28 14.0 -> 17.0, 144@56 35.9 -> 59.4: only maps of at most 14x14 get it.
 _DEPTHWISE_OWN_BUFFER_MAX_PIXELS = 196
-
-
-def _channels_to_first(x):
-    n, c, sp = x.shape[0], x.shape[-1], x.shape[1:-1]
-    return jnp.transpose(x.reshape(n, -1, c), (0, 2, 1)).reshape((n, c) + sp)
-
-
-def _weight_to_last(w):
-    o, i, k = w.shape[0], w.shape[1], w.shape[2:]
-    return jnp.transpose(w.reshape(o, i, -1), (2, 1, 0)).reshape(k + (i, o))
 
 
 def conv_transpose(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0, output_padding=0, dilation=1,
@@ -294,7 +270,7 @@ def conv_transpose(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0,
     b = _check_bias(bias, out_ch)
     _check_out(scale, zero_point)
     _check_overflow(c // g * math.prod(kernel), xq, wq)
-    eng = _dispatched(resolve_engine(engine), wq, g, opad)
+    eng = layer_engine(resolve(engine), wq.zero_point, g, opad)
     geom = ConvTransposeGeometry(strides, pads, opad, dil, g)
     values = _conv_transpose_values(
         xq.values, xq.scale, xq.zero_point, wq.values, wq.scale, wq.zero_point, b, as_f32(scale), as_i32(zero_point),
@@ -304,11 +280,11 @@ def conv_transpose(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0,
 
 @functools.partial(jax.jit, static_argnames=("engine", "geometry", "per_channel"))
 def _conv_transpose_values(x, sx, zx, w, sw, zw, bias, sy, zy, *, engine, geometry, per_channel):
-    out = engine.conv_transpose(_channels_to_last(x), sx, zx, w, sw, zw, per_channel, bias, sy, zy, geometry)
-    return _channels_to_first(out).astype(jnp.uint8)
+    out = engine.conv_transpose(channels_to_last(x), sx, zx, w, sw, zw, per_channel, bias, sy, zy, geometry)
+    return channels_to_first(out).astype(jnp.uint8)
 
 
-def linear(xq, wq, bias=None, *, scale, zero_point, relu=False, engine="fbgemm") -> QArray:
+def linear(xq, wq, bias=None, *, scale, zero_point, relu=False, engine="fbgemm", key=None) -> QArray:
     """Quantized linear layer ``y = x @ w.T + b``, bit-exact to the engine.
 
     Args:
@@ -317,7 +293,8 @@ def linear(xq, wq, bias=None, *, scale, zero_point, relu=False, engine="fbgemm")
       bias: float ``(O,)`` or None.
       scale, zero_point: output quantization parameters.
       relu: fuse ReLU (torch's ``LinearReLU``).
-      engine: ``"fbgemm"`` or an engine instance.
+      engine: ``"fbgemm"``, any registered name, or an engine instance.
+      key: PRNG key for an engine that rounds stochastically.
 
     Returns:
       quint8 per-tensor QArray ``(..., O)``.
@@ -334,14 +311,14 @@ def linear(xq, wq, bias=None, *, scale, zero_point, relu=False, engine="fbgemm")
     b = _check_bias(bias, o)
     _check_out(scale, zero_point)
     _check_overflow(k, xq, wq)
-    eng = resolve_engine(engine)
+    eng = resolve(engine)
     values = _linear_values(
         xq.values, xq.scale, xq.zero_point, wq.values, wq.scale, wq.zero_point, b,
-        as_f32(scale), as_i32(zero_point), engine=eng, relu=bool(relu), per_channel=wq.axis is not None,
+        as_f32(scale), as_i32(zero_point), key, engine=eng, relu=bool(relu), per_channel=wq.axis is not None,
     )
     return QArray(values, as_f32(scale), as_i32(zero_point), quint8, None, check=False)
 
 
 @functools.partial(jax.jit, static_argnames=("engine", "relu", "per_channel"))
-def _linear_values(x, sx, zx, w, sw, zw, bias, sy, zy, *, engine, relu, per_channel):
-    return engine.linear(x, sx, zx, w, sw, zw, per_channel, bias, sy, zy, relu).astype(jnp.uint8)
+def _linear_values(x, sx, zx, w, sw, zw, bias, sy, zy, key, *, engine, relu, per_channel):
+    return engine.linear(x, sx, zx, w, sw, zw, per_channel, bias, sy, zy, relu, key).astype(jnp.uint8)

@@ -7,17 +7,19 @@ fraction; needs an explicit PRNG ``key``).
 
 :func:`round_float` rounds float32 values to integral float32 values; it never adds 0.5 (which
 rounds wrongly for the float just below 0.5) but splits off the exact fraction ``x - trunc(x)``.
-:func:`round_shift_right` divides an exact 64-bit integer (see :mod:`qjax.int64`) by ``2**e``.
+:func:`round_offline` is the same rounding on the host (numpy float64), for offline
+parameter derivation; :func:`round_shift_right` divides an exact 64-bit integer (see :mod:`qjax.int64`) by ``2**e``.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import int64 as i64
 
-__all__ = ["MODES", "check_mode", "round_float", "round_shift_right"]
+__all__ = ["MODES", "check_mode", "round_float", "round_offline", "round_shift_right"]
 
 MODES = ("half_even", "half_away", "half_up", "half_down", "floor", "ceil", "toward_zero", "stochastic")
 
@@ -28,36 +30,55 @@ def check_mode(mode: str, argname: str = "rounding") -> str:
     return mode
 
 
-def round_float(x, mode: str = "half_even", key=None):
-    """Round float32 ``x`` to integral values with ``mode`` (``key`` for ``stochastic``)."""
-    check_mode(mode)
-    x = jnp.asarray(x, jnp.float32)
+def _round_integral(x, mode, xp, uniform):
+    """``x`` rounded to integral values with ``mode``, in array module ``xp`` (jax.numpy or numpy).
+
+    Never adds 0.5 (which rounds the float just below 0.5 up): the fraction ``x - trunc(x)`` is
+    exact (``x`` and ``trunc(x)`` share the binade's grid), so ties are decided on it exactly.
+    ``uniform()``: uniform samples of ``x``'s shape in [0, 1), for ``stochastic``.
+    """
     if mode == "half_even":
-        return jnp.round(x)
+        return xp.round(x)
     if mode == "floor":
-        return jnp.floor(x)
+        return xp.floor(x)
     if mode == "ceil":
-        return jnp.ceil(x)
-    t = jnp.trunc(x)
+        return xp.ceil(x)
+    t = xp.trunc(x)
     if mode == "toward_zero":
         return t
-    frac = x - t  # exact: x and trunc(x) share the binade's grid
-    sign = jnp.where(x < 0, -1.0, 1.0).astype(jnp.float32)
     if mode == "stochastic":
-        if key is None:
-            raise ValueError("rounding='stochastic' needs an explicit PRNG key")
-        u = jax.random.uniform(key, x.shape, jnp.float32)
-        f = jnp.floor(x)
-        return f + (u < (x - f)).astype(jnp.float32)
-    away = jnp.abs(frac) > 0.5
-    tie = jnp.abs(frac) == 0.5
+        f = xp.floor(x)
+        return f + (uniform() < (x - f)).astype(x.dtype)
+    frac = x - t
+    sign = xp.where(x < 0, -1.0, 1.0).astype(x.dtype)
+    away = xp.abs(frac) > 0.5
+    tie = xp.abs(frac) == 0.5
     if mode == "half_away":
-        tie_up = jnp.ones_like(tie)
+        tie_up = xp.ones_like(tie)
     elif mode == "half_up":
         tie_up = x > 0
     else:  # half_down
         tie_up = x < 0
-    return t + sign * (away | (tie & tie_up)).astype(jnp.float32)
+    return t + sign * (away | (tie & tie_up)).astype(x.dtype)
+
+
+def round_float(x, mode: str = "half_even", key=None):
+    """Round float32 ``x`` to integral values with ``mode`` (``key`` for ``stochastic``)."""
+    check_mode(mode)
+    x = jnp.asarray(x, jnp.float32)
+    if mode == "stochastic" and key is None:
+        raise ValueError("rounding='stochastic' needs an explicit PRNG key")
+    return _round_integral(x, mode, jnp, lambda: jax.random.uniform(key, x.shape, jnp.float32))
+
+
+def round_offline(v, mode: str, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Round float64 ``v`` with ``mode`` on the host (numpy), as offline parameter derivation does
+    (exact for ``|v| < 2**52``; ``stochastic`` draws from ``rng``)."""
+    check_mode(mode)
+    v = np.asarray(v, np.float64)
+    if mode == "stochastic" and rng is None:
+        raise ValueError("stochastic bias rounding needs a key (convert(..., key=...))")
+    return _round_integral(v, mode, np, lambda: rng.random(v.shape))
 
 
 def round_shift_right(v, e, mode: str = "half_even", key=None):

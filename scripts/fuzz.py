@@ -39,7 +39,7 @@ def uses_onednn(engine, case):
     if isinstance(engine, qjax.engines.Onednn):
         return True
     if isinstance(engine, qjax.engines.X86) and case["kind"] != "linear":
-        return isinstance(engine.dispatch(np.asarray(case["zw"]), case["groups"]), qjax.engines.Onednn)
+        return isinstance(engine.for_layer(np.asarray(case["zw"]), case["groups"]), qjax.engines.Onednn)
     return False
 
 

@@ -11,12 +11,13 @@ from ..kernels.fbgemm_paths import ISAS, fbgemm_conv_path, host_isa
 from ..kernels.linear import linear_accumulate
 from ..requant.fbgemm import requantize_fbgemm
 from .base import ConvGeometry, ConvTransposeGeometry
+from .torch_cpu import TorchCpuOps
 
 __all__ = ["Fbgemm"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Fbgemm:
+class Fbgemm(TorchCpuOps):
     """fbgemm arithmetic as torch 2.13 runs it on an x86 CPU.
 
     Args:
@@ -65,7 +66,7 @@ class Fbgemm:
         return None if self.vnni else "gemm_pairs"
 
     def conv(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias,
-             out_scale, out_zero_point, geometry: ConvGeometry, relu: bool):
+             out_scale, out_zero_point, geometry: ConvGeometry, relu: bool, key=None):
         kernel = w.shape[:-2]
         sat = self.conv_saturation(x.shape[-1], w.shape[-1], kernel, geometry)
         acc = conv_accumulate(
@@ -79,7 +80,7 @@ class Fbgemm:
         )
 
     def conv_transpose(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias,
-                       out_scale, out_zero_point, geometry: ConvTransposeGeometry):
+                       out_scale, out_zero_point, geometry: ConvTransposeGeometry, key=None):
         if w_per_channel:
             raise QuantizationError(
                 "fbgemm does not support per-channel weights for transposed convolution (torch raises "
@@ -100,7 +101,7 @@ class Fbgemm:
                                  out_zero_point=out_zero_point, relu=False, per_channel=False)
 
     def linear(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias,
-               out_scale, out_zero_point, relu: bool):
+               out_scale, out_zero_point, relu: bool, key=None):
         acc = linear_accumulate(x, x_zero_point, w, w_zero_point, saturation=None if self.vnni else "gemm_pairs")
         return requantize_fbgemm(
             acc, x_scale=x_scale, w_scale=w_scale, bias=bias, out_scale=out_scale,

@@ -13,6 +13,7 @@ from ..kernels.conv_transpose import conv_transpose_accumulate
 from ..kernels.linear import linear_accumulate
 from ..requant.onednn import requantize_onednn
 from .base import ConvGeometry, ConvTransposeGeometry
+from .torch_cpu import TorchCpuOps
 
 __all__ = ["Onednn", "onednn_uses_gemm_conv", "onednn_scrambled_transpose_weight"]
 
@@ -45,7 +46,7 @@ def onednn_scrambled_transpose_weight(w, groups):
 
 
 @dataclasses.dataclass(frozen=True)
-class Onednn:
+class Onednn(TorchCpuOps):
     """oneDNN 3.12 int8 convolution / matmul as torch 2.13 calls it on an AVX512-VNNI CPU.
 
     Exact int32 accumulation (VNNI), then the epilogue of :mod:`qjax.requant.onednn`.
@@ -63,7 +64,7 @@ class Onednn:
             raise QuantizationError("onednn needs symmetric weights (weight zero point 0), as torch's prepack does")
 
     def conv(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-             out_zero_point, geometry: ConvGeometry, relu: bool):
+             out_zero_point, geometry: ConvGeometry, relu: bool, key=None):
         self._symmetric(w_zero_point)
         acc = conv_accumulate(x, x_zero_point, w, 0, strides=geometry.strides, padding=geometry.padding,
                               dilation=geometry.dilation, groups=geometry.groups)
@@ -73,7 +74,7 @@ class Onednn:
                                  out_zero_point=out_zero_point, relu=relu, op="conv", combined_scale=combined)
 
     def conv_transpose(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-                       out_zero_point, geometry: ConvTransposeGeometry):
+                       out_zero_point, geometry: ConvTransposeGeometry, key=None):
         self._symmetric(w_zero_point)
         if w_per_channel:
             raise QuantizationError("onednn does not support per-channel weights for transposed convolution "
@@ -90,7 +91,7 @@ class Onednn:
                                  out_zero_point=out_zero_point, op="conv")
 
     def linear(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-               out_zero_point, relu: bool):
+               out_zero_point, relu: bool, key=None):
         self._symmetric(w_zero_point)
         acc = linear_accumulate(x, x_zero_point, w, 0)
         return requantize_onednn(acc, x_scale=x_scale, w_scale=w_scale, bias=bias, out_scale=out_scale,

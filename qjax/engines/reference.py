@@ -5,8 +5,8 @@ quantized layer in float32::
 
     x = fl32(fl32(float(q) - zx) * sx);  w = fl32(fl32(float(qw) - zw) * sw)    (dequantize)
     y = conv(x, w) + bias   (float32)                                            (the float op)
-    q = clamp(rne(fl32(y * fl32(1/sy))) + zy)              quantize="decomposed" (pt2e; rounds, then adds zy)
-    q = clamp(rne(fma(y, fl32(1/sy), zy)))                  quantize="torch" (torch.quantize_per_tensor)
+    q = clamp(rne(fl32(y * fl32(1/sy))) + zy)       output_quantize="decomposed" (pt2e; rounds, then adds zy)
+    q = clamp(rne(fma(y, fl32(1/sy), zy)))           output_quantize="torch" (torch.quantize_per_tensor)
 
 The float convolution is XLA's at full float32 precision.  torch's own float convolution sums
 in an order that depends on its kernel (oneDNN), so the two agree bit for bit whenever the
@@ -24,6 +24,7 @@ from jax import lax
 from .. import float32 as f32x
 from ..quantize import quantize_fused
 from .base import ConvGeometry, ConvTransposeGeometry
+from .torch_cpu import TorchCpuOps
 
 __all__ = ["Reference"]
 
@@ -35,29 +36,29 @@ def _deq(q, scale, zero_point, axis_last=False):
 
 
 @dataclasses.dataclass(frozen=True)
-class Reference:
-    """dequantize -> float32 op -> quantize (``quantize``: ``"decomposed"`` (pt2e) or ``"torch"``)."""
+class Reference(TorchCpuOps):
+    """dequantize -> float32 op -> quantize (``output_quantize``: ``"decomposed"`` (pt2e) or ``"torch"``)."""
 
-    quantize: str = "decomposed"
+    output_quantize: str = "decomposed"  # how the float result is quantized (see the module docstring)
     name = "reference"
 
     def __post_init__(self):
-        if self.quantize not in ("decomposed", "torch"):
-            raise ValueError(f"quantize={self.quantize!r}; use 'decomposed' or 'torch'")
+        if self.output_quantize not in ("decomposed", "torch"):
+            raise ValueError(f"output_quantize={self.output_quantize!r}; use 'decomposed' or 'torch'")
 
     def _requantize(self, y, out_scale, out_zero_point, relu):
         if relu:
             y = jnp.maximum(y, 0.0)
         inv = f32x.div_rn(1.0, out_scale)
         zy = jnp.asarray(out_zero_point, jnp.int32)
-        if self.quantize == "torch":
+        if self.output_quantize == "torch":
             return quantize_fused(y, inv, zy, 0, 255, jnp.int32)
         r = jnp.round(f32x.mul_rn(y, inv))
         r = jnp.clip(r, -1024.0, 1024.0).astype(jnp.int32)
         return jnp.clip(r + zy, 0, 255)
 
     def conv(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-             out_zero_point, geometry: ConvGeometry, relu: bool):
+             out_zero_point, geometry: ConvGeometry, relu: bool, key=None):
         nd = x.ndim - 2
         xf = _deq(x, x_scale, x_zero_point)
         wf = _deq(w, w_scale, w_zero_point)  # channels-last weight: per-channel parameters broadcast on O (last)
@@ -70,7 +71,7 @@ class Reference:
         return self._requantize(y, out_scale, out_zero_point, relu)
 
     def conv_transpose(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-                       out_zero_point, geometry: ConvTransposeGeometry):
+                       out_zero_point, geometry: ConvTransposeGeometry, key=None):
         nd = x.ndim - 2
         xf = _deq(x, x_scale, x_zero_point)
         cin, og = w.shape[:2]
@@ -96,7 +97,7 @@ class Reference:
         return self._requantize(y, out_scale, out_zero_point, False)
 
     def linear(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-               out_zero_point, relu: bool):
+               out_zero_point, relu: bool, key=None):
         xf = _deq(x, x_scale, x_zero_point)
         wz = jnp.asarray(w_zero_point).astype(jnp.float32)
         ws = jnp.asarray(w_scale, jnp.float32)

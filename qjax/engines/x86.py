@@ -16,12 +16,13 @@ from ..kernels.fbgemm_paths import ISAS
 from .base import ConvGeometry, ConvTransposeGeometry
 from .fbgemm import Fbgemm
 from .onednn import Onednn
+from .torch_cpu import TorchCpuOps
 
 __all__ = ["X86"]
 
 
 @dataclasses.dataclass(frozen=True)
-class X86:
+class X86(TorchCpuOps):
     """torch's ``x86`` engine (``isa``: the CPU, as for :class:`~qjax.engines.Fbgemm`)."""
 
     isa: str = "avx512_vnni"
@@ -32,29 +33,30 @@ class X86:
         if self.isa not in ISAS:
             raise ValueError(f"isa={self.isa!r}; use one of {ISAS}")
 
-    def dispatch(self, w_zero_point, groups, output_padding=()):
+    def for_layer(self, w_zero_point, groups, output_padding=()):
         """The engine a convolution with these properties runs on (needs concrete zero points)."""
         if not is_concrete(w_zero_point):
             raise QuantizationError("the x86 engine dispatches on the weight zero points, which must be concrete "
-                                    "(not traced); resolve it first with X86().dispatch(...)")
-        symmetric = not np.any(np.asarray(w_zero_point) != 0)
+                                    "(not traced); resolve the layer first with qjax.engines.layer_engine(...)")
+        symmetric = not np.any(np.round(np.asarray(w_zero_point)) != 0)
         if self.isa == "avx512_vnni" and groups <= 100 and symmetric and not any(output_padding):
             return Onednn(torch_bugs=self.torch_bugs)
         return Fbgemm(isa=self.isa, torch_bugs=self.torch_bugs)
 
     def conv(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-             out_zero_point, geometry: ConvGeometry, relu: bool):
-        eng = self.dispatch(w_zero_point, geometry.groups)
+             out_zero_point, geometry: ConvGeometry, relu: bool, key=None):
+        eng = self.for_layer(w_zero_point, geometry.groups)
         return eng.conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
                         out_zero_point, geometry, relu)
 
     def conv_transpose(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-                       out_zero_point, geometry: ConvTransposeGeometry):
-        eng = self.dispatch(w_zero_point, geometry.groups, geometry.output_padding)
+                       out_zero_point, geometry: ConvTransposeGeometry, key=None):
+        eng = self.for_layer(w_zero_point, geometry.groups, geometry.output_padding)
         return eng.conv_transpose(x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias,
                                   out_scale, out_zero_point, geometry)
 
     def linear(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-               out_zero_point, relu: bool):
+               out_zero_point, relu: bool, key=None):
+        # torch's x86 engine prepacks every linear layer for fbgemm
         return Fbgemm(isa=self.isa).linear(x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias,
                                            out_scale, out_zero_point, relu)

@@ -4,21 +4,26 @@
     hw = qjax.hardware.convert(qmodel, x, spec)            # a QModel under integer-only arithmetic
     print(qjax.hardware.deviation(qmodel, hw, x, labels))  # per-layer distance from fbgemm
     qjax.hardware.export(hw, "out/")                       # layers.json + params.npz
+
+A :class:`HardwareSpec` is an engine (:mod:`qjax.engines`): pass it as ``engine=`` to the ops,
+``qjax.ste`` and ``qjax.nn`` like ``"fbgemm"``.
 """
 
-from .convert import HARDWARE_OPS, convert, derive_layer, derive_multiplier, layer_params, layer_table, round_offline, with_key
+from ..engines.hardware import (PRESETS, HardwareSpec, add_integer, conv_integer, get_spec, linear_integer,
+                                parse_spec, quantize_input)
+from ..requant.derive import derive_layer, derive_multiplier
+from ..requant.integer_only import apply_multiplier, narrow_accumulator, requantize_integer
+from ..rounding import round_offline
+from .convert import HARDWARE_OPS, convert, layer_params, layer_table, with_key
 from .export import export, load_params
-from .integer_ops import (add_integer, apply_multiplier, conv_integer, linear_integer, narrow_accumulator,
-                          quantize_input, requantize_integer)
-from .search import SearchResult, search_rounding
 from .report import DeviationReport, LayerDeviation, deviation
-from .spec import (PRESETS, HardwareSpec, accumulator, bias, chain, get_spec, multiplier, output_range, parse_spec,
-                   preset, quantize)
+from .search import SearchResult, search_rounding
+from .spec import accumulator, bias, chain, multiplier, output_range, preset, quantize
 
 __all__ = [
     "HardwareSpec", "PRESETS", "get_spec", "parse_spec", "chain", "preset", "multiplier", "bias", "quantize",
-    "accumulator", "output_range", "convert", "derive_layer", "derive_multiplier", "round_offline", "layer_params", "layer_table",
-    "with_key", "HARDWARE_OPS", "export", "load_params", "deviation", "DeviationReport", "LayerDeviation",
-    "narrow_accumulator", "apply_multiplier", "requantize_integer", "conv_integer", "linear_integer",
-    "add_integer", "quantize_input", "search_rounding", "SearchResult",
+    "accumulator", "output_range", "convert", "derive_layer", "derive_multiplier", "round_offline", "layer_params",
+    "layer_table", "with_key", "HARDWARE_OPS", "export", "load_params", "deviation", "DeviationReport",
+    "LayerDeviation", "narrow_accumulator", "apply_multiplier", "requantize_integer", "conv_integer",
+    "linear_integer", "add_integer", "quantize_input", "search_rounding", "SearchResult",
 ]

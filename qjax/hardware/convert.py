@@ -7,7 +7,7 @@ and an example input (to read each layer's input scale and zero point), and retu
 * weights: the model's int8 weights and zero points, unchanged;
 * bias: ``bq = round(b / (sx * sw))`` (float64, offline, ``spec.bias_rounding``), int32;
 * multiplier: ``M = sx * sw / sy`` (float64 of the float32 scales) as ``(m0, shift)``;
-* add: TFLite's three multipliers (see :func:`qjax.hardware.integer_ops.add_integer`).
+* add: TFLite's three multipliers (see :func:`qjax.engines.hardware.add_integer`).
 
 Nodes of other kinds (pooling, concatenation, activations, ...) keep the arithmetic they
 were imported with; :func:`layer_table` lists which nodes are integer-only.  The result
@@ -24,107 +24,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..checks import QuantizationError
+from ..engines.hardware import add_integer, conv_integer, get_spec, linear_integer, quantize_input
 from ..graph import Node, QModel, register_op
 from ..ops import conv_geometry
 from ..qarray import QArray
-from ..requant.fixed_point import quantize_multiplier
-from . import integer_ops as iops
-from .spec import HardwareSpec, get_spec
+from ..requant.derive import derive_add, derive_layer
 
-__all__ = ["convert", "derive_layer", "derive_multiplier", "round_offline", "layer_params", "layer_table", "with_key",
-           "HARDWARE_OPS"]
+__all__ = ["convert", "layer_params", "layer_table", "with_key", "HARDWARE_OPS"]
 
 HARDWARE_OPS = ("hw_quantize", "hw_conv", "hw_linear", "hw_add")
 
 
-# -- offline (numpy, float64) derivation --------------------------------------------------------------
-
-def round_offline(v, mode: str, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Round float64 ``v`` with ``mode`` (exact for ``|v| < 2**52``; ``stochastic`` needs ``rng``)."""
-    v = np.asarray(v, np.float64)
-    if mode == "half_even":
-        return np.rint(v)
-    if mode == "half_away":
-        return np.sign(v) * np.floor(np.abs(v) + 0.5)
-    if mode == "half_up":
-        return np.floor(v + 0.5)
-    if mode == "half_down":
-        return np.ceil(v - 0.5)
-    if mode == "floor":
-        return np.floor(v)
-    if mode == "ceil":
-        return np.ceil(v)
-    if mode == "toward_zero":
-        return np.trunc(v)
-    if mode == "stochastic":
-        if rng is None:
-            raise ValueError("stochastic bias rounding needs a key (convert(..., key=...))")
-        f = np.floor(v)
-        return f + (rng.random(v.shape) < (v - f))
-    raise ValueError(f"rounding={mode!r} is unknown")
-
-
-def derive_multiplier(m, spec: HardwareSpec, where: str = "") -> tuple[np.ndarray, np.ndarray, int]:
-    """``(m0, shift, lost)`` int32 arrays for real multipliers ``m`` under ``spec``.
-
-    ``lost`` counts multipliers that needed more right shift than ``spec.shift_range``
-    allows and lost low bits (``m0`` shifted right, rounding half away, possibly to 0).
-    A multiplier needing more *left* shift than allowed is an error.
-    """
-    m = np.atleast_1d(np.asarray(m, np.float64))
-    lo, hi = spec.shift_range
-    # both styles as a total right shift n of the product (M ~= m0 * 2**-n) and its allowed range
-    if spec.multiplier == "dyadic":
-        m0, n = quantize_multiplier(m, spec.multiplier_bits, "dyadic")
-        n_min, n_max = lo, hi
-    else:
-        m0, shift = quantize_multiplier(m, spec.multiplier_bits, spec.multiplier)
-        n, n_min, n_max = 31 - shift, 31 - hi, 31 - lo
-    if np.any(n < n_min):
-        raise QuantizationError(f"{where}: multiplier {m.max():.6g} needs more left shift than shift_range="
-                                f"{spec.shift_range} allows")
-    over = np.maximum(n - n_max, 0)
-    # a flushed multiplier is rounded once, from m itself (rounding the rounded m0 again would be off by one),
-    # keeping the bits it still has: k low bits stay zero where m0 had more than `bits` bits of room
-    k = np.zeros_like(over) if spec.multiplier == "dyadic" else np.maximum(31 - spec.multiplier_bits - over, 0)
-    exponent = np.where(over > 0, n_max - k, 0).astype(np.int64)  # only flushed entries need it
-    flushed = (np.floor(np.ldexp(m, exponent) + 0.5) * 2.0**k).astype(np.int64)
-    m0 = np.where(over > 0, flushed, m0)
-    n = np.minimum(n, n_max)
-    stored = n if spec.multiplier == "dyadic" else 31 - n
-    return m0.astype(np.int32), stored.astype(np.int32), int(np.count_nonzero(over))
-
-
-def _f64(v):
-    return np.asarray(jax.device_get(v), np.float32).astype(np.float64)
-
+# -- offline derivation (the rules: qjax.requant.derive) ---------------------------------------------------
 
 def _layer_rng(key, index):
     if key is None:
         return None
     data = np.asarray(jax.random.key_data(jax.random.fold_in(key, index))).ravel()
     return np.random.default_rng([int(v) for v in data])
-
-
-def derive_layer(x_scale, w_scale, out_scale, bias, out_channels: int, spec: HardwareSpec, where: str = "",
-                 rng: np.random.Generator | None = None):
-    """The integer parameters of one conv/linear layer (numpy, float64 of the float32 scales).
-
-    Returns ``(bias_q or None, m0, shift, lost)`` with ``bias_q``, ``m0``, ``shift`` int32 ``(O,)``:
-    ``bias_q = round(b / (sx*sw))`` (``spec.bias_rounding``; the float64 product of two float32
-    values is exact) and ``(m0, shift)`` from :func:`derive_multiplier` of ``M = sx*sw/sy``.
-    """
-    sx, sw, sy = _f64(x_scale), _f64(w_scale), _f64(out_scale)
-    atw = np.broadcast_to(sx * sw, (out_channels,))
-    m0, shift, lost = derive_multiplier(atw / sy, spec, where)
-    bq = None
-    if bias is not None:
-        bq = round_offline(_f64(bias) / atw, spec.bias_rounding, rng)
-        if np.any(np.abs(bq) >= 2**31):
-            raise QuantizationError(f"{where}: bias / (sx*sw) reaches {np.abs(bq).max():.4g}, beyond int32")
-        bq = bq.astype(np.int32)
-    return bq, m0, shift, lost
 
 
 def _derive_weighted(name, p, xq: QArray, spec, rng):
@@ -137,14 +54,8 @@ def _derive_weighted(name, p, xq: QArray, spec, rng):
 
 
 def _derive_add(name, p, a: QArray, b: QArray, spec):
-    sa, sb, sy = _f64(a.scale), _f64(b.scale), _f64(p["scale"])
-    twice_max = 2 * max(float(sa), float(sb))
-    new = dict(scale=p["scale"], zero_point=p["zero_point"])
-    lost = 0
-    for tag, mult in (("_a", sa / twice_max), ("_b", sb / twice_max), ("", twice_max / (2**iops.ADD_LEFT_SHIFT * sy))):
-        m0, shift, n = derive_multiplier(mult, spec, f"{name} (add{tag or ' output'})")
-        new["m0" + tag], new["shift" + tag] = jnp.asarray(m0[0]), jnp.asarray(shift[0])
-        lost += n
+    derived, lost = derive_add(a.scale, b.scale, p["scale"], spec, name)
+    new = dict(scale=p["scale"], zero_point=p["zero_point"], **{k: jnp.asarray(v) for k, v in derived.items()})
     return new, dict(lost_shift_bits=lost)
 
 
@@ -156,23 +67,23 @@ def _key(p):
 
 @register_op("hw_quantize")
 def _rt_hw_quantize(cfg, p, x):
-    return iops.quantize_input(x, p, spec=cfg["spec"], key=_key(p))
+    return quantize_input(x, p, spec=cfg["spec"], key=_key(p))
 
 
 @register_op("hw_conv")
 def _rt_hw_conv(cfg, p, x):
     geom = conv_geometry(len(cfg["stride"]), cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"])
-    return iops.conv_integer(x, p, spec=cfg["spec"], geometry=geom, relu=cfg["relu"], key=_key(p))
+    return conv_integer(x, p, spec=cfg["spec"], geometry=geom, relu=cfg["relu"], key=_key(p))
 
 
 @register_op("hw_linear")
 def _rt_hw_linear(cfg, p, x):
-    return iops.linear_integer(x, p, spec=cfg["spec"], relu=cfg["relu"], key=_key(p))
+    return linear_integer(x, p, spec=cfg["spec"], relu=cfg["relu"], key=_key(p))
 
 
 @register_op("hw_add")
 def _rt_hw_add(cfg, p, a, b):
-    return iops.add_integer(a, b, p, spec=cfg["spec"], relu=cfg["relu"], key=_key(p))
+    return add_integer(a, b, p, spec=cfg["spec"], relu=cfg["relu"], key=_key(p))
 
 
 # -- conversion ---------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..graph import QModel
 from .convert import HARDWARE_OPS, layer_params
-from .spec import get_spec
+from ..engines.hardware import get_spec
 
 __all__ = ["export", "load_params"]
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..graph import QModel
 from .convert import convert
-from .spec import HardwareSpec, get_spec
+from ..engines.hardware import HardwareSpec, get_spec
 
 __all__ = ["SearchResult", "search_rounding"]
 

@@ -89,9 +89,9 @@ def torch_engine_of(model=None) -> str:
 
 
 def _engine(cfg):
-    from ..engines import resolve_engine
+    from ..engines import resolve
 
-    return resolve_engine(cfg["engine"])
+    return resolve(cfg["engine"])
 
 
 def engine_for_torch(name: str):
@@ -136,9 +136,9 @@ def import_settings(engine, threads, example_input):
 
 def layer_engine(engine, weight: QArray, groups: int, output_padding=()):
     """Resolve per-layer dispatch (torch's x86 engine) at import, where the weights are concrete."""
-    if hasattr(engine, "dispatch"):
-        return engine.dispatch(np.asarray(weight.zero_point), groups, output_padding)
-    return engine
+    from ..engines import layer_engine as _layer
+
+    return _layer(engine, np.asarray(weight.zero_point), groups, output_padding)
 
 
 @register_op("quantize")

@@ -43,7 +43,7 @@ from .. import observers as obs
 from .. import ste
 from ..dtypes import quint8
 from ..engines import Qnnpack
-from ..hardware.spec import HardwareSpec
+from ..engines.hardware import HardwareSpec
 from ..qarray import QArray
 from ..qops import elementwise as ew
 from ..qops import pooling
@@ -217,7 +217,7 @@ class QAdd(_Binary):
         return _from_torch(y)
 
     def _hardware(self, a, b, s, z, spec):
-        from ..hardware.integer_ops import add_integer
+        from ..engines.hardware import add_integer
 
         p = dict(_derive_add_callback(spec, a.scale, b.scale, s), scale=s, zero_point=z)
         return add_integer(a, b, p, spec=spec, relu=self.relu)
@@ -225,8 +225,8 @@ class QAdd(_Binary):
 
 def _derive_add_callback(spec: HardwareSpec, sa, sb, so):
     """TFLite ADD's three multipliers derived in the graph with ``hardware.convert``'s numpy code."""
-    from ..hardware.convert import derive_multiplier
-    from ..hardware.integer_ops import ADD_LEFT_SHIFT
+    from ..requant.derive import derive_multiplier
+    from ..requant.integer_only import ADD_LEFT_SHIFT
 
     def host(sa, sb, so):
         sa, sb, so = (np.float64(np.float32(v)) for v in (sa, sb, so))

@@ -46,10 +46,10 @@ def _pin_dispatch(conv):
     here, where they are concrete, so the jitted QAT / integer steps see a fixed engine."""
     from ..ste.ops import resolve_arithmetic
 
-    eng = resolve_arithmetic(conv.engine)
-    if hasattr(eng, "dispatch"):
-        zp = np.round(np.asarray(conv.w_zero_point.get_value())).astype(np.int32)
-        conv.engine = eng.dispatch(zp, conv.groups)
+    from ..engines import layer_engine
+
+    zp = np.round(np.asarray(conv.w_zero_point.get_value())).astype(np.int32)
+    conv.engine = layer_engine(resolve_arithmetic(conv.engine), zp, conv.groups)
 
 
 def prepare(model):
@@ -161,7 +161,7 @@ def to_torch(model: Sequential):
 
 
 def _engine_of(layer):
-    from ..hardware.spec import HardwareSpec
+    from ..engines.hardware import HardwareSpec
     from ..ste.ops import resolve_arithmetic
 
     eng = resolve_arithmetic(layer.engine)

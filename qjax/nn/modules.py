@@ -30,7 +30,7 @@ from jax import lax
 
 from .. import observers as obs
 from ..dtypes import qint8, quint8
-from ..hardware.spec import HardwareSpec
+from ..engines.hardware import HardwareSpec
 from ..ops import conv as int_conv
 from ..ops import linear as int_linear
 from ..qarray import QArray
@@ -193,7 +193,7 @@ class QuantStub(_Quantized):
                                      return_integers=True)
             return QFloat(y, s, z, q)
         if self.rounding is not None:
-            from ..hardware.integer_ops import quantize_input
+            from ..engines.hardware import quantize_input
 
             spec = HardwareSpec(quantize_rounding=self.rounding)
             return quantize_input(x, dict(scale=self._s(), zero_point=self._zp()), spec=spec, key=key)
@@ -374,7 +374,7 @@ class QConv(_Weighted):
 
     def _hardware(self, x, spec, key=None):
         """Integer-only conv under ``spec``: parameters derived as qjax.hardware.convert derives them."""
-        from ..hardware.integer_ops import conv_integer
+        from ..engines.hardware import conv_integer
         from ..ops import conv_geometry
         from ..ste.ops import _derive_callback
 
@@ -423,7 +423,7 @@ class QDense(_Weighted):
         wq = self.quantized_weight()
         wq = QArray(wq.values.T, wq.scale, wq.zero_point, qint8, 0, check=False)
         if isinstance(engine, HardwareSpec):
-            from ..hardware.integer_ops import linear_integer
+            from ..engines.hardware import linear_integer
             from ..ste.ops import _derive_callback
 
             b = self._bias()

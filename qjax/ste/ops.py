@@ -36,9 +36,9 @@ from jax import lax
 
 from ..buffers import own_buffer
 from ..dtypes import qint8, quint8
-from ..hardware import integer_ops as iops
-from ..hardware.convert import derive_layer
-from ..hardware.spec import HardwareSpec
+from ..engines import hardware as iops
+from ..engines.hardware import HardwareSpec
+from ..requant.derive import derive_layer
 from ..ops import conv as _int_conv
 from ..ops import conv_geometry
 from ..ops import linear as _int_linear
@@ -242,14 +242,9 @@ _layer.defvjp(_layer_fwd, _layer_bwd)
 
 def resolve_arithmetic(engine):
     """A torch engine instance or a :class:`~qjax.hardware.HardwareSpec` from a name, a spec or an engine."""
-    from ..engines import resolve_engine
-    from ..hardware.spec import PRESETS, get_spec
+    from ..engines import resolve
 
-    if isinstance(engine, HardwareSpec):
-        return engine
-    if isinstance(engine, str) and engine.split(":")[0] in PRESETS:
-        return get_spec(engine)
-    return resolve_engine(engine)
+    return resolve(engine)
 
 
 def _f32(v):
@@ -273,12 +268,11 @@ def _call(kind, geometry, x, w, bias, x_scale, x_zero_point, w_scale, w_zero_poi
     west = get_estimator(weight_estimator if weight_estimator is not None else estimator)
     per_channel = np.ndim(w_scale) == 1
     engine = resolve_arithmetic(engine)
-    if hasattr(engine, "dispatch") and kind == "conv":
+    if kind == "conv":
         # torch's x86 engine picks a conv backend per layer from the weight zero points (linear: always fbgemm)
-        from ..checks import is_concrete
+        from ..engines import layer_engine
 
-        if is_concrete(w_zero_point):
-            engine = engine.dispatch(np.round(np.asarray(w_zero_point)).astype(np.int32), geometry.groups)
+        engine = layer_engine(engine, w_zero_point, geometry.groups)
     cfg = _Layer(kind, geometry, bool(relu), engine, bias is not None, per_channel, est, west, bool(channels_last))
     b = _f32(bias) if bias is not None else jnp.zeros((w.shape[0],), jnp.float32)
     if isinstance(engine, HardwareSpec) and engine.requant_rounding == "stochastic" and key is None:

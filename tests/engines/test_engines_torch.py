@@ -46,7 +46,7 @@ def uses_onednn(engine, case):
     if engine == "onednn":
         return True
     if engine == "x86":
-        return isinstance(ENGINES["x86"].dispatch(np.asarray(case["zw"]), case["groups"]), qjax.engines.Onednn)
+        return isinstance(ENGINES["x86"].for_layer(np.asarray(case["zw"]), case["groups"]), qjax.engines.Onednn)
     return False
 
 

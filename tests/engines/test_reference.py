@@ -50,7 +50,7 @@ def test_reference_engine_matches_torch_on_exact_sums(nd, g, k, s, p, flavor, se
         kw = dict(stride=s, padding=p, groups=g)
     bias = (rng.integers(-64, 64, size=w.shape[0]) * sx * sw).astype(np.float32)  # on the sum's grid too
     want = torch_reference(x, sx, zx, w, sw, 0, bias, sy, zy, kw, flavor, op)
-    eng = qjax.engines.Reference(quantize=flavor)
+    eng = qjax.engines.Reference(output_quantize=flavor)
     xq, wq = qjax.QArray(x, sx, zx, qjax.quint8), qjax.QArray(w, sw, 0, qjax.qint8)
     if op == "linear":
         got = qjax.linear(xq, wq, bias, scale=sy, zero_point=zy, engine=eng)

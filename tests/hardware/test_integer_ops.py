@@ -128,12 +128,13 @@ def py_add(qa, qb, za, zb, p, zy, relu):
        sa=st.floats(1e-3, 1.0), sb=st.floats(1e-3, 1.0), sy=st.floats(1e-3, 2.0), za=st.integers(0, 255),
        zb=st.integers(0, 255), zy=st.integers(0, 255), relu=st.booleans())
 def test_add_integer_matches_tflite_reference(qa, qb, sa, sb, sy, za, zb, zy, relu):
-    from qjax.hardware.convert import _derive_add
+    from qjax.requant.derive import derive_add
 
     spec = hw.get_spec("gemmlowp")
     a = QArray(jnp.asarray(qa, jnp.uint8), np.float32(sa), np.int32(za), quint8)
     b = QArray(jnp.asarray(qb, jnp.uint8), np.float32(sb), np.int32(zb), quint8)
-    p, _ = _derive_add("add", dict(scale=jnp.float32(sy), zero_point=jnp.int32(zy)), a, b, spec)
+    derived, _ = derive_add(np.float32(sa), np.float32(sb), np.float32(sy), spec, "add")
+    p = dict(derived, scale=jnp.float32(sy), zero_point=jnp.int32(zy))
     got = hw.add_integer(a, b, p, spec=spec, relu=relu)
     want = [py_add(x, y, za, zb, p, zy, relu) for x, y in zip(qa, qb)]
     assert np.asarray(got.values).tolist() == want

@@ -1,0 +1,122 @@
+"""The non-GEMM ops of torch 2.13's CPU backend, shared by the fbgemm, x86, onednn and reference engines.
+
+torch routes quantized add/mul/pooling/activations/cat/resize/batch norm through ATen's own kernels
+(``aten/src/ATen/native/quantized/cpu/``: ``BinaryOps.cpp``, ``qrelu.cpp``, ``qsigmoid.cpp``,
+``Pooling.cpp``, ``AdaptiveAveragePooling.cpp``, ``qconcat.cpp``, ``UpSample*.cpp``, ``qbatch_norm.cpp``,
+``ReduceOps.cpp``) whichever ``torch.backends.quantized.engine`` is set, except on qnnpack (see
+:class:`~qjax.engines.Qnnpack`).  :class:`TorchCpuOps` is those ops as engine methods; the arithmetic
+itself lives in :mod:`qjax.qops`.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from .. import float32 as f32x
+from ..qarray import QArray
+from ..qops import elementwise as ew
+from ..qops.batchnorm import batch_norm
+from ..qops.concat import cat
+from ..qops.paths import CONTIGUOUS
+from ..qops.pooling import adaptive_avg_pool, avg_pool, max_pool
+from ..qops.resize import interpolate
+from ..quantize import dequantize, quantize
+from .base import refuse
+
+__all__ = ["TorchCpuOps"]
+
+
+class TorchCpuOps:
+    """ATen's quantized CPU kernels for every non-GEMM op (a mixin: engines add conv / linear)."""
+
+    def for_layer(self, w_zero_point, groups, output_padding=()):
+        return self
+
+    # -- quantize / dequantize: torch.quantize_per_tensor / _per_channel (qjax.quantize) ------------
+    def quantize(self, x, scale, zero_point, dtype, axis=None, key=None):
+        return quantize(jnp.asarray(x, jnp.float32), scale, zero_point, dtype, axis)
+
+    def dequantize(self, q):
+        return dequantize(q)
+
+    # -- elementwise ------------------------------------------------------------------------------
+    def add(self, a, b, scale, zero_point, *, relu=False, memory_format=CONTIGUOUS, threads=1, input_formats=None,
+            in_qparams=None, out_qparams=None, key=None):
+        return ew.add(a, b, scale, zero_point, relu=relu, memory_format=memory_format, threads=threads,
+                      input_formats=input_formats)
+
+    def mul(self, a, b, scale, zero_point, *, relu=False, memory_format=CONTIGUOUS, threads=1, input_formats=None):
+        return ew.mul(a, b, scale, zero_point, relu=relu, memory_format=memory_format, threads=threads,
+                      input_formats=input_formats)
+
+    def add_scalar(self, a, c, *, relu=False, memory_format=CONTIGUOUS, threads=1, in_qparams=None):
+        return ew.add_scalar(a, c, relu=relu, memory_format=memory_format, threads=threads, in_qparams=in_qparams)
+
+    def mul_scalar(self, a, c, *, relu=False, in_qparams=None):
+        return ew.mul_scalar(a, c, relu=relu, in_qparams=in_qparams)
+
+    def cat(self, xs, scale, zero_point, *, dim, relu=False, channels_last=False):
+        return cat(xs, scale, zero_point, dim=dim, relu=relu, channels_last=channels_last)
+
+    # -- activations ------------------------------------------------------------------------------
+    def relu(self, x, *, memory_format=CONTIGUOUS):
+        return ew.relu(x)
+
+    def relu6(self, x, *, memory_format=CONTIGUOUS, input_format=None):
+        return ew.relu6(x)
+
+    def hardtanh(self, x, min_val, max_val, *, memory_format=CONTIGUOUS, input_format=None):
+        return ew.hardtanh(x, min_val, max_val)
+
+    def hardswish(self, x, scale, zero_point, *, memory_format=CONTIGUOUS, threads=1):
+        return ew.hardswish(x, scale, zero_point, memory_format=memory_format, threads=threads)
+
+    def hardsigmoid(self, x, *, memory_format=CONTIGUOUS, threads=1):
+        return ew.hardsigmoid(x, memory_format=memory_format, threads=threads)
+
+    def sigmoid(self, x, scale=None, zero_point=None, *, memory_format=CONTIGUOUS, threads=1, in_qparams=None):
+        return ew.sigmoid(x, scale, zero_point, memory_format=memory_format, threads=threads, in_qparams=in_qparams)
+
+    def tanh(self, x, *, memory_format=CONTIGUOUS, threads=1, in_qparams=None):
+        return ew.tanh(x, memory_format=memory_format, threads=threads, in_qparams=in_qparams)
+
+    def leaky_relu(self, x, negative_slope, scale, zero_point, *, threads=1):
+        return ew.leaky_relu(x, negative_slope, scale, zero_point, threads=threads)
+
+    def elu(self, x, scale, zero_point, alpha=1.0, *, memory_format=CONTIGUOUS, threads=1, in_qparams=None):
+        return ew.elu(x, scale, zero_point, alpha, memory_format=memory_format, threads=threads,
+                      in_qparams=in_qparams)
+
+    # -- pooling, resize, normalisation, reductions -----------------------------------------------
+    def max_pool(self, x, kernel_size, stride, padding, dilation, ceil_mode, *, memory_format=CONTIGUOUS):
+        return max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, memory_format=memory_format)
+
+    def avg_pool(self, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, *,
+                 memory_format=CONTIGUOUS):
+        return avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+                        memory_format=memory_format)
+
+    def adaptive_avg_pool(self, x, output_size, *, memory_format=CONTIGUOUS):
+        return adaptive_avg_pool(x, output_size, memory_format=memory_format)
+
+    def interpolate(self, x, size, scale_factor, mode, align_corners, recompute_scale_factor, *,
+                    memory_format=CONTIGUOUS):
+        return interpolate(x, size, scale_factor, mode, align_corners, recompute_scale_factor,
+                           memory_format=memory_format)
+
+    def batch_norm(self, x, weight, bias, mean, var, eps, scale, zero_point, *, relu=False, in_scale=None):
+        return batch_norm(x, weight, bias, mean, var, eps, scale, zero_point, relu=relu, in_scale=in_scale)
+
+    def mean(self, x, dims, keepdim, *, memory_format=CONTIGUOUS):
+        """``quantized::mean`` over trailing dims of a contiguous tensor: ``rne(fl32(sum / n))`` on the raw
+        values (``ReduceOps.cpp``'s integer fast path); any other layout or dims run torch's float
+        dequantize / cascade-sum / quantize path, which is refused."""
+        dims = tuple(sorted(d % x.ndim for d in dims))
+        if memory_format != CONTIGUOUS or dims != tuple(range(x.ndim - len(dims), x.ndim)):
+            refuse(self, f"quantized mean over dims {dims} of a {memory_format} tensor",
+                   "torch runs its float dequantize/cascade-sum/quantize path there; use AdaptiveAvgPool")
+        s = jnp.sum(x.values.astype(jnp.int32), axis=dims, keepdims=keepdim)
+        n = int(np.prod([x.shape[d] for d in dims]))
+        v = jnp.round(f32x.div_rn(s.astype(jnp.float32), np.float32(n))).astype(x.dtype.storage)
+        return QArray(v, x.scale, x.zero_point, x.dtype, None, check=False)

@@ -1,0 +1,490 @@
+"""In-graph derivation of integer-only hardware parameters, bit-identical to the float64 offline one.
+
+:mod:`qjax.hardware.convert` derives a layer's integers with numpy in float64
+(:func:`~qjax.hardware.convert.derive_layer`, :func:`~qjax.hardware.convert.derive_multiplier`,
+:func:`~qjax.requant.fixed_point.quantize_multiplier`, :func:`~qjax.hardware.convert.round_offline`).
+The functions here compute the same integers inside a jitted / vmapped graph with 32-bit integer
+lanes only: no callback, no ``jax_enable_x64``, no float arithmetic at all.
+
+**What float64 computes.**  Every input is a float32 scale or bias.  A positive float32 is
+``a = A * 2**ea`` with an integer mantissa ``A`` in ``[2**23, 2**24)`` (subnormals normalised);
+float64 holds 53 bits, so
+
+* ``f64(sx) * f64(sw) = X*W * 2**(ex+ew)`` is exact (a 48-bit product);
+* ``m = f64(sx) * f64(sw) / f64(sy)`` is the exact quotient ``X*W / Y`` rounded **once** to 53
+  bits, to nearest even (IEEE division is correctly rounded; no float64 overflow or underflow
+  can occur for float32 inputs: every value stays within ``[2**-460, 2**260]``);
+* ``v = f64(b) / (f64(sx) * f64(sw))`` is ``B / (X*W)`` rounded once to 53 bits (RNE).
+
+TFLite ADD's three multipliers are of the same form: ``sa / (2 max(sa, sb)) = sa * 0.5 / max``
+and ``2 max / (2**20 sy) = max * 2**-19 / sy`` (``0.5`` and ``2**-19`` are exact float32).
+
+**How it is computed here.**  The quotient ``N * 2**s / D`` (``N`` the numerator mantissa
+product, ``D`` the denominator mantissas, ``s`` static so that the quotient has 55..58 bits) is
+long division in radix ``2**8`` on uint32 lanes: a remainder ``r < D < 2**24`` takes the next
+byte as ``256 r + byte < 2**32`` and the digit is the exact uint32 quotient by ``D``.  A
+denominator of two mantissas divides twice, byte stream into byte stream
+(``floor(floor(n / X) / W) = floor(n / (X W))``, and the remainder is zero iff both are).
+The quotient (a ``(hi, lo)`` uint32 pair) and its sticky bit (remainder non-zero) are rounded
+to 53 bits to nearest even: the float64 ``Q * 2**E``, ``Q`` in ``[2**52, 2**53)``.
+
+Then, exactly as numpy does on that float64 (``u = 53 - bits``):
+
+* **multiplier** (``quantize_multiplier``): ``frexp(m) = (Q / 2**53, E + 53)``;
+  ``r = floor(Q / 2**u + 1/2)`` (``q * 2**bits + 0.5`` is exact in float64, so this is round
+  half up of the exact ``Q``), carry when ``r = 2**bits``; gemmlowp/single store
+  ``M0 = r * 2**(31 - bits)`` (``2**30`` on carry) and ``shift = E + 53 + carry``, dyadic stores
+  ``m = r`` (``2**(bits-1)`` on carry) and the right shift ``e = bits - (E + 53 + carry)``;
+* **flush** (``derive_multiplier``): with ``n`` the total right shift and ``n_max`` the largest
+  the spec's ``shift_range`` allows, ``over = max(n - n_max, 0)``; where ``over > 0`` the
+  multiplier becomes ``floor(ldexp(m, n_max - k) + 0.5) * 2**k`` (``k = 0`` for dyadic, else
+  ``max(31 - bits - over, 0)``) and ``n = n_max``;
+* **bias** (``round_offline``): ``v = +-Q * 2**E`` rounded to an integer with the spec's mode,
+  ties decided on the exact fraction.
+
+A float64 rounding written ``floor(v + 0.5)`` (the flush above; ``round_offline`` once did so
+too) differs from exact half-up only at ``v = 0.5 - 2**-54``, the largest double below one half
+(``v + 0.5`` rounds to ``1.0``); :func:`round_float64` reproduces it with ``float_add=True``.
+No quotient here can produce that value: it needs ``N / D = 2**p (1 - d)`` with
+``2**-54 <= d <= 3 * 2**-54`` for integer mantissas ``N, D < 2**48``, so ``2**p D - N``
+(``p >= 0``) or ``D - 2**-p N`` (``p < 0``) would be an integer strictly between 0 and 1.
+
+**Cases numpy raises for** cannot raise in a traced function; they return (and report with a
+bool flag in the ``*_flags`` functions):
+
+* a multiplier that needs more *left* shift than ``shift_range`` allows: saturated to the
+  largest multiplier the spec holds (``M0 = (2**bits - 1) * 2**(31 - bits)``, or
+  ``m = 2**bits - 1`` dyadic, at the smallest allowed right shift);
+* ``|bias_q| >= 2**31`` (or an infinite bias): saturated to ``INT32_MIN`` / ``INT32_MAX``;
+  a NaN bias gives ``0`` (numpy casts NaN to int32 unspecified; :func:`check_derivable` rejects it);
+* ``stochastic`` bias rounding: not supported (needs host randomness); raises ``ValueError`` at
+  trace time, the spec being static.
+
+:func:`check_derivable` / :func:`check_derivable_add` raise numpy's ``QuantizationError``
+(same message) for concrete inputs and do nothing under a trace.
+
+Scales must be positive finite float32 (:func:`qjax.checks.check_scale`); other values give
+meaningless integers.  ``spec`` and ``out_channels`` are static (Python) arguments.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .. import int64 as i64
+from ..checks import QuantizationError, check_scale, is_concrete
+
+if TYPE_CHECKING:  # only annotations: qjax.hardware imports the requant package
+    from ..hardware.spec import HardwareSpec
+
+__all__ = [
+    "Float64",
+    "float64_quotient",
+    "quantize_float64_multiplier",
+    "derive_multiplier_flags",
+    "derive_multiplier_traced",
+    "round_bias_flags",
+    "round_float64",
+    "derive_layer_traced",
+    "derive_add_traced",
+    "check_derivable",
+    "check_derivable_add",
+]
+
+_U32 = jnp.uint32
+_I32 = jnp.int32
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+# TFLite's quantized ADD scales its inputs by 2**20 (qjax.hardware.integer_ops.ADD_LEFT_SHIFT; kept
+# literal here so this module does not import the hardware ops it will feed)
+ADD_LEFT_SHIFT = 20
+
+
+class Float64(NamedTuple):
+    """A positive float64 ``(hi * 2**32 + lo) * 2**exponent`` with a 53-bit mantissa, or zero.
+
+    ``hi`` uint32 (< 2**21), ``lo`` uint32, ``exponent`` int32; ``hi == lo == 0`` means zero.
+    """
+
+    hi: jnp.ndarray
+    lo: jnp.ndarray
+    exponent: jnp.ndarray
+
+
+# -- unsigned 64-bit pairs on uint32 lanes ------------------------------------------------------------
+
+def _shl32(x, n):
+    """``x << n`` for uint32 ``x`` and any ``n >= 0`` (0 when ``n >= 32``; no reliance on XLA's rule)."""
+    n = jnp.asarray(n, _I32)
+    return jnp.where(n >= 32, _U32(0), x << jnp.clip(n, 0, 31).astype(_U32))
+
+
+def _shr32(x, n):
+    n = jnp.asarray(n, _I32)
+    return jnp.where(n >= 32, _U32(0), x >> jnp.clip(n, 0, 31).astype(_U32))
+
+
+def _shr64(hi, lo, n):
+    """``(hi, lo) >> n`` (logical) for any ``n >= 0``."""
+    n = jnp.asarray(n, _I32)
+    small_lo = _shr32(lo, n) | jnp.where(n == 0, _U32(0), _shl32(hi, 32 - n))
+    return (jnp.where(n >= 32, _U32(0), _shr32(hi, n)),
+            jnp.where(n >= 32, _shr32(hi, n - 32), small_lo))
+
+
+def _bit(hi, lo, n):
+    """Bit ``n`` (``n >= 0``; 0 beyond bit 63) of the pair, as bool."""
+    return (_shr64(hi, lo, n)[1] & _U32(1)) == 1
+
+
+def _low_nonzero(hi, lo, n):
+    """``(hi, lo) mod 2**n != 0`` for any ``n >= 0``."""
+    n = jnp.asarray(n, _I32)
+    mask_lo = jnp.where(n >= 32, _U32(0xFFFFFFFF), _shl32(_U32(1), n) - _U32(1))
+    mask_hi = jnp.where(n >= 64, _U32(0xFFFFFFFF), jnp.where(n > 32, _shl32(_U32(1), n - 32) - _U32(1), _U32(0)))
+    return ((lo & mask_lo) != 0) | ((hi & mask_hi) != 0)
+
+
+def _bit_length(hi, lo):
+    return jnp.where(hi != 0, 64 - lax.clz(hi).astype(_I32), 32 - lax.clz(lo).astype(_I32))
+
+
+# -- float32 -> integer mantissa and exponent ---------------------------------------------------------
+
+def _decompose(x):
+    """``|x| = mant * 2**exp`` with ``mant`` uint32 in ``[2**23, 2**24)`` (0 for zero), the sign, non-finite."""
+    bits = lax.bitcast_convert_type(jnp.asarray(x, jnp.float32), _U32)
+    negative = (bits >> 31) == 1
+    biased = ((bits >> 23) & _U32(0xFF)).astype(_I32)
+    frac = bits & _U32(0x7FFFFF)
+    normal = biased > 0
+    mant = jnp.where(normal, frac | _U32(0x800000), frac)
+    exp = jnp.where(normal, biased - 150, -149)
+    # a subnormal's mantissa is shifted up to 24 bits (its value is unchanged)
+    lz = jnp.where(mant == 0, 0, lax.clz(mant).astype(_I32) - 8)
+    return mant << lz.astype(_U32), exp - lz, negative, biased == 255
+
+
+def _mul24(a, b):
+    """Exact product of two uint32 values below ``2**24`` as a ``(hi, lo)`` uint32 pair (below ``2**48``)."""
+    hi, lo = i64.mul32(lax.bitcast_convert_type(a, _I32), lax.bitcast_convert_type(b, _I32))
+    return lax.bitcast_convert_type(hi, _U32), lo
+
+
+def _bytes(hi, lo, count):
+    """The low ``count`` bytes of a pair, most significant first."""
+    out = []
+    for i in reversed(range(count)):
+        word = hi if i >= 4 else lo
+        out.append((word >> _U32(8 * (i % 4))) & _U32(0xFF))
+    return out
+
+
+def _long_divide(num_bytes, divisors):
+    """``floor(n / prod(divisors))`` as a pair and whether a remainder is left (radix 2**8, see module doc)."""
+    shape = jnp.broadcast_shapes(*(jnp.shape(v) for v in list(num_bytes) + list(divisors)))
+    divisors = [jnp.broadcast_to(d, shape) for d in divisors]
+    stacked = jnp.stack([jnp.broadcast_to(b, shape) for b in num_bytes])
+
+    def step(i, carry):  # one radix-256 digit (a loop, not unrolled: it keeps the compile small)
+        rems, hi, lo = carry
+        digit = stacked[i]
+        new = []
+        for r, d in zip(rems, divisors):
+            r = (r << 8) | digit  # r < d < 2**24 before the shift: no overflow
+            digit = r // d
+            new.append(r - digit * d)
+        return tuple(new), (hi << 8) | (lo >> 24), (lo << 8) | digit
+
+    zero = jnp.zeros(shape, _U32)
+    rems, hi, lo = lax.fori_loop(0, len(num_bytes), step, ((zero,) * len(divisors), zero, zero))
+    sticky = rems[0] != 0
+    for r in rems[1:]:
+        sticky = sticky | (r != 0)
+    return hi, lo, sticky
+
+
+def _round53(hi, lo, sticky, exponent):
+    """``(hi, lo) * 2**exponent`` (plus a sticky fraction) rounded to 53 bits, to nearest even."""
+    length = _bit_length(hi, lo)
+    sh = jnp.clip(length - 53, 1, 31)  # the quotients here have 55..58 bits
+    qh, ql = _shr64(hi, lo, sh)
+    half = _bit(hi, lo, sh - 1)
+    below = _low_nonzero(hi, lo, sh - 1) | sticky
+    up = half & (below | ((ql & _U32(1)) == 1))
+    ql2 = ql + up.astype(_U32)
+    qh = qh + (ql2 < ql).astype(_U32)
+    carry = qh == _U32(2**21)  # rounded up to 2**53
+    qh = jnp.where(carry, _U32(2**20), qh)
+    zero = length == 0
+    e = exponent + sh + carry.astype(_I32)
+    return Float64(jnp.where(zero, _U32(0), qh), jnp.where(zero, _U32(0), ql2), jnp.where(zero, 0, e))
+
+
+def _quotient(num, den):
+    """The float64 ``prod(num) / prod(den)`` of float32 magnitudes (``num``: 1-2 factors, ``den``: 1-2)."""
+    nm = [_decompose(a)[:2] for a in num]
+    dm = [_decompose(a)[:2] for a in den]
+    k, j = len(num), len(den)
+    s = 54 - 23 * k + 24 * j  # quotient * 2**s in (2**54, 2**(54+k+j)): 53 bits, a round bit, and more
+    pre, zero_bytes = s % 8, s // 8
+    if k == 1:
+        hi, lo = jnp.zeros_like(nm[0][0]), nm[0][0] << pre  # < 2**31
+        head = _bytes(hi, lo, 4)
+    else:
+        hi, lo = _mul24(nm[0][0], nm[1][0])
+        if pre:
+            hi, lo = (hi << pre) | (lo >> (32 - pre)), lo << pre
+        head = _bytes(hi, lo, 6 + (pre > 0))  # < 2**(48 + pre)
+    tail = [jnp.zeros_like(head[0])] * zero_bytes
+    qh, ql, sticky = _long_divide(head + tail, [d[0] for d in dm])
+    exponent = sum(e for _, e in nm) - sum(e for _, e in dm) - s
+    return _round53(qh, ql, sticky, exponent)
+
+
+def float64_quotient(a, b, y) -> Float64:
+    """The float64 ``f64(a) * f64(b) / f64(y)`` of float32 ``a, b, y > 0`` (broadcast), exactly."""
+    return _quotient([a, b], [y])
+
+
+# -- rounding a float64 to an integer (numpy's round_offline) -----------------------------------------
+
+def round_float64(f: Float64, negative, mode: str, float_add: bool = False):
+    """``(round_offline(+-f, mode) as int32, |result| >= 2**31)`` (``negative`` bool; saturated).
+
+    Ties are decided on the exact fraction; ``float_add=True`` instead reproduces numpy's
+    ``floor(|v| + 0.5)`` / ``ceil(v - 0.5)`` (see the module doc), as ``derive_multiplier``'s flush uses.
+    """
+    t = -f.exponent  # |v| = Q * 2**-t, Q in [2**52, 2**53)
+    big = t <= 21  # |v| >= 2**31 before any rounding
+    tc = jnp.clip(t, 22, 64)
+    integer = _shr64(f.hi, f.lo, tc)[1]  # < 2**31
+    half = _bit(f.hi, f.lo, tc - 1)
+    below = _low_nonzero(f.hi, f.lo, tc - 1)
+    frac_any = half | below
+    frac_above_half = half & below
+    frac_half = half & ~below
+    # numpy's float64 |v| + 0.5 rounds up to 1.0 only for |v| = 0.5 - 2**-54 (see the module doc)
+    quirk = (t == 54) & (f.hi == _U32(2**21 - 1)) & (f.lo == _U32(0xFFFFFFFF)) & float_add
+    pos = ~negative
+    if mode == "half_even":
+        up = frac_above_half | (frac_half & ((integer & _U32(1)) == 1))
+    elif mode == "half_away":
+        up = half | quirk
+    elif mode == "half_up":  # floor(v + 0.5)
+        up = jnp.where(pos, half | quirk, frac_above_half)
+    elif mode == "half_down":  # ceil(v - 0.5)
+        up = jnp.where(pos, frac_above_half, half | quirk)
+    elif mode == "floor":
+        up = negative & frac_any
+    elif mode == "ceil":
+        up = pos & frac_any
+    elif mode == "toward_zero":
+        up = jnp.zeros_like(half)
+    elif mode == "stochastic":
+        raise ValueError("stochastic bias rounding needs host randomness: derive it offline "
+                         "(qjax.hardware.convert(..., key=...))")
+    else:
+        raise ValueError(f"rounding={mode!r} is unknown")
+    mag = integer + up.astype(_U32)
+    zero = (f.hi == 0) & (f.lo == 0)
+    overflow = ~zero & (big | (mag >= _U32(2**31)))
+    value = lax.bitcast_convert_type(mag, _I32)
+    value = jnp.where(negative, -value, value)
+    value = jnp.where(overflow, jnp.where(negative, INT32_MIN, INT32_MAX), value)
+    return jnp.where(zero, 0, value).astype(_I32), overflow
+
+
+# -- the multiplier ----------------------------------------------------------------------------------
+
+def quantize_float64_multiplier(f: Float64, bits, shift_range, dyadic):
+    """``(m0, shift, flushed, saturated)`` of the float64 multiplier ``f`` (``derive_multiplier``'s rules).
+
+    Args:
+      f: a positive :class:`Float64` (from :func:`float64_quotient`).
+      bits: ``multiplier_bits`` (2..31); shift_range: ``(lo, hi)``; dyadic: bool, ``True`` for
+        the dyadic style, else gemmlowp/single (the same integers).  All three may be Python
+        values or int32 / bool arrays broadcasting with ``f`` (one graph for many specs).
+
+    Returns:
+      ``m0``, ``shift`` int32; ``flushed`` bool: more right shift needed than ``shift_range``
+      allows, low bits lost (numpy's ``lost`` counts these); ``saturated`` bool: more left shift
+      needed (numpy raises), the spec's largest multiplier returned instead.
+    """
+    bits = jnp.asarray(bits, _I32)
+    lo_r, hi_r = (jnp.asarray(v, _I32) for v in shift_range)
+    dyadic = jnp.asarray(dyadic, bool)
+    u = 53 - bits  # 22..51: the bits frexp's q * 2**bits drops
+    half_hi = jnp.where(u - 1 >= 32, _shl32(_U32(1), u - 33), _U32(0))
+    half_lo = jnp.where(u - 1 >= 32, _U32(0), _shl32(_U32(1), u - 1))
+    lo_sum = f.lo + half_lo
+    hi_sum = f.hi + half_hi + (lo_sum < f.lo).astype(_U32)
+    r = _shr64(hi_sum, lo_sum, u)[1]  # floor(q * 2**bits + 0.5) <= 2**bits, exact (module doc)
+    one_bits = _shl32(_U32(1), bits)
+    carry = r == one_bits
+    e = f.exponent + 53 + carry.astype(_I32)
+    # both styles as a total right shift n of the product (M ~= m0 * 2**-n) and its allowed range
+    m0 = jnp.where(dyadic, jnp.where(carry, one_bits >> 1, r),
+                   jnp.where(carry, _U32(2**30), _shl32(r, 31 - bits)))
+    n = jnp.where(dyadic, bits - e, 31 - e)
+    n_min = jnp.where(dyadic, lo_r, 31 - hi_r)
+    n_max = jnp.where(dyadic, hi_r, 31 - lo_r)
+    saturated = n < n_min
+    over = jnp.maximum(n - n_max, 0)
+    flushed = over > 0
+    # a flushed multiplier is rounded once from m itself: floor(ldexp(m, n_max - k) + 0.5) * 2**k
+    k = jnp.where(dyadic, 0, jnp.maximum(31 - bits - over, 0))
+    shifted = Float64(f.hi, f.lo, f.exponent + n_max - k)
+    rf, _ = round_float64(shifted, jnp.zeros_like(flushed), "half_up", float_add=True)  # < 2**30: no overflow
+    m0 = jnp.where(flushed, _shl32(lax.bitcast_convert_type(rf, _U32), k), m0)
+    n = jnp.minimum(n, n_max)
+    largest = jnp.where(dyadic, one_bits - 1, _shl32(one_bits - 1, 31 - bits))
+    m0 = jnp.where(saturated, largest, m0)
+    n = jnp.where(saturated, n_min, n)
+    stored = jnp.where(dyadic, n, 31 - n)
+    return lax.bitcast_convert_type(m0, _I32), stored.astype(_I32), flushed, saturated
+
+
+def derive_multiplier_flags(a, b, y, spec: HardwareSpec):
+    """:func:`derive_multiplier_traced` plus two bool flags: ``(m0, shift, flushed, saturated)``.
+
+    ``flushed``: the multiplier needed more right shift than ``spec.shift_range`` allows and lost
+    low bits (numpy's ``lost`` counts these); ``saturated``: it needed more left shift (numpy
+    raises) and is the spec's largest multiplier instead.
+    """
+    return quantize_float64_multiplier(float64_quotient(a, b, y), spec.multiplier_bits, spec.shift_range,
+                                       spec.multiplier == "dyadic")
+
+
+def derive_multiplier_traced(a, b, y, spec: HardwareSpec):
+    """``(m0, shift)`` int32 of the real multiplier ``M = f64(a) * f64(b) / f64(y)`` under ``spec``.
+
+    Args:
+      a, b, y: float32 arrays (broadcast together), positive and finite.
+      spec: the :class:`~qjax.hardware.HardwareSpec` (static).
+
+    Returns:
+      ``m0`` and ``shift`` int32 of the broadcast shape: bit-identical to
+      ``qjax.hardware.convert.derive_multiplier(f64(a) * f64(b) / f64(y), spec)`` wherever that
+      does not raise; saturated where it would (see the module doc).
+    """
+    m0, shift, _, _ = derive_multiplier_flags(a, b, y, spec)
+    return m0, shift
+
+
+def round_bias_flags(bias, x_scale, w_scale, mode: str):
+    """``(bias_q int32, overflow bool)``: ``round_offline(f64(b) / (f64(sx) * f64(sw)), mode)``, saturated.
+
+    ``overflow`` marks ``|bias_q| >= 2**31``, an infinite bias or a NaN bias (``bias_q = 0``).
+    """
+    mant, _, negative, nonfinite = _decompose(bias)
+    f = _quotient([bias], [x_scale, w_scale])
+    value, overflow = round_float64(f, negative, mode)
+    nan = nonfinite & (mant != _U32(0x800000))
+    value = jnp.where(nonfinite, jnp.where(nan, 0, jnp.where(negative, INT32_MIN, INT32_MAX)), value)
+    return value.astype(_I32), overflow | nonfinite
+
+
+def derive_layer_traced(x_scale, w_scale, out_scale, bias, out_channels: int, spec: HardwareSpec):
+    """The integer parameters of one conv/linear layer, in the graph.
+
+    Args:
+      x_scale, out_scale: float32 scalars; w_scale: float32 scalar or ``(O,)``;
+      bias: float32 ``(O,)`` or ``None``; out_channels: ``O`` (static); spec: static.
+
+    Returns:
+      ``(bias_q, m0, shift)``: ``bias_q`` int32 ``(O,)`` (``None`` without a bias), ``m0`` and
+      ``shift`` int32 ``(O,)`` — bit-identical to ``derive_layer(...)[:3]`` where that does not
+      raise, saturated where it would (module doc).
+    """
+    shape = (out_channels,)
+    sx = jnp.broadcast_to(jnp.asarray(x_scale, jnp.float32), shape)
+    sw = jnp.broadcast_to(jnp.asarray(w_scale, jnp.float32), shape)
+    sy = jnp.broadcast_to(jnp.asarray(out_scale, jnp.float32), shape)
+    m0, shift = derive_multiplier_traced(sx, sw, sy, spec)
+    bq = None
+    if bias is not None:
+        bq, _ = round_bias_flags(jnp.broadcast_to(jnp.asarray(bias, jnp.float32), shape), sx, sw, spec.bias_rounding)
+    return bq, m0, shift
+
+
+def _add_terms(a_scale, b_scale, out_scale):
+    sa, sb, sy = (jnp.asarray(v, jnp.float32) for v in (a_scale, b_scale, out_scale))
+    big = jnp.maximum(sa, sb)
+    half, out = jnp.float32(0.5), jnp.float32(2.0 ** (1 - ADD_LEFT_SHIFT))
+    # sa / (2 max) = sa * 0.5 / max; 2 max / (2**20 sy) = max * 2**-19 / sy (exact float32 factors)
+    return (("_a", (sa, half, big)), ("_b", (sb, half, big)), ("", (big, out, sy)))
+
+
+def derive_add_traced(a_scale, b_scale, out_scale, spec: HardwareSpec) -> dict:
+    """TFLite ADD's three multipliers (``sa / 2max``, ``sb / 2max``, ``2max / (2**20 sy)``), in the graph.
+
+    Args:
+      a_scale, b_scale, out_scale: float32 scalars (or broadcastable arrays); spec: static.
+
+    Returns:
+      ``dict(m0_a, shift_a, m0_b, shift_b, m0, shift)`` int32, bit-identical to
+      ``qjax.hardware.convert._derive_add``'s (saturated where that raises).
+    """
+    out = {}
+    for tag, (a, b, y) in _add_terms(a_scale, b_scale, out_scale):
+        out["m0" + tag], out["shift" + tag] = derive_multiplier_traced(a, b, y, spec)
+    return out
+
+
+# -- errors for concrete inputs -------------------------------------------------------------------------
+
+def _f64(v):
+    return np.asarray(v, np.float32).astype(np.float64)
+
+
+def check_derivable(x_scale, w_scale, out_scale, bias, out_channels: int, spec: HardwareSpec, where: str = ""):
+    """Raise ``derive_layer``'s ``QuantizationError`` for concrete inputs it rejects; no-op under a trace.
+
+    Also rejects non-positive / non-finite scales (:func:`qjax.checks.check_scale`), a NaN bias
+    and ``stochastic`` bias rounding (``ValueError``).
+    """
+    args = (x_scale, w_scale, out_scale) + (() if bias is None else (bias,))
+    if not all(is_concrete(v) for v in args):
+        return
+    for name, v in (("x_scale", x_scale), ("w_scale", w_scale), ("out_scale", out_scale)):
+        check_scale(np.asarray(v, np.float32), name)
+    shape = (out_channels,)
+    sx, sw, sy = (jnp.broadcast_to(jnp.asarray(v, jnp.float32), shape) for v in (x_scale, w_scale, out_scale))
+    _, _, _, saturated = derive_multiplier_flags(sx, sw, sy, spec)
+    if np.any(np.asarray(saturated)):
+        m = np.broadcast_to(_f64(x_scale) * _f64(w_scale), shape) / _f64(out_scale)
+        raise QuantizationError(f"{where}: multiplier {m.max():.6g} needs more left shift than shift_range="
+                                f"{spec.shift_range} allows")
+    if bias is None:
+        return
+    b = jnp.broadcast_to(jnp.asarray(bias, jnp.float32), shape)
+    if np.any(np.isnan(np.asarray(b))):
+        raise QuantizationError(f"{where}: bias must not be NaN")
+    _, overflow = round_bias_flags(b, sx, sw, spec.bias_rounding)
+    if np.any(np.asarray(overflow)):
+        from ..hardware import round_offline  # the message's number only, as derive_layer prints it
+
+        atw = np.broadcast_to(_f64(x_scale) * _f64(w_scale), shape)
+        big = np.abs(round_offline(_f64(b) / atw, spec.bias_rounding)).max()
+        raise QuantizationError(f"{where}: bias / (sx*sw) reaches {big:.4g}, beyond int32")
+
+
+def check_derivable_add(a_scale, b_scale, out_scale, spec: HardwareSpec, where: str = ""):
+    """Raise ``_derive_add``'s ``QuantizationError`` for concrete inputs it rejects; no-op under a trace."""
+    if not all(is_concrete(v) for v in (a_scale, b_scale, out_scale)):
+        return
+    for name, v in (("a_scale", a_scale), ("b_scale", b_scale), ("out_scale", out_scale)):
+        check_scale(np.asarray(v, np.float32), name)
+    sa, sb, sy = _f64(a_scale), _f64(b_scale), _f64(out_scale)
+    twice_max = 2 * np.maximum(sa, sb)
+    reals = {"_a": sa / twice_max, "_b": sb / twice_max, "": twice_max / (2**ADD_LEFT_SHIFT * sy)}
+    for tag, (a, b, y) in _add_terms(a_scale, b_scale, out_scale):
+        if np.any(np.asarray(derive_multiplier_flags(a, b, y, spec)[3])):
+            m = np.atleast_1d(reals[tag])
+            raise QuantizationError(f"{where} (add{tag or ' output'}): multiplier {m.max():.6g} needs more left "
+                                    f"shift than shift_range={spec.shift_range} allows")
