@@ -81,7 +81,8 @@ class Engine(Protocol):
     constants on the host), ``input_format`` the input's memory format where it differs from the output's.
     """
 
-    name: str
+    name: str  # what reports and errors call it
+    torch_engine: str | None  # the torch.backends.quantized.engine it reproduces (to_torch, imports), or None
 
     # -- per-layer dispatch ----------------------------------------------------------------------
     def for_layer(self, w_zero_point, groups: int, output_padding: tuple = ()) -> "Engine":

@@ -36,6 +36,7 @@ class Fbgemm(TorchCpuOps):
     isa: str = "avx512_vnni"
     torch_bugs: bool = True
     name = "fbgemm"
+    torch_engine = "fbgemm"  # torch.backends.quantized.engine whose kernels this reproduces
 
     def __post_init__(self):
         if self.isa not in ISAS:

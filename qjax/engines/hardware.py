@@ -74,6 +74,7 @@ class HardwareSpec(TorchCpuOps):
     accumulator_bits: int = 32
     accumulator_overflow: str = "wrap"
     output_range: tuple | None = None
+    torch_engine = None  # no torch kernel computes integer-only arithmetic (export: qjax.hardware.export)
 
     def __post_init__(self):
         def pair(value, name):

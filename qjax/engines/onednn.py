@@ -57,6 +57,7 @@ class Onednn(TorchCpuOps):
 
     torch_bugs: bool = True
     name = "onednn"
+    torch_engine = "onednn"  # torch.backends.quantized.engine whose kernels this reproduces
 
     @staticmethod
     def _symmetric(w_zero_point):

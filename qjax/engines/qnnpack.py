@@ -27,6 +27,7 @@ class Qnnpack(TorchCpuOps):
     """
 
     name = "qnnpack"
+    torch_engine = "qnnpack"  # torch.backends.quantized.engine whose kernels this reproduces
 
     def conv(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
              out_zero_point, geometry: ConvGeometry, relu: bool, key=None):

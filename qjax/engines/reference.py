@@ -41,6 +41,7 @@ class Reference(TorchCpuOps):
 
     output_quantize: str = "decomposed"  # how the float result is quantized (see the module docstring)
     name = "reference"
+    torch_engine = None  # torch's reference modules run on any engine's float ops
 
     def __post_init__(self):
         if self.output_quantize not in ("decomposed", "torch"):

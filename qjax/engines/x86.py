@@ -28,6 +28,7 @@ class X86(TorchCpuOps):
     isa: str = "avx512_vnni"
     torch_bugs: bool = True
     name = "x86"
+    torch_engine = "x86"  # torch.backends.quantized.engine whose kernels this reproduces
 
     def __post_init__(self):
         if self.isa not in ISAS:
