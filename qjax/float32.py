@@ -33,9 +33,11 @@ IEEE Trans. Computers 57(4), 2008 (Algorithm 5) for the fused multiply-add.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-__all__ = ["uncontracted", "mul_rn", "div_rn", "two_sum", "two_product", "add_round_to_odd", "fma", "mul_add"]
+__all__ = ["uncontracted", "mul_rn", "div_rn", "two_sum", "two_product", "add_round_to_odd", "fma", "mul_add",
+           "fma32_numpy"]
 
 _U32 = jnp.uint32
 _F32 = jnp.float32
@@ -239,3 +241,20 @@ def fma(a, b, c):
 def mul_add(a, b, c):
     """Unfused multiply-add ``fl32(fl32(a*b) + c)`` (two roundings), immune to contraction."""
     return mul_rn(a, b) + jnp.asarray(c, _F32)
+
+
+# -- the host twin (numpy) --------------------------------------------------------------------------------
+
+def fma32_numpy(a, b, c):
+    """Correctly rounded float32 ``a*b + c``: exact float64 product, sum rounded to odd, then to float32."""
+    a = np.asarray(a, np.float32).astype(np.float64)
+    b = np.asarray(b, np.float32).astype(np.float64)
+    c = np.asarray(c, np.float32).astype(np.float64)
+    p = a * b
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = p + c
+        bb = s - p
+        err = (p - (s - bb)) + (c - bb)
+        fix = (err != 0) & ((s.view(np.int64) & 1) == 0) & np.isfinite(s)
+        s = np.where(fix, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
+        return s.astype(np.float32)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .qops.transcendental import fma32_numpy
+from .float32 import fma32_numpy
 
 __all__ = ["init", "update", "search_min_max", "histc", "linspace", "cascade_sum",
            "MAX_BINS"]

@@ -21,7 +21,7 @@ from .. import float32 as f32x
 from ..checks import QuantizationError, is_concrete
 from ..qarray import QArray, as_f32, as_i32
 from ..requant.fbgemm import round_to_int32_cvtps2dq
-from .elementwise import _check_8bit, _check_out
+from .elementwise import check_8bit, check_output_qparams
 
 __all__ = ["batch_norm", "fold_batch_norm"]
 
@@ -46,8 +46,8 @@ def batch_norm(x: QArray, weight, bias, mean, var, eps, scale, zero_point, *, re
     ``in_scale`` overrides ``x.scale`` for the fold (needed when ``x.scale`` is traced, e.g.
     inside a jitted model: torch folds with the scale in double precision).
     """
-    _check_8bit(x, "x")
-    _check_out(x, scale, zero_point)
+    check_8bit(x, "x")
+    check_output_qparams(x, scale, zero_point)
     c = x.shape[1]
     for name, arr in (("weight", weight), ("bias", bias), ("mean", mean), ("var", var)):
         if not is_concrete(arr):

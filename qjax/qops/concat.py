@@ -26,7 +26,7 @@ from ..checks import QuantizationError
 from ..qarray import QArray, as_f32, as_i32
 from ..quantize import quantize_fused
 from .arith import dequantize_scalar, dequantize_vec, quantize_scalar, quantize_vec
-from .elementwise import _check_8bit, _check_out
+from .elementwise import check_8bit, check_output_qparams
 
 __all__ = ["cat"]
 
@@ -41,13 +41,13 @@ def cat(xs, scale=None, zero_point=None, *, dim=0, relu=False, channels_last=Fal
     if not xs:
         raise QuantizationError("cat needs at least one input")
     for i, x in enumerate(xs):
-        _check_8bit(x, f"xs[{i}]")
+        check_8bit(x, f"xs[{i}]")
     dt = xs[0].dtype
     if any(x.dtype != dt for x in xs):
         raise QuantizationError("cat inputs must share one dtype")
     if scale is None:
         scale, zero_point = xs[0].scale, xs[0].zero_point
-    _check_out(xs[0], scale, zero_point)
+    check_output_qparams(xs[0], scale, zero_point)
     nd = xs[0].ndim
     dim = dim % nd
     so, zo = as_f32(scale), as_i32(zero_point)

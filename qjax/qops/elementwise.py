@@ -68,7 +68,7 @@ FIXED_QPARAMS = {
 }
 
 
-def _check_8bit(q, argname="x"):
+def check_8bit(q, argname="x"):
     if not isinstance(q, QArray):
         raise TypeError(f"{argname} must be a QArray, got {type(q).__name__}")
     if q.dtype not in (quint8, qint8):
@@ -77,7 +77,7 @@ def _check_8bit(q, argname="x"):
         raise QuantizationError(f"{argname} must be quantized per tensor, got axis={q.axis}")
 
 
-def _check_out(q, scale, zero_point):
+def check_output_qparams(q, scale, zero_point):
     check_scale(scale, "scale")
     check_zero_point(zero_point, q.dtype, "zero_point")
     if np.ndim(scale) or np.ndim(zero_point):
@@ -99,8 +99,8 @@ def _mask(shape, memory_format, threads, operands=None):
 
 
 def _binary_shape(a, b, op):
-    _check_8bit(a, "a")
-    _check_8bit(b, "b")
+    check_8bit(a, "a")
+    check_8bit(b, "b")
     if a.dtype != b.dtype:
         raise QuantizationError(f"{op} needs equal dtypes, got {a.dtype.name} and {b.dtype.name}")
     try:
@@ -127,7 +127,7 @@ def add(a: QArray, b: QArray, scale, zero_point, *, relu=False, memory_format=CO
     inputs' (default: the same).
     """
     out_shape = _binary_shape(a, b, "add")
-    _check_out(a, scale, zero_point)
+    check_output_qparams(a, scale, zero_point)
     v = _add_values(a.values, a.scale, a.zero_point, b.values, b.scale, b.zero_point, as_f32(scale),
                     as_i32(zero_point), qmin=a.dtype.qmin, qmax=a.dtype.qmax, relu=bool(relu),
                     memory_format=memory_format, threads=int(threads),
@@ -156,7 +156,7 @@ def mul(a: QArray, b: QArray, scale, zero_point, *, relu=False, memory_format=CO
     relu: ``max(q, zo)``.  Broadcasting as :func:`add`.
     """
     out_shape = _binary_shape(a, b, "mul")
-    _check_out(a, scale, zero_point)
+    check_output_qparams(a, scale, zero_point)
     v = _mul_values(a.values, a.scale, a.zero_point, b.values, b.scale, b.zero_point, as_f32(scale),
                     as_i32(zero_point), qmin=a.dtype.qmin, qmax=a.dtype.qmax, relu=bool(relu),
                     memory_format=memory_format, threads=int(threads),
@@ -193,7 +193,7 @@ def add_scalar(a: QArray, c: float, *, relu=False, memory_format=CONTIGUOUS, thr
     """``quantized::add_scalar``: the output qparams are derived from ``a``'s and ``c`` (no rounding
     of the data unless the zero point would leave the dtype's range, then it requantizes with
     ``m = fl32(fl32(s) * fl32(1/fl32(s')))``)."""
-    _check_8bit(a, "a")
+    check_8bit(a, "a")
     s, z = _input_qparams(a, in_qparams)
     so, zo, c_q, requant = add_scalar_qparams(s, z, float(c), a.dtype)
     if not requant:
@@ -210,7 +210,7 @@ def add_scalar(a: QArray, c: float, *, relu=False, memory_format=CONTIGUOUS, thr
 
 def mul_scalar(a: QArray, c: float, *, relu=False, in_qparams=None) -> QArray:
     """``quantized::mul_scalar``: no data rounding — positive ``c`` rescales, 0 zeroes, negative mirrors."""
-    _check_8bit(a, "a")
+    check_8bit(a, "a")
     s, z = _input_qparams(a, in_qparams)
     c = float(c)
     v = a.values.astype(jnp.int32)
@@ -232,7 +232,7 @@ def mul_scalar(a: QArray, c: float, *, relu=False, in_qparams=None) -> QArray:
 
 def relu(a: QArray) -> QArray:
     """``max(q, zero_point)`` (qparams unchanged)."""
-    _check_8bit(a, "a")
+    check_8bit(a, "a")
     return _wrap(a, jnp.maximum(a.values.astype(jnp.int32), a.zero_point), a.scale, a.zero_point)
 
 
@@ -243,14 +243,14 @@ def _quantize_bound(value, a):
 
 def hardtanh(a: QArray, min_val=-1.0, max_val=1.0) -> QArray:
     """Integer clamp between the bounds quantized with the scalar rule (``qclamp_kernel``)."""
-    _check_8bit(a, "a")
+    check_8bit(a, "a")
     lo, hi = _quantize_bound(min_val, a), _quantize_bound(max_val, a)
     return _wrap(a, jnp.clip(a.values.astype(jnp.int32), lo, hi), a.scale, a.zero_point)
 
 
 def relu6(a: QArray) -> QArray:
     """``min(max(q, zp), quantize_scalar(6.0))`` (``quantized::relu6``)."""
-    _check_8bit(a, "a")
+    check_8bit(a, "a")
     six = _quantize_bound(6.0, a)
     return _wrap(a, jnp.minimum(jnp.maximum(a.values.astype(jnp.int32), a.zero_point), six), a.scale, a.zero_point)
 
@@ -277,8 +277,8 @@ def _hardswish_core(x):
 
 def hardswish(a: QArray, scale, zero_point, *, memory_format=CONTIGUOUS, threads=1) -> QArray:
     """``quantized::hardswish``: ``y = fl32(fl32(x * clamp(x+3, 0, 6)) / 6)``, inverse scale ``fl32(1/so)``."""
-    _check_8bit(a, "a")
-    _check_out(a, scale, zero_point)
+    check_8bit(a, "a")
+    check_output_qparams(a, scale, zero_point)
     inv = f32x.div_rn(1.0, as_f32(scale))
     v = _unary(a, scale, zero_point, _hardswish_core, inv, memory_format, threads)
     return _wrap(a, v, scale, zero_point)
@@ -286,7 +286,7 @@ def hardswish(a: QArray, scale, zero_point, *, memory_format=CONTIGUOUS, threads
 
 def hardsigmoid(a: QArray, *, memory_format=CONTIGUOUS, threads=1) -> QArray:
     """``F.hardsigmoid``: ``y = fl32(clamp(x+3, 0, 6) / 6)`` into torch's fixed qparams (1/256, 0 or -128)."""
-    _check_8bit(a, "a")
+    check_8bit(a, "a")
     so, zo = FIXED_QPARAMS[("hardsigmoid", a.dtype.name)]
     inv = jnp.float32(256.0)
     v = _unary(a, so, zo, lambda x: f32x.div_rn(jnp.clip(x + 3.0, 0.0, 6.0), 6.0), inv, memory_format, threads)
@@ -299,8 +299,8 @@ def leaky_relu(a: QArray, negative_slope, scale, zero_point, *, threads=1) -> QA
     The out-of-place kernel makes its input contiguous first, so the path split
     follows the contiguous (NCHW) order whatever the input's memory format.
     """
-    _check_8bit(a, "a")
-    _check_out(a, scale, zero_point)
+    check_8bit(a, "a")
+    check_output_qparams(a, scale, zero_point)
     slope = jnp.float32(negative_slope)
     inv = f32x.div_rn(1.0, as_f32(scale))
     v = _unary(a, scale, zero_point, lambda x: jnp.where(x > 0, x, x * slope), inv, CONTIGUOUS, threads)
@@ -353,10 +353,10 @@ def sigmoid(a: QArray, scale=None, zero_point=None, *, memory_format=CONTIGUOUS,
     scalar: ``x = dq_scalar(q)``; ``y = fl32(1.0 / (1.0 + double(expf(-x))))``; quantize_scalar.
     Tabulated per input integer; needs concrete input qparams.
     """
-    _check_8bit(a, "a")
+    check_8bit(a, "a")
     if scale is None:
         scale, zero_point = FIXED_QPARAMS[("sigmoid", a.dtype.name)]
-    _check_out(a, scale, zero_point)
+    check_output_qparams(a, scale, zero_point)
     si, zi = _input_qparams(a, in_qparams)
     tables = _sigmoid_tables(np.float32(si).item(), zi, np.float32(scale).item(), int(zero_point), a.dtype)
     return _table_op(a, tables, scale, zero_point, memory_format, threads)
@@ -376,7 +376,7 @@ def _tanh_tables(si, zi, so, zo, dtype):
 
 def tanh(a: QArray, *, memory_format=CONTIGUOUS, threads=1, in_qparams=None) -> QArray:
     """``torch.tanh`` on a quantized tensor: SLEEF ``tanhf`` (vector) / libm ``tanhf`` (scalar), fixed qparams."""
-    _check_8bit(a, "a")
+    check_8bit(a, "a")
     so, zo = FIXED_QPARAMS[("tanh", a.dtype.name)]
     si, zi = _input_qparams(a, in_qparams)
     tables = _tanh_tables(np.float32(si).item(), zi, np.float32(so).item(), zo, a.dtype)
@@ -400,8 +400,8 @@ def _elu_tables(si, zi, so, zo, alpha, dtype):
 
 def elu(a: QArray, scale, zero_point, alpha=1.0, *, memory_format=CONTIGUOUS, threads=1, in_qparams=None) -> QArray:
     """``quantized::elu``: ``y = x > 0 ? x : fl32(expm1(x) * alpha)`` (SLEEF vector, libm scalar)."""
-    _check_8bit(a, "a")
-    _check_out(a, scale, zero_point)
+    check_8bit(a, "a")
+    check_output_qparams(a, scale, zero_point)
     si, zi = _input_qparams(a, in_qparams)
     tables = _elu_tables(np.float32(si).item(), zi, np.float32(scale).item(), int(zero_point), float(alpha), a.dtype)
     return _table_op(a, tables, scale, zero_point, memory_format, threads)

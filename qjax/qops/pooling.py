@@ -35,7 +35,7 @@ from jax import lax
 from .. import float32 as f32x
 from ..checks import QuantizationError
 from ..qarray import QArray
-from .elementwise import _check_8bit
+from .elementwise import check_8bit
 from .paths import CHANNELS_LAST, CONTIGUOUS
 
 __all__ = ["max_pool", "avg_pool", "adaptive_avg_pool", "pool_output_size"]
@@ -62,11 +62,11 @@ def pool_output_size(i, k, p, s, d, ceil_mode):
     return o
 
 
-def _nhwc_kernel(shape, memory_format):
+def uses_nhwc_kernel(shape, memory_format):
     return memory_format == CHANNELS_LAST or shape[1] == 1 or int(np.prod(shape[2:])) == 1
 
 
-def _scrambled(y, in_shape, memory_format):
+def nhwc_buffer_in_nchw_order(y, in_shape, memory_format):
     """torch writes the NHWC kernel's buffer into an NCHW output when the input had NCHW strides."""
     if memory_format == CHANNELS_LAST or in_shape[1] == 1 or int(np.prod(in_shape[2:])) != 1:
         return y
@@ -85,7 +85,7 @@ def _out(x, values):
 def max_pool(x: QArray, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
              memory_format=CONTIGUOUS) -> QArray:
     """``quantized max_pool{1,2,3}d`` on ``(N, C, *spatial)``."""
-    _check_8bit(x, "x")
+    check_8bit(x, "x")
     nd = x.ndim - 2
     k = _tuple(kernel_size, nd, "kernel_size")
     s = _tuple(stride if stride is not None and stride != [] else k, nd, "stride")
@@ -97,7 +97,7 @@ def max_pool(x: QArray, kernel_size, stride=None, padding=0, dilation=1, ceil_mo
     if any(o < 1 for o in osz):
         raise QuantizationError(f"max_pool output size {osz} is empty for input {x.shape}")
     y = _max_pool_values(x.values, k=k, s=s, p=p, d=d, osz=osz, lowest=x.dtype.qmin)
-    return _out(x, _scrambled(y, x.shape, memory_format))
+    return _out(x, nhwc_buffer_in_nchw_order(y, x.shape, memory_format))
 
 
 @functools.partial(jax.jit, static_argnames=("k", "s", "p", "d", "osz", "lowest"))
@@ -150,7 +150,7 @@ def _box_counts(starts, ends):
 def avg_pool(x: QArray, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
              divisor_override=None, memory_format=CONTIGUOUS) -> QArray:
     """``quantized avg_pool{1,2,3}d`` (output qparams = input qparams); see the module docstring."""
-    _check_8bit(x, "x")
+    check_8bit(x, "x")
     nd = x.ndim - 2
     k = _tuple(kernel_size, nd, "kernel_size")
     s = _tuple(stride if stride is not None and stride != [] else k, nd, "stride")
@@ -172,14 +172,14 @@ def avg_pool(x: QArray, kernel_size, stride=None, padding=0, ceil_mode=False, co
         divisor = np.full(count.shape, int(divisor_override), np.int64)
     else:
         divisor = pool_size if count_include_pad else count
-    nhwc = nd == 3 or _nhwc_kernel(x.shape, memory_format)  # avg_pool3d always runs the NDHWC kernel
+    nhwc = nd == 3 or uses_nhwc_kernel(x.shape, memory_format)  # avg_pool3d always runs the NDHWC kernel
     if nhwc:
         m = (np.float32(1.0) / divisor.astype(np.float32)).astype(np.float32)
     else:
         m = (1.0 / divisor.astype(np.float64)).astype(np.float32)
     y = _avg_pool_values(x.values, x.zero_point, starts=tuple(map(tuple, starts)), ends=tuple(map(tuple, ends)),
                          count=_freeze(count), m=_freeze(m), nhwc=nhwc, qmin=x.dtype.qmin, qmax=x.dtype.qmax)
-    return _out(x, _scrambled(y, x.shape, memory_format) if nd < 3 else y)
+    return _out(x, nhwc_buffer_in_nchw_order(y, x.shape, memory_format) if nd < 3 else y)
 
 
 class _Frozen:
@@ -234,7 +234,7 @@ def adaptive_avg_pool(x: QArray, output_size, memory_format=CONTIGUOUS) -> QArra
     for NCDHW inputs (``rne(fl32(sum / DHW))`` on raw values); the channels-last-3d mean
     (a float cascade sum) raises.
     """
-    _check_8bit(x, "x")
+    check_8bit(x, "x")
     nd = x.ndim - 2
     osz = tuple(x.shape[2 + i] if o is None else int(o) for i, o in enumerate(_as_list(output_size, nd)))
     if nd == 3 and osz == (1, 1, 1):
@@ -248,7 +248,7 @@ def adaptive_avg_pool(x: QArray, output_size, memory_format=CONTIGUOUS) -> QArra
     bounds = [_adaptive_bounds(x.shape[2 + i], osz[i]) for i in range(nd)]
     starts, ends = [b[0] for b in bounds], [b[1] for b in bounds]
     count = _box_counts(starts, ends)
-    nhwc = _nhwc_kernel(x.shape, memory_format)
+    nhwc = uses_nhwc_kernel(x.shape, memory_format)
     if nhwc:
         r = (np.float32(1.0) / count.astype(np.float32)).astype(np.float32)
     else:
@@ -263,7 +263,7 @@ def adaptive_avg_pool(x: QArray, output_size, memory_format=CONTIGUOUS) -> QArra
         r = r.reshape(count.shape)
     y = _adaptive_values(x.values, x.zero_point, starts=tuple(map(tuple, starts)), ends=tuple(map(tuple, ends)),
                          count=_freeze(count), r=_freeze(r), nhwc=nhwc, qmin=x.dtype.qmin, qmax=x.dtype.qmax)
-    return _out(x, _scrambled(y, x.shape, memory_format))
+    return _out(x, nhwc_buffer_in_nchw_order(y, x.shape, memory_format))
 
 
 def _as_list(output_size, nd):

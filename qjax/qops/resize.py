@@ -28,9 +28,9 @@ from jax import lax
 from .. import float32 as f32x
 from ..checks import QuantizationError
 from ..qarray import QArray
-from .elementwise import _check_8bit
+from .elementwise import check_8bit
 from .paths import CONTIGUOUS
-from .pooling import _nhwc_kernel, _scrambled
+from .pooling import uses_nhwc_kernel, nhwc_buffer_in_nchw_order
 
 __all__ = ["interpolate", "interpolate_output_size"]
 
@@ -74,7 +74,7 @@ def _bilinear_params(isz, osz, align_corners, scale, fused):
         r = _kernel_scale(isz, osz, scale)
         dd = (np.arange(osz).astype(F) + F(0.5)).astype(F)
         if fused:
-            from .transcendental import fma32_numpy
+            from ..float32 import fma32_numpy
 
             src = fma32_numpy(np.full(dd.shape, r, F), dd, np.full(dd.shape, -0.5, F))
         else:
@@ -90,7 +90,7 @@ def _bilinear_params(isz, osz, align_corners, scale, fused):
 def interpolate(x: QArray, size=None, scale_factor=None, mode="nearest", align_corners=None,
                 recompute_scale_factor=None, memory_format=CONTIGUOUS) -> QArray:
     """Quantized ``F.interpolate`` (modes ``nearest``, ``nearest-exact``, ``bilinear``)."""
-    _check_8bit(x, "x")
+    check_8bit(x, "x")
     nd = x.ndim - 2
     isz = x.shape[2:]
     osz, scales = interpolate_output_size(isz, size, scale_factor, recompute_scale_factor)
@@ -105,11 +105,11 @@ def interpolate(x: QArray, size=None, scale_factor=None, mode="nearest", align_c
         for i in range(nd):
             idx = _nearest_index(osz[i], isz[i], scales[i], mode == "nearest-exact")
             v = jnp.take(v, jnp.asarray(idx), axis=2 + i)
-        v = _scrambled(v, x.shape, memory_format)
+        v = nhwc_buffer_in_nchw_order(v, x.shape, memory_format)
         return QArray(v, x.scale, x.zero_point, x.dtype, None, check=False)
     if mode != "bilinear" or nd != 2:
         raise QuantizationError(f"quantized interpolate supports nearest, nearest-exact and 2-d bilinear, not {mode!r} on {nd}-d")
-    nhwc = _nhwc_kernel(x.shape, memory_format)
+    nhwc = uses_nhwc_kernel(x.shape, memory_format)
     if not nhwc and tuple(isz) == tuple(osz):
         return x
     ac = bool(align_corners)
@@ -118,7 +118,7 @@ def interpolate(x: QArray, size=None, scale_factor=None, mode="nearest", align_c
     v = _bilinear_values(x.values, x.zero_point, *(jnp.asarray(a) for a in (h1, h1p, h0l, h1l, w1, w1p, w0l, w1l)),
                          nhwc=bool(nhwc))
     v = jnp.clip(v, x.dtype.qmin, x.dtype.qmax).astype(x.dtype.storage)
-    return QArray(_scrambled(v, x.shape, memory_format), x.scale, x.zero_point, x.dtype, None, check=False)
+    return QArray(nhwc_buffer_in_nchw_order(v, x.shape, memory_format), x.scale, x.zero_point, x.dtype, None, check=False)
 
 
 @functools.partial(jax.jit, static_argnames=("nhwc",))

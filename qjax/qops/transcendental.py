@@ -24,24 +24,11 @@ import functools
 
 import numpy as np
 
-__all__ = ["fma32_numpy", "sleef_expf", "sleef_expm1f", "sleef_tanhf", "libm"]
+from ..float32 import fma32_numpy
+
+__all__ = ["sleef_expf", "sleef_expm1f", "sleef_tanhf", "libm"]
 
 F = np.float32
-
-
-def fma32_numpy(a, b, c):
-    """Correctly rounded float32 ``a*b + c``: exact float64 product, sum rounded to odd, then to float32."""
-    a = np.asarray(a, F).astype(np.float64)
-    b = np.asarray(b, F).astype(np.float64)
-    c = np.asarray(c, F).astype(np.float64)
-    p = a * b
-    with np.errstate(invalid="ignore", over="ignore"):
-        s = p + c
-        bb = s - p
-        err = (p - (s - bb)) + (c - bb)
-        fix = (err != 0) & ((s.view(np.int64) & 1) == 0) & np.isfinite(s)
-        s = np.where(fix, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
-        return s.astype(F)
 
 
 def _f(x):
