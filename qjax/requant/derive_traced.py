@@ -64,13 +64,16 @@ bool flag in the ``*_flags`` functions):
 (same message) for concrete inputs and do nothing under a trace.
 
 Scales must be positive finite float32 (:func:`qjax.checks.check_scale`); other values give
-meaningless integers.  ``spec`` and ``out_channels`` are static (Python) arguments.
+meaningless integers.  Nothing here does float arithmetic (XLA on CPU flushes subnormals to zero
+in float ops): subnormal scales and biases are exact too.  ``spec`` and ``out_channels`` are static (Python) arguments.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -285,10 +288,7 @@ def round_float64(f: Float64, negative, mode: str, float_add: bool = False):
         up = pos & frac_any
     elif mode == "toward_zero":
         up = jnp.zeros_like(half)
-    elif mode == "stochastic":
-        raise ValueError("stochastic bias rounding needs host randomness: derive it offline "
-                         "(qjax.hardware.convert(..., key=...))")
-    else:
+    else:  # stochastic included: the bias functions reject it first (_check_bias_mode)
         raise ValueError(f"rounding={mode!r} is unknown")
     mag = integer + up.astype(_U32)
     zero = (f.hi == 0) & (f.lo == 0)
@@ -376,11 +376,18 @@ def derive_multiplier_traced(a, b, y, spec: HardwareSpec):
     return m0, shift
 
 
+def _check_bias_mode(mode: str):
+    if mode == "stochastic":
+        raise ValueError("stochastic bias rounding needs host randomness: derive it offline "
+                         "(qjax.hardware.convert(..., key=...))")
+
+
 def round_bias_flags(bias, x_scale, w_scale, mode: str):
     """``(bias_q int32, overflow bool)``: ``round_offline(f64(b) / (f64(sx) * f64(sw)), mode)``, saturated.
 
     ``overflow`` marks ``|bias_q| >= 2**31``, an infinite bias or a NaN bias (``bias_q = 0``).
     """
+    _check_bias_mode(mode)
     mant, _, negative, nonfinite = _decompose(bias)
     f = _quotient([bias], [x_scale, w_scale])
     value, overflow = round_float64(f, negative, mode)
@@ -401,6 +408,8 @@ def derive_layer_traced(x_scale, w_scale, out_scale, bias, out_channels: int, sp
       ``shift`` int32 ``(O,)`` — bit-identical to ``derive_layer(...)[:3]`` where that does not
       raise, saturated where it would (module doc).
     """
+    if bias is not None:
+        _check_bias_mode(spec.bias_rounding)
     shape = (out_channels,)
     sx = jnp.broadcast_to(jnp.asarray(x_scale, jnp.float32), shape)
     sw = jnp.broadcast_to(jnp.asarray(w_scale, jnp.float32), shape)
@@ -412,12 +421,20 @@ def derive_layer_traced(x_scale, w_scale, out_scale, bias, out_channels: int, sp
     return bq, m0, shift
 
 
+_ADD_TAGS = ("_a", "_b", "")
+
+
 def _add_terms(a_scale, b_scale, out_scale):
-    sa, sb, sy = (jnp.asarray(v, jnp.float32) for v in (a_scale, b_scale, out_scale))
-    big = jnp.maximum(sa, sb)
-    half, out = jnp.float32(0.5), jnp.float32(2.0 ** (1 - ADD_LEFT_SHIFT))
-    # sa / (2 max) = sa * 0.5 / max; 2 max / (2**20 sy) = max * 2**-19 / sy (exact float32 factors)
-    return (("_a", (sa, half, big)), ("_b", (sb, half, big)), ("", (big, out, sy)))
+    """The three ADD multipliers as one stacked ``(a, b, y)`` triple (leading axis: ``_ADD_TAGS``)."""
+    sa, sb, sy = jnp.broadcast_arrays(*(jnp.asarray(v, jnp.float32) for v in (a_scale, b_scale, out_scale)))
+    # max on the bit patterns (ordered like the values for positive floats): XLA's float max on CPU
+    # flushes subnormals to zero
+    big = lax.bitcast_convert_type(jnp.maximum(lax.bitcast_convert_type(sa, _I32), lax.bitcast_convert_type(sb, _I32)),
+                                   jnp.float32)
+    half, out = jnp.full_like(sa, 0.5), jnp.full_like(sa, 2.0 ** (1 - ADD_LEFT_SHIFT))
+    # sa / (2 max) = sa * 0.5 / max; 2 max / (2**20 sy) = max * 2**-19 / sy (exact float32 factors);
+    # stacked so the three share one graph
+    return jnp.stack([sa, sb, big]), jnp.stack([half, half, out]), jnp.stack([big, big, sy])
 
 
 def derive_add_traced(a_scale, b_scale, out_scale, spec: HardwareSpec) -> dict:
@@ -427,12 +444,13 @@ def derive_add_traced(a_scale, b_scale, out_scale, spec: HardwareSpec) -> dict:
       a_scale, b_scale, out_scale: float32 scalars (or broadcastable arrays); spec: static.
 
     Returns:
-      ``dict(m0_a, shift_a, m0_b, shift_b, m0, shift)`` int32, bit-identical to
-      ``qjax.hardware.convert._derive_add``'s (saturated where that raises).
+      ``dict(m0_a, shift_a, m0_b, shift_b, m0, shift)`` int32, bit-identical to the offline ADD
+      derivation (``hardware.convert``; saturated where that raises).
     """
+    m0, shift = derive_multiplier_traced(*_add_terms(a_scale, b_scale, out_scale), spec)
     out = {}
-    for tag, (a, b, y) in _add_terms(a_scale, b_scale, out_scale):
-        out["m0" + tag], out["shift" + tag] = derive_multiplier_traced(a, b, y, spec)
+    for i, tag in enumerate(_ADD_TAGS):
+        out["m0" + tag], out["shift" + tag] = m0[i], shift[i]
     return out
 
 
@@ -440,6 +458,22 @@ def derive_add_traced(a_scale, b_scale, out_scale, spec: HardwareSpec) -> dict:
 
 def _f64(v):
     return np.asarray(v, np.float32).astype(np.float64)
+
+
+@jax.jit
+def _saturated(a, b, y, bits, lo, hi, dyadic):
+    # the spec's fields as data: one compiled check for every spec
+    return quantize_float64_multiplier(float64_quotient(a, b, y), bits, (lo, hi), dyadic)[3]
+
+
+@functools.partial(jax.jit, static_argnames="mode")
+def _bias_overflow(b, sx, sw, mode):
+    return round_bias_flags(b, sx, sw, mode)[1]
+
+
+def _any_saturated(a, b, y, spec) -> bool:
+    fields = (spec.multiplier_bits, *spec.shift_range, spec.multiplier == "dyadic")
+    return bool(np.any(np.asarray(_saturated(a, b, y, *fields))))
 
 
 def check_derivable(x_scale, w_scale, out_scale, bias, out_channels: int, spec: HardwareSpec, where: str = ""):
@@ -454,28 +488,26 @@ def check_derivable(x_scale, w_scale, out_scale, bias, out_channels: int, spec: 
     for name, v in (("x_scale", x_scale), ("w_scale", w_scale), ("out_scale", out_scale)):
         check_scale(np.asarray(v, np.float32), name)
     shape = (out_channels,)
-    sx, sw, sy = (jnp.broadcast_to(jnp.asarray(v, jnp.float32), shape) for v in (x_scale, w_scale, out_scale))
-    _, _, _, saturated = derive_multiplier_flags(sx, sw, sy, spec)
-    if np.any(np.asarray(saturated)):
-        m = np.broadcast_to(_f64(x_scale) * _f64(w_scale), shape) / _f64(out_scale)
+    sx, sw, sy = (np.broadcast_to(np.asarray(v, np.float32), shape) for v in (x_scale, w_scale, out_scale))
+    if _any_saturated(sx, sw, sy, spec):
+        m = _f64(sx) * _f64(sw) / _f64(sy)
         raise QuantizationError(f"{where}: multiplier {m.max():.6g} needs more left shift than shift_range="
                                 f"{spec.shift_range} allows")
     if bias is None:
         return
-    b = jnp.broadcast_to(jnp.asarray(bias, jnp.float32), shape)
-    if np.any(np.isnan(np.asarray(b))):
+    _check_bias_mode(spec.bias_rounding)
+    b = np.broadcast_to(np.asarray(bias, np.float32), shape)
+    if np.any(np.isnan(b)):
         raise QuantizationError(f"{where}: bias must not be NaN")
-    _, overflow = round_bias_flags(b, sx, sw, spec.bias_rounding)
-    if np.any(np.asarray(overflow)):
+    if np.any(np.asarray(_bias_overflow(b, sx, sw, spec.bias_rounding))):
         from ..hardware import round_offline  # the message's number only, as derive_layer prints it
 
-        atw = np.broadcast_to(_f64(x_scale) * _f64(w_scale), shape)
-        big = np.abs(round_offline(_f64(b) / atw, spec.bias_rounding)).max()
+        big = np.abs(round_offline(_f64(b) / (_f64(sx) * _f64(sw)), spec.bias_rounding)).max()
         raise QuantizationError(f"{where}: bias / (sx*sw) reaches {big:.4g}, beyond int32")
 
 
 def check_derivable_add(a_scale, b_scale, out_scale, spec: HardwareSpec, where: str = ""):
-    """Raise ``_derive_add``'s ``QuantizationError`` for concrete inputs it rejects; no-op under a trace."""
+    """Raise the ADD derivation's ``QuantizationError`` for concrete inputs it rejects; no-op under a trace."""
     if not all(is_concrete(v) for v in (a_scale, b_scale, out_scale)):
         return
     for name, v in (("a_scale", a_scale), ("b_scale", b_scale), ("out_scale", out_scale)):
@@ -483,8 +515,10 @@ def check_derivable_add(a_scale, b_scale, out_scale, spec: HardwareSpec, where: 
     sa, sb, sy = _f64(a_scale), _f64(b_scale), _f64(out_scale)
     twice_max = 2 * np.maximum(sa, sb)
     reals = {"_a": sa / twice_max, "_b": sb / twice_max, "": twice_max / (2**ADD_LEFT_SHIFT * sy)}
-    for tag, (a, b, y) in _add_terms(a_scale, b_scale, out_scale):
-        if np.any(np.asarray(derive_multiplier_flags(a, b, y, spec)[3])):
+    fields = (spec.multiplier_bits, *spec.shift_range, spec.multiplier == "dyadic")
+    saturated = np.asarray(_saturated(*_add_terms(a_scale, b_scale, out_scale), *fields))
+    for i, tag in enumerate(_ADD_TAGS):
+        if np.any(saturated[i]):
             m = np.atleast_1d(reals[tag])
             raise QuantizationError(f"{where} (add{tag or ' output'}): multiplier {m.max():.6g} needs more left "
                                     f"shift than shift_range={spec.shift_range} allows")
