@@ -12,11 +12,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-import jax.numpy as jnp
 import numpy as np
 
-from . import float32 as f32x
-from .engines import resolve
+from .engines import layer_engine, resolve
 from .ops import conv, conv_geometry, linear
 from .qarray import QArray
 
@@ -152,8 +150,6 @@ def explain(xq: QArray, wq: QArray, bias=None, *, scale, zero_point, index, op="
     Returns an :class:`Explanation`; ``print()`` it for the step-by-step trace.
     """
     eng = resolve(engine)
-    if getattr(eng, "name", None) != "fbgemm":
-        raise NotImplementedError(f"explain traces the fbgemm requantization; engine={engine!r} is not supported yet")
     index = tuple(int(i) for i in index)
     x = np.asarray(xq.values).astype(np.int64)
     w = np.asarray(wq.values).astype(np.int64)
@@ -161,18 +157,19 @@ def explain(xq: QArray, wq: QArray, bias=None, *, scale, zero_point, index, op="
     if op == "conv":
         nd = xq.ndim - 2
         geom = conv_geometry(nd, stride, padding, dilation, groups)
+        eng = layer_engine(eng, wq.zero_point, geom.groups)
         out = conv(xq, wq, bias, scale=scale, zero_point=zero_point, stride=stride, padding=padding,
                    dilation=dilation, groups=groups, relu=relu, engine=eng)
         o = index[1]
         xs, wt = _conv_taps(x, w, index, geom)
         xt = np.array([zx if v is None else v for v in xs], np.int64)
-        saturation = eng.conv_saturation(xq.shape[1], wq.shape[0], wq.shape[2:], geom)
+        shape = dict(in_channels=xq.shape[1], out_channels=wq.shape[0], kernel=wq.shape[2:], geometry=geom)
     elif op == "linear":
         out = linear(xq, wq, bias, scale=scale, zero_point=zero_point, relu=relu, engine=eng)
         o = index[-1]
         xt = x[index[:-1]]
         wt = w[o]
-        saturation = None if eng.vnni else "gemm_pairs"
+        shape = {}
     else:
         raise ValueError(f"op={op!r}; use 'conv' or 'linear'")
     qjax_out = int(np.asarray(out.values)[index])
@@ -181,47 +178,18 @@ def explain(xq: QArray, wq: QArray, bias=None, *, scale, zero_point, index, op="
     sw = float(np.asarray(wq.scale)[o]) if per_channel else float(np.asarray(wq.scale))
     zw = int(np.asarray(wq.zero_point)[o]) if per_channel else int(np.asarray(wq.zero_point))
     sx = float(np.asarray(xq.scale))
-    acc_exact = int(np.sum((xt - zx) * (wt - zw)))
-    acc = _saturated_acc(xt, wt, zx, zw) if saturation else acc_exact
-    acc = int((acc + 2**31) % 2**32 - 2**31)
-
-    # the engine's arithmetic on this one element, with the same primitives the kernels use
-    sy32 = np.float32(scale)
-    atw = f32x.mul_rn(np.float32(sx), np.float32(sw))
-    mult = f32x.div_rn(atw, sy32)
-    accf = jnp.float32(acc)
     b = None if bias is None else np.float32(np.asarray(bias)[o])
-    if b is None:
-        xf, bias_term = accf, None
-    elif per_channel:
-        bias_term = f32x.div_rn(b, atw)
-        xf = accf + bias_term
-    else:
-        bias_term = float(b) / float(atw)
-        xf = f32x.fma(b, f32x.div_rn(1.0, atw), accf)
-    y = xf * mult
-    r = int(np.round(np.float64(y))) if abs(float(y)) < 2**31 else -(2**31)
+    # the engine's arithmetic on this one element, with the same primitives its kernels use
+    steps = eng.describe(op, xt, wt, sx, zx, sw, zw, per_channel, b, float(scale), int(zero_point), bool(relu), **shape)
     zy = int(zero_point)
-    q = min(max(r + zy, 0), 255)
-    if relu:
-        q = max(q, zy)
-
-    hand = _hand_formula(acc, sx, sw, float(scale), zy, None if b is None else float(b), relu, float(y), q)
+    hand = _hand_formula(steps["acc"], sx, sw, float(scale), zy, None if b is None else float(b), relu, steps["y"],
+                         steps["output"])
     return Explanation(
         op=op, index=index, engine=eng.name, x_taps=xt, w_taps=wt, x_scale=sx, x_zero_point=zx, w_scale=sw,
-        w_zero_point=zw, per_channel=per_channel, bias=None if b is None else float(b), out_scale=float(sy32),
-        out_zero_point=zy, relu=bool(relu), acc=acc, acc_exact=acc_exact, atw=float(atw), multiplier=float(mult),
-        bias_term=None if bias_term is None else float(bias_term), xf=float(xf), y=float(y), rounded=r, output=q,
-        qjax_output=qjax_out, hand=hand, torch_output=torch_output,
+        w_zero_point=zw, per_channel=per_channel, bias=None if b is None else float(b),
+        out_scale=float(np.float32(scale)), out_zero_point=zy, relu=bool(relu), qjax_output=qjax_out, hand=hand,
+        torch_output=torch_output, **steps,
     )
-
-
-def _saturated_acc(xt, wt, zx, zw):
-    raw = 0
-    for k in range(0, len(xt), 2):
-        s = xt[k] * wt[k] + (xt[k + 1] * wt[k + 1] if k + 1 < len(xt) else 0)
-        raw += min(max(s, -32768), 32767)
-    return int(raw - zx * (wt.sum() - zw * len(wt)) - zw * xt.sum())
 
 
 def _hand_formula(acc, sx, sw, sy, zy, b, relu, y_exact, q_exact):

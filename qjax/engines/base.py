@@ -152,6 +152,11 @@ class Engine(Protocol):
 
     def mean(self, x, dims, keepdim, *, memory_format="contiguous"): ...
 
+    # -- explanation -----------------------------------------------------------------------------
+    def describe(self, op, x_taps, w_taps, x_scale, x_zero_point, w_scale, w_zero_point, per_channel, bias,
+                 out_scale, out_zero_point, relu, **shape) -> dict:
+        """One conv/linear output element recomputed step by step (what :func:`qjax.explain` prints)."""
+
 
 #: every method of the protocol (tests check each engine implements them all)
 ENGINE_METHODS = tuple(name for name, v in vars(Engine).items() if callable(v) and not name.startswith("_"))

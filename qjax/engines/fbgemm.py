@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
+import numpy as np
+
+from .. import float32 as f32x
 from ..checks import QuantizationError
 from ..kernels.conv import conv_accumulate
 from ..kernels.conv_transpose import conv_transpose_accumulate, fbgemm_direct_conv_transpose, fbgemm_direct_path
@@ -110,3 +114,49 @@ class Fbgemm(TorchCpuOps):
         )
 
 
+
+    def describe(self, op, x_taps, w_taps, x_scale, x_zero_point, w_scale, w_zero_point, per_channel, bias,
+                 out_scale, out_zero_point, relu, *, in_channels=None, out_channels=None, kernel=None,
+                 geometry=None):
+        """One output element of ``op`` (``"conv"``/``"linear"``) recomputed step by step, with the kernels'
+        primitives (what :func:`qjax.explain` prints).  ``x_taps`` / ``w_taps`` are the element's int64 operands
+        (padding as the input zero point); the scales / zero points / bias those of its output channel."""
+        xt, wt = np.asarray(x_taps, np.int64), np.asarray(w_taps, np.int64)
+        zx, zw = int(x_zero_point), int(w_zero_point)
+        if op == "conv":
+            saturation = self.conv_saturation(in_channels, out_channels, kernel, geometry)
+        else:
+            saturation = None if self.vnni else "gemm_pairs"
+        acc_exact = int(np.sum((xt - zx) * (wt - zw)))
+        acc = _pair_saturated_acc(xt, wt, zx, zw) if saturation else acc_exact
+        acc = int((acc + 2**31) % 2**32 - 2**31)
+        # requantize_fbgemm on one element: the same float32 primitives, in the same order
+        sy32 = np.float32(out_scale)
+        atw = f32x.mul_rn(np.float32(x_scale), np.float32(w_scale))
+        mult = f32x.div_rn(atw, sy32)
+        accf = jnp.float32(acc)
+        if bias is None:
+            xf, bias_term = accf, None
+        elif per_channel:
+            bias_term = f32x.div_rn(np.float32(bias), atw)
+            xf = accf + bias_term
+        else:
+            bias_term = float(bias) / float(atw)
+            xf = f32x.fma(np.float32(bias), f32x.div_rn(1.0, atw), accf)
+        y = xf * mult
+        r = int(np.round(np.float64(y))) if abs(float(y)) < 2**31 else -(2**31)
+        q = min(max(r + int(out_zero_point), 0), 255)
+        if relu:
+            q = max(q, int(out_zero_point))
+        return dict(acc=acc, acc_exact=acc_exact, atw=float(atw), multiplier=float(mult),
+                    bias_term=None if bias_term is None else float(bias_term), xf=float(xf), y=float(y), rounded=r,
+                    output=q)
+
+
+def _pair_saturated_acc(xt, wt, zx, zw):
+    """fbgemm's int16 pair saturation (pytorch#44939): ``sat16(x0*w0 + x1*w1)`` summed, zero points folded after."""
+    raw = 0
+    for k in range(0, len(xt), 2):
+        s = xt[k] * wt[k] + (xt[k + 1] * wt[k + 1] if k + 1 < len(xt) else 0)
+        raw += min(max(s, -32768), 32767)
+    return int(raw - zx * (wt.sum() - zw * len(wt)) - zw * xt.sum())

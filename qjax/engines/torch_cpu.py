@@ -33,6 +33,9 @@ class TorchCpuOps:
     def for_layer(self, w_zero_point, groups, output_padding=()):
         return self
 
+    def describe(self, op, *args, **kwargs):
+        refuse(self, f"step-by-step trace of {op} (explain)", "qjax.explain traces fbgemm's requantization")
+
     # -- quantize / dequantize: torch.quantize_per_tensor / _per_channel (qjax.quantize) ------------
     def quantize(self, x, scale, zero_point, dtype, axis=None, key=None):
         return quantize(jnp.asarray(x, jnp.float32), scale, zero_point, dtype, axis)
