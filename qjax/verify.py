@@ -394,21 +394,16 @@ def _first_divergence(model, qmodel, x, engine):
     """Run both with every intermediate on one batch; the first node whose integers differ."""
     import torch
 
-    from .interop.torch import _record, trace
+    from .interop import torch as fx_import
+    from .interop import torchscript as ts_import
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if isinstance(model, torch.jit.ScriptModule):
-            from .interop.torch import engine_for_torch
-            from .interop.torchscript import _TSConverter
-
-            conv = _TSConverter(engine_for_torch(engine), qmodel.info.get("threads", 1))
-            frozen = torch.jit.freeze(model.eval())
-            with torch.no_grad():
-                conv.convert(frozen.graph, (torch.from_numpy(x),))
-            record = {nm: conv.torch_values[uid] for uid, nm in conv.names.items() if uid in conv.torch_values}
+            record = ts_import.record(model, (torch.from_numpy(x),), engine=engine,
+                                      threads=qmodel.info.get("threads", 1))
         else:
-            record = _record(trace(model), (torch.from_numpy(x),))
+            record = fx_import.record(fx_import.trace(model), (torch.from_numpy(x),))
     _, inter = qmodel.capture(x)
     for node in qmodel.nodes:
         t = record.get(node.name)

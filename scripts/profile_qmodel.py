@@ -47,7 +47,7 @@ def scoped_model(qm):
     """``qm`` with each node's op wrapped in ``jax.named_scope(node.name)`` (same arithmetic)."""
     import jax
 
-    from qjax.graph import OPS, QModel
+    from qjax.graph import OPS, QModel, thaw
 
     def wrap(fn, scope):
         def op(cfg, params, *args):
@@ -61,9 +61,7 @@ def scoped_model(qm):
         op_name = f"__profile__/{n.name}/{n.op}"
         OPS[op_name] = wrap(OPS[n.op], n.name)
         nodes.append(dataclasses.replace(n, op=op_name))
-    from qjax.graph import _thaw
-
-    return QModel(qm.inputs, nodes, _thaw(qm.output), dict(qm.params), dict(qm.meta))
+    return QModel(qm.inputs, nodes, thaw(qm.output), dict(qm.params), dict(qm.meta))
 
 
 # ---------------------------------------------------------------------------------------------- HLO text

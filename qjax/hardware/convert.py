@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..engines.hardware import add_integer, conv_integer, get_spec, linear_integer, quantize_input
-from ..graph import Node, QModel, register_op
+from ..graph import Node, QModel, node_args, register_op, thaw
 from ..ops import conv_geometry
 from ..qarray import QArray
 from ..requant.derive import derive_add, derive_layer
@@ -131,12 +131,11 @@ def convert(model: QModel, example_input, spec="gemmlowp", *,
     spec = get_spec(spec)
     _, env = model.capture(example_input)
     env = dict(env, **dict(zip(model.inputs, (example_input,))))
-    from ..graph import _resolve, _thaw
 
     nodes, params, infos = [], dict(model.params), {}
     for index, node in enumerate(model.nodes):
         s = _spec_for(node, spec, layers)
-        args = _resolve(_thaw(node.args), env)
+        args = node_args(node, env)
         if s is None or not _convertible(node, args):
             nodes.append(node)
             continue
@@ -163,7 +162,7 @@ def convert(model: QModel, example_input, spec="gemmlowp", *,
         infos[node.name] = dict(info, op=node.op, spec=s.name)
         nodes.append(dataclasses.replace(node, op=op, static=static))
     meta = dict(model.info, hardware=spec.name, hardware_layers=_freeze_infos(infos))
-    return QModel(model.inputs, nodes, _thaw(model.output), params, meta)
+    return QModel(model.inputs, nodes, thaw(model.output), params, meta)
 
 
 def _freeze_infos(infos):

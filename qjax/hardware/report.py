@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..graph import OPS, QModel, _refs, _resolve, _thaw
+from ..graph import OPS, QModel, node_args, refs
 from ..qarray import QArray
 from .convert import HARDWARE_OPS
 
@@ -96,8 +96,7 @@ def _isolated(hw: QModel, env):
     out = {}
     for node in hw.nodes:
         if node.op in HARDWARE_OPS:
-            args = _resolve(_thaw(node.args), env)
-            out[node.name] = OPS[node.op](node.config(), hw.params.get(node.name), *args)
+            out[node.name] = OPS[node.op](node.config(), hw.params.get(node.name), *node_args(node, env))
     return out
 
 
@@ -115,7 +114,7 @@ def deviation(reference: QModel, hardware: QModel, x, labels=None, batch_size: i
     needed = set()
     for n in hardware.nodes:
         if n.op in HARDWARE_OPS:
-            _refs(n.args, needed)
+            refs(n.args, needed)
     for start in range(0, len(x), batch_size):
         xb = jnp.asarray(x[start:start + batch_size])
         ref_y, ref_env = reference.capture(xb)

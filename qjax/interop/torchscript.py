@@ -17,13 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..dtypes import as_qdtype
+from ..engines import layer_engine
 from ..graph import Node, QModel, Ref, Static
 from ..qarray import QArray
 from ..qops.paths import CONTIGUOUS, STRIDED
-from .torch import (TorchImportError, import_settings, layer_engine, memory_format_of, qarray_from_torch,
-                    torch_engine)
+from .torch_common import (ENGINE_OPS, TorchImportError, import_engine, import_settings, memory_format_of,
+                           qarray_from_torch, tensor_qparams, torch_engine)
 
-__all__ = ["from_torchscript", "load"]
+__all__ = ["from_torchscript", "load", "record", "TorchScriptConverter"]
 
 _QUANTIZED_CONV = re.compile(r"quantized::conv(_transpose)?([123])d(_relu)?$")
 
@@ -40,7 +41,12 @@ def load(path):
     return torch.jit.load(str(path), map_location="cpu")
 
 
-class _TSConverter:
+class TorchScriptConverter:
+    """Interprets a frozen TorchScript graph once with torch's ops, emitting the same ops as QModel nodes.
+
+    After :meth:`convert`: ``nodes`` / ``params`` the QModel's, ``names`` value id -> node name,
+    ``torch_values`` value id -> torch's value on the example input."""
+
     def __init__(self, engine, threads):
         self.engine = engine
         self.threads = threads
@@ -50,6 +56,8 @@ class _TSConverter:
         self.torch_values: dict = {}
         self.specs: dict = {}
         self.record: dict = {}
+        self.inputs: list = []  # the QModel's input names, after convert
+        self.output = None  # the QModel's output spec, after convert
 
     def name(self, value):
         key = value.unique()
@@ -79,15 +87,17 @@ class _TSConverter:
     def emit(self, node, op, args, static=None, params=None, layer=None):
         out = node.output()
         static = dict(static or {})
+        # arithmetic nodes: the engine (a conv's per-layer one where set) and the facts of torch's run their
+        # kernels read (as the fx importer records them)
+        if op in ENGINE_OPS:
+            static.setdefault("engine", self.engine)
         if op in ("binary", "unary", "scalar"):
-            static["in_qparams"] = tuple(_qparams(self.tv(i)) for i in list(node.inputs())[:2]
-                                         if _qparams(self.tv(i)) is not None)
-        if op in ("binary", "unary", "pool") and getattr(self.engine, "name", "") == "qnnpack":
-            static["qnnpack"] = True
-            if op == "binary":
-                static["scale"], static["zero_point"] = float(params["scale"]), int(params["zero_point"])
-            if op == "unary":
-                static["in_layout"] = self.fmt(list(node.inputs())[0])
+            static["in_qparams"] = tuple(tensor_qparams(self.tv(i)) for i in list(node.inputs())[:2]
+                                         if tensor_qparams(self.tv(i)) is not None)
+        if op == "binary":
+            static["out_qparams"] = (float(params["scale"]), int(params["zero_point"]))
+        if op == "unary":
+            static["input_format"] = self.fmt(list(node.inputs())[0])
         if layer and out.unique() not in self.names and layer not in self.names.values():
             self.names[out.unique()] = layer
         name = self.name(out)
@@ -221,7 +231,8 @@ class _TSConverter:
             opad = tuple(getattr(torch.ops.quantized, pref + "output_padding")(packed)) if transpose else ()
             static = dict(stride=tuple(geo["stride"]), padding=tuple(geo["padding"]),
                           dilation=tuple(geo["dilation"]), groups=int(geo["groups"]),
-                          engine=layer_engine(self.engine, params["weight"], int(geo["groups"]), opad))
+                          engine=layer_engine(self.engine, np.asarray(params["weight"].zero_point),
+                                              int(geo["groups"]), opad))
             if nd == "1":  # the packed 2-d geometry has a leading unit dimension
                 static = {k: (v[-1:] if isinstance(v, tuple) else v) for k, v in static.items()}
                 if params["weight"].ndim == 4:
@@ -239,8 +250,7 @@ class _TSConverter:
             params = dict(weight=qarray_from_torch(w), scale=jnp.float32(vals[2]), zero_point=jnp.int32(vals[3]))
             if b is not None:
                 params["bias"] = jnp.asarray(b.detach().numpy(), jnp.float32)
-            name = self.emit(node, "linear", [self.spec(ins[0])], dict(relu=kind.endswith("relu"),
-                                                                        engine=self.engine), params,
+            name = self.emit(node, "linear", [self.spec(ins[0])], dict(relu=kind.endswith("relu")), params,
                              layer=_layer_name(ins[1]))
         elif kind in ("quantized::add", "quantized::add_relu", "quantized::mul", "quantized::mul_relu"):
             name = self.emit(node, "binary", [self.spec(ins[0]), self.spec(ins[1])],
@@ -273,12 +283,13 @@ class _TSConverter:
                                   scale=float(vals[6]), zero_point=int(vals[7]), relu=kind.endswith("relu"),
                                   in_scale=float(np.float32(vals[0].q_scale()))))
         elif kind in ("aten::relu", "aten::relu_"):
-            name = self.emit(node, "unary", [self.spec(ins[0])], dict(kind="relu"))
+            name = self.emit(node, "unary", [self.spec(ins[0])], dict(kind="relu", **self.unary_layout(node, ins[0])))
         elif kind in ("quantized::relu6",):
-            name = self.emit(node, "unary", [self.spec(ins[0])], dict(kind="relu6"))
+            name = self.emit(node, "unary", [self.spec(ins[0])], dict(kind="relu6", **self.unary_layout(node, ins[0])))
         elif kind in ("aten::hardtanh", "aten::hardtanh_"):
             name = self.emit(node, "unary", [self.spec(ins[0])], dict(kind="hardtanh", min_val=float(vals[1]),
-                                                                       max_val=float(vals[2])))
+                                                                       max_val=float(vals[2]),
+                                                                       **self.unary_layout(node, ins[0])))
         elif kind in ("aten::hardsigmoid", "aten::hardsigmoid_", "aten::sigmoid", "aten::tanh", "aten::hardswish"):
             k = kind.split("::")[1].rstrip("_")
             name = self.emit(node, "unary", [self.spec(ins[0])], dict(kind=k, **self.unary_layout(node, ins[0])))
@@ -339,13 +350,6 @@ class _TSConverter:
         self.set(out, out_t, Ref(name))
 
 
-def _qparams(t):
-    torch = _torch()
-    if isinstance(t, torch.Tensor) and t.is_quantized:
-        return float(np.float32(t.q_scale())), int(t.q_zero_point())
-    return None
-
-
 def _layer_name(packed_value):
     """``self.layer1.conv1._packed_params`` -> ``layer1.conv1`` (the module path of a frozen weight)."""
     name = packed_value.debugName()
@@ -379,14 +383,29 @@ def _dtype_of_int(v):
     return {12: torch.qint8, 13: torch.quint8, 14: torch.qint32}[int(v)]
 
 
+def _run(module, examples, qengine, threads) -> TorchScriptConverter:
+    """Freeze ``module`` and interpret its graph once on ``examples`` (torch's engine set by the caller)."""
+    torch = _torch()
+    frozen = torch.jit.freeze(module.eval()) if hasattr(module, "graph") else module
+    conv = TorchScriptConverter(qengine, threads)
+    with torch.no_grad():
+        conv.inputs, conv.output = conv.convert(frozen.graph, examples)
+    return conv
+
+
+def record(module, example_inputs, *, engine, threads=1) -> dict:
+    """Run a TorchScript module once, op by op, as the importer does: ``{QModel node name: torch's value}``.
+
+    ``engine``: the torch engine name torch runs with (set by the caller, e.g. :func:`qjax.verify`)."""
+    conv = _run(module, example_inputs, import_engine(engine), threads)
+    return {nm: conv.torch_values[uid] for uid, nm in conv.names.items() if uid in conv.torch_values}
+
+
 def from_torchscript(module, example_input, *, engine=None, threads=None) -> QModel:
     """Import a TorchScript quantized model (see the module docstring); arguments as :func:`qjax.from_torch`."""
     torch = _torch()
     engine, qengine, threads, examples = import_settings(engine, threads, example_input)
     with torch_engine(engine):
-        frozen = torch.jit.freeze(module.eval()) if hasattr(module, "graph") else module
-        conv = _TSConverter(qengine, threads)
-        with torch.no_grad():
-            inputs, output = conv.convert(frozen.graph, examples)
+        conv = _run(module, examples, qengine, threads)
     meta = dict(engine=engine, threads=threads, torch_version=torch.__version__, source="torchscript")
-    return QModel(inputs, conv.nodes, output, conv.params, meta)
+    return QModel(conv.inputs, conv.nodes, conv.output, conv.params, meta)

@@ -14,6 +14,7 @@ import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 
+from ..engines import host_engine
 from ..graph import QModel
 from ..qarray import QArray
 from ..quantize import dequantize
@@ -32,9 +33,7 @@ def _weights(node, p):
 
 def from_qmodel(qm: QModel, example_input, engine=None) -> Sequential:
     """A :class:`Sequential` (integer mode, channels-last input) equivalent to the chain-shaped ``qm``."""
-    from ..interop.torch import engine_for_torch
-
-    engine = engine or engine_for_torch(dict(qm.info).get("engine", "fbgemm"))
+    engine = engine or host_engine(dict(qm.info).get("engine", "fbgemm"))
     _, env = qm.capture(example_input)
     layers, rngs, flat_from = [], nnx.Rngs(0), None
     for node in qm.nodes:

@@ -60,12 +60,12 @@ def test_fx_converted_model_is_bit_exact():
 def test_intermediate_integers_match_torch_layer_by_layer():
     model, x = models.mobilenet_v3_block()
     qm = qjax.from_torch(model, x)
-    from qjax.interop.torch import _record, trace
+    from qjax.interop.torch import record, trace
 
-    record = _record(trace(model), (x,))
+    values = record(trace(model), (x,))
     _, inter = qm.capture(x.numpy())
     checked = 0
-    for name, t in record.items():
+    for name, t in values.items():
         if isinstance(t, torch.Tensor) and t.is_quantized and name in inter:
             np.testing.assert_array_equal(np.asarray(inter[name].values), t.int_repr().numpy(), err_msg=name)
             checked += 1

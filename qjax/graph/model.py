@@ -1,4 +1,4 @@
-"""A small dataflow graph of qjax ops: what :func:`qjax.from_torch` returns.
+"""The QModel graph: nodes, references, the op registry and the runner.
 
 A :class:`QModel` is a pytree: its ``params`` (weights as :class:`~qjax.QArray`, biases,
 scales and zero points — everything a user may inspect, change or train) are leaves;
@@ -22,11 +22,20 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from .buffers import own_buffer
+from ..buffers import own_buffer
+from ..checks import QuantizationError
+from ..qarray import QArray
 
-__all__ = ["Ref", "Node", "QModel", "register_op", "OPS", "Static"]
+__all__ = ["Ref", "Node", "QModel", "register_op", "OPS", "Static", "GraphError", "substitute", "freeze", "thaw",
+           "refs", "node_args"]
 
+#: op name -> ``fn(static config dict, params or None, *args)``; importers and :mod:`qjax.hardware`
+#: emit nodes naming these, :meth:`QModel.apply` calls them
 OPS: dict[str, Callable] = {}
+
+
+class GraphError(QuantizationError):
+    """A QModel node cannot compute its op exactly (e.g. a float op qjax does not reproduce)."""
 
 
 def register_op(name: str):
@@ -82,44 +91,54 @@ class Node:
         return dict(self.static)
 
 
-def _resolve(spec, env):
+def substitute(spec, env):
+    """``spec`` (a node's thawed args or a model's output) with every :class:`Ref` replaced by ``env[ref.name]``."""
     if isinstance(spec, Ref):
         return env[spec.name]
     if isinstance(spec, tuple):
-        return tuple(_resolve(s, env) for s in spec)
+        return tuple(substitute(s, env) for s in spec)
     if isinstance(spec, list):
-        return [_resolve(s, env) for s in spec]
+        return [substitute(s, env) for s in spec]
     if isinstance(spec, dict):
-        return {k: _resolve(v, env) for k, v in spec.items()}
+        return {k: substitute(v, env) for k, v in spec.items()}
     return spec
 
 
-def _freeze(spec):
+def freeze(spec):
+    """Lists as tagged tuples, so that a node's args are hashable (pytree aux data); :func:`thaw` undoes it."""
     if isinstance(spec, list):
-        return ("__list__",) + tuple(_freeze(s) for s in spec)
+        return ("__list__",) + tuple(freeze(s) for s in spec)
     if isinstance(spec, tuple):
-        return tuple(_freeze(s) for s in spec)
+        return tuple(freeze(s) for s in spec)
     return spec
 
 
-def _thaw(spec):
+def thaw(spec):
+    """The inverse of :func:`freeze`."""
     if isinstance(spec, tuple):
         if spec and spec[0] == "__list__":
-            return [_thaw(s) for s in spec[1:]]
-        return tuple(_thaw(s) for s in spec)
+            return [thaw(s) for s in spec[1:]]
+        return tuple(thaw(s) for s in spec)
     return spec
 
 
-def _refs(spec, out):
+def refs(spec, out=None) -> set:
+    """The names every :class:`Ref` in ``spec`` points to, added to ``out`` (a set, returned)."""
+    out = set() if out is None else out
     if isinstance(spec, Ref):
         out.add(spec.name)
     elif isinstance(spec, (tuple, list)):
         for s in spec:
-            _refs(s, out)
+            refs(s, out)
     elif isinstance(spec, dict):
         for s in spec.values():
-            _refs(s, out)
+            refs(s, out)
     return out
+
+
+def node_args(node, env):
+    """``node``'s arguments with the values of ``env`` (node name / input name -> value)."""
+    return substitute(thaw(node.args), env)
 
 
 def _materialize(value):
@@ -128,8 +147,6 @@ def _materialize(value):
     Without it XLA's CPU fusion pulls a node's elementwise arithmetic into its consumer's
     loops: a ResNet-style model took 25 ms where its nodes jitted one by one took 10 ms.
     """
-    from .qarray import QArray
-
     if not isinstance(value, QArray):
         return value
     v = own_buffer(value.values, value.scale)
@@ -138,12 +155,12 @@ def _materialize(value):
 
 def _live(nodes, output):
     """Drop nodes the output does not depend on (e.g. TorchScript's shape-check arithmetic)."""
-    needed = _refs(output, set())
+    needed = refs(output)
     keep = []
     for n in reversed(nodes):
         if n.name in needed:
             keep.append(n)
-            _refs(n.args, needed)
+            refs(n.args, needed)
     return tuple(reversed(keep))
 
 
@@ -153,7 +170,7 @@ class QModel:
 
     def __init__(self, inputs, nodes, output, params, meta=None):
         self.inputs = tuple(inputs)
-        self.output = _freeze(output)
+        self.output = freeze(output)
         self.nodes = _live(tuple(nodes), self.output)
         live = {n.name for n in self.nodes}
         self.params = {k: v for k, v in dict(params).items() if k in live}
@@ -192,9 +209,8 @@ class QModel:
         env: dict[str, Any] = dict(zip(self.inputs, inputs))
         for node in self.nodes:
             fn = OPS[node.op]
-            args = _resolve(_thaw(node.args), env)
-            env[node.name] = _materialize(fn(node.config(), params.get(node.name), *args))
-        out = _resolve(_thaw(self.output), env)
+            env[node.name] = _materialize(fn(node.config(), params.get(node.name), *node_args(node, env)))
+        out = substitute(thaw(self.output), env)
         if capture is True:
             return out, {n.name: env[n.name] for n in self.nodes}
         if capture:

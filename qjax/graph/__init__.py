@@ -1,0 +1,14 @@
+"""A small dataflow graph of qjax ops: what :func:`qjax.from_torch` returns.
+
+:mod:`qjax.graph.model` holds the graph (:class:`QModel`, :class:`Node`, :class:`Ref`, the op
+registry :data:`OPS`); :mod:`qjax.graph.ops` the node ops, registered on import — importing
+:mod:`qjax.graph` is enough to run a QModel.  Importers (:mod:`qjax.interop`) and
+:mod:`qjax.hardware` only build nodes naming registered ops.
+"""
+
+from . import ops  # noqa: F401  (registers the node ops)
+from .model import (OPS, GraphError, Node, QModel, Ref, Static, freeze, node_args, refs, register_op, substitute,
+                    thaw)
+
+__all__ = ["Ref", "Node", "QModel", "register_op", "OPS", "Static", "GraphError", "substitute", "freeze", "thaw",
+           "refs", "node_args"]
