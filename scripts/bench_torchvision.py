@@ -214,10 +214,12 @@ def run_config(name, engine, batch, size, args, converted_cache):
 
             row.profile = profile_forward(qm, xj, model, x, calls=args.profile_calls, reference=got)
     except Exception as e:  # noqa: BLE001 — a failed configuration is a row, the run goes on
-        from qjax.interop.torch import TorchImportError
+        from qjax.engines import EngineRefusal
+        from qjax.graph import GraphError
 
-        if isinstance(e, TorchImportError) and stage != "import":
-            stage = f"import failed (raised at {stage})"  # the importer defers some checks to trace time
+        if isinstance(e, (GraphError, EngineRefusal)) and stage != "import":
+            # a node op (or its engine) refusing at trace time what the importer let through
+            stage = f"import failed (raised at {stage})"
         else:
             stage = f"{stage} failed"
         row.status = f"{stage}: {one_line_error(e)}"
