@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .affine import dequantize_values
 from .checks import QuantizationError, check_axis, check_scale, check_zero_point, is_concrete
 from .dtypes import as_qdtype
 
@@ -97,9 +98,7 @@ class QArray:
         return self.values
 
     def dequantize(self):
-        from .quantize import dequantize
-
-        return dequantize(self)
+        return dequantize_values(self.values, self.scale, self.zero_point, self.axis)
 
     def __repr__(self) -> str:
         if self.axis is None and is_concrete(self.scale):

@@ -25,14 +25,16 @@ quantized conv outputs are channels-last, so 4-d inputs default to ``memory_form
 "channels_last"`` and other ranks to ``"contiguous"``; ``threads`` (default 1) must equal
 ``torch.get_num_threads()`` of the torch process the result is compared with.
 
-Under a hardware spec, ``QAdd`` is TFLite's integer ADD (:func:`qjax.hardware.integer_ops.add_integer`,
-multipliers derived in the graph as :func:`qjax.hardware.convert` derives them); mul, cat,
-hardswish and pooling keep torch's fbgemm arithmetic there, as ``hardware.convert`` does.
+Every integer op is a method of the module's engine (``engine=``: a name, an engine or a hardware
+spec, resolved once at construction): ``engine.add`` / ``mul`` / ``cat`` / ``hardswish`` / ``relu`` /
+``relu6`` / ``avg_pool`` / ``adaptive_avg_pool`` (qnnpack's own kernels where torch's qnnpack engine
+uses them).  Under a hardware spec ``QAdd`` is TFLite's integer ADD (multipliers derived in the graph,
+as :func:`qjax.hardware.convert` derives them); mul, cat, hardswish and pooling keep torch's CPU
+arithmetic there, as ``hardware.convert`` does.  The QAT forward / backward is
+:func:`qjax.ste.exact.exact_forward`, the custom VJP :func:`qjax.ste.conv` uses too.
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -41,26 +43,24 @@ from jax import lax
 
 from .. import observers as obs
 from .. import ste
+from ..affine import integer_zero_point
+from ..buffers import own_buffer
 from ..dtypes import quint8
-from ..engines import Qnnpack
-from ..engines.hardware import HardwareSpec
+from ..engines import resolve
 from ..qarray import QArray
-from ..qops import elementwise as ew
-from ..qops import pooling
-from ..qops import qnnpack as qq
-from ..qops.concat import cat as int_cat
 from ..qops.paths import CHANNELS_LAST, CONTIGUOUS
 from ..quantize import dequantize, quantize
-from ..ste.fake_quant import FakeQuantConfig, _fq_bwd, integer_zero_point
-from ..ste.fake_quant import _forward as _fq_forward
-from ..buffers import own_buffer
-from ..ste.ops import resolve_arithmetic
-from .modules import QFloat, _check_mode, _Quantized
+from ..ste.exact import exact_forward, output_backward, output_residuals, zero_cotangent
+from ..ste.fake_quant import FakeQuantConfig
+from .modules import QFloat, QuantizedModule, check_mode
 
 __all__ = ["QAdd", "QMul", "QCat", "Hardswish", "ReLU", "ReLU6", "AvgPool", "GlobalAvgPool"]
 
 
 # --------------------------------------------------------------------------- layout and the QAT forward
+# The engines' non-GEMM methods take torch's logical order (N, C, *spatial): their arithmetic follows torch's
+# memory order (vector / scalar path splits, qjax.qops.paths).  qjax.nn is NHWC, so each integer op moves the
+# channel axis once in (_to_torch) and once out (_from_torch).
 
 def _to_torch(q: QArray) -> QArray:
     """NHWC (Flax) -> NCHW (torch's logical order); the memory format says how torch stores it."""
@@ -88,54 +88,50 @@ def _requantize(x: QFloat) -> QArray:
     return quantize(x.value, x.scale, z, quint8)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _exact_forward(exact, float_op, fq_cfg, n, ints, *args):
-    """``exact(ints, *args)`` forward; backward: the VJP of the surrogate ``fq(float_op(values); s, z)``.
-
-    ``args`` are ``n`` (value, scale, zero point) triples and, when the module has its own output
-    qparams, its ``(scale, zero point)``; otherwise the output takes the first input's.  ``ints``:
-    the inputs' integers where known (else ``None``), not differentiable.  Returns the dequantized
-    output and its integers.
-    """
-    return exact(ints, *args)
-
-
 def _out_qparams(n, args):
     return (args[3 * n], args[3 * n + 1]) if len(args) > 3 * n else (args[1], args[2])
 
 
-def _exact_fwd(exact, float_op, fq_cfg, n, ints, *args):
-    # the surrogate's float output and (for an estimator that learns the scale) its fake-quantized value,
-    # computed once here: the backward needs nothing else
-    s, z = _out_qparams(n, args)
-    y = float_op(*[args[3 * i] for i in range(n)])
-    yh = _fq_forward(fq_cfg, y, s, z, None) if fq_cfg.estimator.learn_scale else None
-    return exact(ints, *args), (ints, args, y, yh)
+class _ElementwiseRule:
+    """The :func:`~qjax.ste.exact.exact_forward` rule of an elementwise module in QAT.
+
+    Arguments ``(ints, *args)``: ``args`` are ``n`` (value, scale, zero point) triples and, when the
+    module has its own output qparams, its ``(scale, zero point)`` (otherwise the output takes the
+    first input's); ``ints`` the inputs' integers where known (else ``None``), not differentiable.
+    Forward: ``exact(ints, *args)`` (the integer op); backward: the VJP of the surrogate
+    ``fq(float_op(values); s, z)`` (the values are on their grids already: no input fake quantization).
+    """
+
+    def __init__(self, exact, float_op, fq_cfg, n):
+        self.exact, self.float_op, self.fq_cfg, self.n = exact, float_op, fq_cfg, n
+
+    def forward(self, ints, *args):
+        # the surrogate's float output and (for an estimator that learns the scale) its fake-quantized value,
+        # computed once here: the backward needs nothing else
+        n = self.n
+        s, z = _out_qparams(n, args)
+        y = self.float_op(*[args[3 * i] for i in range(n)])
+        return self.exact(ints, *args), (ints, args, output_residuals(self.fq_cfg, y, s, z))
+
+    def backward(self, res, g):
+        ints, args, out_res = res
+        n = self.n
+        dy, ds, dz = output_backward(self.fq_cfg, out_res, g)
+        dvalues = jax.vjp(self.float_op, *[args[3 * i] for i in range(n)])[1](dy)
+        grads = [jnp.zeros_like(a) for a in args]
+        for i in range(n):
+            grads[3 * i] = dvalues[i]
+        if len(args) > 3 * n:
+            grads[3 * n], grads[3 * n + 1] = ds, dz
+        else:  # the output's qparams are the first input's
+            grads[1], grads[2] = ds, dz
+        return (tuple(zero_cotangent(q) for q in ints),) + tuple(grads)
 
 
-def _exact_bwd(exact, float_op, fq_cfg, n, res, g):
-    ints, args, y, yh = res
-    s, z = _out_qparams(n, args)
-    dy, ds, dz, _ = _fq_bwd(fq_cfg, (y, yh, s, z, None), g[0])  # g[1]: the output integers' (float0) cotangent
-    dvalues = jax.vjp(float_op, *[args[3 * i] for i in range(n)])[1](dy)
-    grads = [jnp.zeros_like(a) for a in args]
-    for i in range(n):
-        grads[3 * i] = dvalues[i]
-    if len(args) > 3 * n:
-        grads[3 * n], grads[3 * n + 1] = ds, dz
-    else:  # the output's qparams are the first input's
-        grads[1], grads[2] = ds, dz
-    dints = tuple(None if q is None else np.zeros(np.shape(q), jax.dtypes.float0) for q in ints)
-    return (dints,) + tuple(grads)
-
-
-_exact_forward.defvjp(_exact_fwd, _exact_bwd)
-
-
-class _Op(_Quantized):
+class _Op(QuantizedModule):
     def _init_op(self, observer, engine, estimator, memory_format, threads, mode):
         self._init_output(observer, mode)
-        self.engine = engine
+        self.engine = resolve(engine)  # resolved once, here
         self.estimator = estimator
         self.memory_format = memory_format
         self.threads = int(threads)
@@ -172,7 +168,8 @@ class _Op(_Quantized):
         if own_qparams:
             args += [so, zo]
         fq_cfg = FakeQuantConfig(quint8, None, ste.get_estimator(self.estimator))
-        y, yq = _exact_forward(exact, float_op, fq_cfg, n, tuple(x.integers for x in xs), *args)
+        rule = _ElementwiseRule(exact, float_op, fq_cfg, n)
+        y, yq = exact_forward(rule, tuple(x.integers for x in xs), *args)
         return QFloat(y, so, zo, yq)
 
     def _out(self, scale=None, zero_point=None):
@@ -197,49 +194,20 @@ class _Binary(_Op):
 
 
 class QAdd(_Binary):
-    """``a + b`` (broadcasting), requantized to the module's scale / zero point; ``relu`` = torch's ``add_relu``."""
+    """``a + b`` (broadcasting), requantized to the module's scale / zero point; ``relu`` = torch's ``add_relu``.
+
+    The engine's ``add``: ATen's ``quantized::add``, qnnpack's ``q8vadd`` (equal shapes; it derives its
+    multipliers on the host from concrete scales) or a hardware spec's integer-only TFLite ADD.
+    """
 
     _op = staticmethod(jnp.add)
 
     def _integer(self, xs, scale=None, zero_point=None):
-        a, b = xs
+        a, b = (_to_torch(x) for x in xs)
         s, z = self._out(scale, zero_point)
-        engine = resolve_arithmetic(self.engine)
-        if isinstance(engine, HardwareSpec):
-            return self._hardware(a, b, s, z, engine)
-        ta, tb = _to_torch(a), _to_torch(b)
-        if isinstance(engine, Qnnpack) and ta.shape == tb.shape:
-            # qnnpack's add kernel; it needs concrete input qparams (qnnpack derives its multipliers on the host)
-            y = qq.add(ta, tb, s, z, relu=self.relu)
-        else:
-            y = ew.add(ta, tb, s, z, relu=self.relu, memory_format=_fmt(self.memory_format, ta.ndim),
-                       threads=self.threads)
+        y = self.engine.add(a, b, s, z, relu=self.relu, memory_format=_fmt(self.memory_format, a.ndim),
+                            threads=self.threads)
         return _from_torch(y)
-
-    def _hardware(self, a, b, s, z, spec):
-        from ..engines.hardware import add_integer
-
-        p = dict(_derive_add_callback(spec, a.scale, b.scale, s), scale=s, zero_point=z)
-        return add_integer(a, b, p, spec=spec, relu=self.relu)
-
-
-def _derive_add_callback(spec: HardwareSpec, sa, sb, so):
-    """TFLite ADD's three multipliers derived in the graph with ``hardware.convert``'s numpy code."""
-    from ..requant.derive import derive_multiplier
-    from ..requant.integer_only import ADD_LEFT_SHIFT
-
-    def host(sa, sb, so):
-        sa, sb, so = (np.float64(np.float32(v)) for v in (sa, sb, so))
-        twice_max = 2 * max(sa, sb)
-        out = []
-        for mult in (sa / twice_max, sb / twice_max, twice_max / (2**ADD_LEFT_SHIFT * so)):
-            m0, shift, _ = derive_multiplier(mult, spec, "QAdd")
-            out += [np.int32(m0[0]), np.int32(shift[0])]
-        return tuple(out)
-
-    shapes = tuple(jax.ShapeDtypeStruct((), jnp.int32) for _ in range(6))
-    m0_a, shift_a, m0_b, shift_b, m0, shift = jax.pure_callback(host, shapes, sa, sb, so, vmap_method="sequential")
-    return dict(m0_a=m0_a, shift_a=shift_a, m0_b=m0_b, shift_b=shift_b, m0=m0, shift=shift)
 
 
 class QMul(_Binary):
@@ -250,7 +218,8 @@ class QMul(_Binary):
     def _integer(self, xs, scale=None, zero_point=None):
         a, b = (_to_torch(x) for x in xs)
         s, z = self._out(scale, zero_point)
-        y = ew.mul(a, b, s, z, relu=self.relu, memory_format=_fmt(self.memory_format, a.ndim), threads=self.threads)
+        y = self.engine.mul(a, b, s, z, relu=self.relu, memory_format=_fmt(self.memory_format, a.ndim),
+                            threads=self.threads)
         return _from_torch(y)
 
 
@@ -271,8 +240,8 @@ class QCat(_Op):
         axis = self.axis % nd
         # the same axis in torch's order (channels at 1)
         t_axis = axis if nd < 3 else (1 if axis == nd - 1 else (axis + 1 if axis >= 1 else 0))
-        y = int_cat([_to_torch(x) for x in xs], s, z, dim=t_axis,
-                    channels_last=_fmt(self.memory_format, nd) == CHANNELS_LAST)
+        y = self.engine.cat([_to_torch(x) for x in xs], s, z, dim=t_axis,
+                            channels_last=_fmt(self.memory_format, nd) == CHANNELS_LAST)
         return _from_torch(y)
 
 
@@ -288,19 +257,16 @@ class Hardswish(_Op):
     def _integer(self, xs, scale=None, zero_point=None):
         x = _to_torch(xs[0])
         s, z = self._out(scale, zero_point)
-        engine = resolve_arithmetic(self.engine)
-        if isinstance(engine, Qnnpack):
-            y = qq.hardswish(x, s, z)
-        else:
-            y = ew.hardswish(x, s, z, memory_format=_fmt(self.memory_format, x.ndim), threads=self.threads)
+        y = self.engine.hardswish(x, s, z, memory_format=_fmt(self.memory_format, x.ndim), threads=self.threads)
         return _from_torch(y)
 
 
 class _Passthrough(_Op):
     """Ops whose output keeps the input's scale and zero point (no observer, nothing to learn)."""
 
-    def __init__(self, *, estimator="lsq", memory_format=None, threads=1, mode="float"):
-        self.mode = _check_mode(mode)
+    def __init__(self, *, engine="fbgemm", estimator="lsq", memory_format=None, threads=1, mode="float"):
+        self.mode = check_mode(mode)
+        self.engine = resolve(engine)  # resolved once, here
         self.estimator = estimator
         self.memory_format = memory_format
         self.threads = int(threads)
@@ -319,7 +285,8 @@ class ReLU(_Passthrough):
         return jnp.maximum(x, 0.0)
 
     def _integer(self, xs):
-        return _from_torch(ew.relu(_to_torch(xs[0])))
+        x = _to_torch(xs[0])
+        return _from_torch(self.engine.relu(x, memory_format=_fmt(self.memory_format, x.ndim)))
 
 
 class ReLU6(_Passthrough):
@@ -329,15 +296,17 @@ class ReLU6(_Passthrough):
         return jnp.clip(x, 0.0, 6.0)
 
     def _integer(self, xs):
-        return _from_torch(ew.relu6(_to_torch(xs[0])))
+        x = _to_torch(xs[0])
+        fmt = _fmt(self.memory_format, x.ndim)
+        return _from_torch(self.engine.relu6(x, memory_format=fmt, input_format=fmt))
 
 
 class AvgPool(_Passthrough):
     """Average pooling over the spatial axes (Flax layout), torch's quantized ``avg_pool{1,2,3}d``."""
 
     def __init__(self, window, strides=None, padding=0, *, count_include_pad=True, ceil_mode=False,
-                 memory_format=None, threads=1, estimator="lsq", mode="float"):
-        super().__init__(estimator=estimator, memory_format=memory_format, threads=threads, mode=mode)
+                 memory_format=None, threads=1, engine="fbgemm", estimator="lsq", mode="float"):
+        super().__init__(engine=engine, estimator=estimator, memory_format=memory_format, threads=threads, mode=mode)
         self.window = tuple(window)
         self.strides = tuple(strides) if strides is not None else self.window
         self.padding = (padding,) * len(self.window) if isinstance(padding, int) else tuple(padding)
@@ -358,8 +327,8 @@ class AvgPool(_Passthrough):
 
     def _integer(self, xs):
         x = _to_torch(xs[0])
-        y = pooling.avg_pool(x, self.window, self.strides, self.padding, self.ceil_mode, self.count_include_pad,
-                             memory_format=_fmt(self.memory_format, x.ndim))
+        y = self.engine.avg_pool(x, self.window, self.strides, self.padding, self.ceil_mode, self.count_include_pad,
+                                 None, memory_format=_fmt(self.memory_format, x.ndim))
         return _from_torch(y)
 
 
@@ -372,5 +341,5 @@ class GlobalAvgPool(_Passthrough):
     def _integer(self, xs):
         x = _to_torch(xs[0])
         nd = x.ndim - 2
-        y = pooling.adaptive_avg_pool(x, (1,) * nd, memory_format=_fmt(self.memory_format, x.ndim))
+        y = self.engine.adaptive_avg_pool(x, (1,) * nd, memory_format=_fmt(self.memory_format, x.ndim))
         return QArray(y.values.reshape(y.shape[:2]), y.scale, y.zero_point, y.dtype, None, check=False)

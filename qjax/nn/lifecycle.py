@@ -19,8 +19,11 @@ import jax
 import numpy as np
 from flax import nnx, serialization
 
+from ..affine import integer_zero_point
+from ..dtypes import qint8
+from ..engines import layer_engine, resolve
 from .elementwise import AvgPool, GlobalAvgPool, Hardswish, ReLU, ReLU6
-from .modules import MODES, DeQuantStub, Flatten, MaxPool, QConv, QDense, QuantStub, Sequential, _Quantized
+from .modules import MODES, DeQuantStub, Flatten, MaxPool, QConv, QDense, QuantizedModule, QuantStub, Sequential
 
 __all__ = ["set_mode", "prepare", "prepare_qat", "convert", "save", "load", "to_torch"]
 
@@ -36,6 +39,8 @@ def set_mode(model, mode: str):
     for m in _modules(model):
         if hasattr(m, "mode"):
             m.mode = mode
+        if isinstance(m, QuantizedModule) and hasattr(m, "engine"):
+            m.engine = resolve(m.engine)  # the engine, resolved once per mode change
         if mode in ("qat", "integer") and isinstance(m, QConv):
             _pin_dispatch(m)
     return model
@@ -44,12 +49,8 @@ def set_mode(model, mode: str):
 def _pin_dispatch(conv):
     """torch's x86 engine picks onednn or fbgemm per conv from the weight zero points (at prepack time); decide it
     here, where they are concrete, so the jitted QAT / integer steps see a fixed engine."""
-    from ..ste.ops import resolve_arithmetic
-
-    from ..engines import layer_engine
-
-    zp = np.round(np.asarray(conv.w_zero_point.get_value())).astype(np.int32)
-    conv.engine = layer_engine(resolve_arithmetic(conv.engine), zp, conv.groups)
+    zp = integer_zero_point(conv.w_zero_point.get_value(), qint8)
+    conv.engine = layer_engine(conv.engine, zp, conv.groups)
 
 
 def prepare(model):
@@ -59,7 +60,7 @@ def prepare(model):
 
 def _load_qparams(model):
     for m in _modules(model):
-        if isinstance(m, _Quantized):
+        if isinstance(m, QuantizedModule):
             m.load_qparams()
 
 
@@ -150,8 +151,7 @@ def to_torch(model: Sequential):
     if not isinstance(model, Sequential):
         raise TypeError("to_torch exports a qjax.nn.Sequential; export other models' layers with their "
                         "quantized_weight() / scale / zero_point")
-    names = {getattr(_engine_of(layer), "name", None) for layer in model.layers if isinstance(layer, (QConv, QDense))}
-    names.discard(None)
+    names = {_torch_engine_of(layer) for layer in model.layers if isinstance(layer, (QConv, QDense))}
     if len(names) > 1:
         raise ValueError(f"to_torch needs one torch engine for all layers, got {sorted(names)}")
     from ..interop.torch import torch_engine
@@ -160,15 +160,14 @@ def to_torch(model: Sequential):
         return _build(torch, nnq, nniq, model)
 
 
-def _engine_of(layer):
-    from ..engines.hardware import HardwareSpec
-    from ..ste.ops import resolve_arithmetic
-
-    eng = resolve_arithmetic(layer.engine)
-    if isinstance(eng, HardwareSpec):
-        raise TypeError(f"a layer runs hardware spec {eng.name!r}, which torch has no kernel for; use "
-                        "qjax.hardware.export for its integer parameters")
-    return eng
+def _torch_engine_of(layer):
+    """The torch engine whose kernels reproduce ``layer``'s arithmetic (the engine's ``torch_engine``)."""
+    eng = resolve(layer.engine)
+    if eng.torch_engine is None:
+        raise TypeError(f"a layer runs engine {eng.name!r} (a hardware spec or qjax's reference arithmetic), which "
+                        "torch has no quantized kernel for; use qjax.hardware.export for a hardware spec's integer "
+                        "parameters")
+    return eng.torch_engine
 
 
 def _build(torch, nnq, nniq, model):

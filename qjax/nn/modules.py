@@ -29,23 +29,24 @@ from flax import nnx
 from jax import lax
 
 from .. import observers as obs
+from .. import ste
+from ..affine import integer_zero_point
 from ..dtypes import qint8, quint8
-from ..engines.hardware import HardwareSpec
+from ..engines import HardwareSpec, resolve
 from ..ops import conv as int_conv
 from ..ops import linear as int_linear
 from ..qarray import QArray
 from ..quantize import dequantize, quantize
-from .. import ste
-from ..ste.fake_quant import integer_zero_point
-from ..ste.ops import resolve_arithmetic
 
 __all__ = ["Observer", "QParam", "ObserverState", "QFloat", "QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten", "MaxPool",
-           "Sequential", "MODES", "default_activation_observer", "default_weight_observer"]
+           "Sequential", "MODES", "default_activation_observer", "default_weight_observer", "QuantizedModule",
+           "check_mode"]
 
 MODES = ("float", "calibrate", "qat", "integer")
 
 
-def _check_mode(mode):
+def check_mode(mode):
+    """``mode`` if it is one of :data:`MODES` (or the Linen lifecycle's internal ``"load"``), else a ValueError."""
     # "load" (internal, used by the Linen lifecycle): compute in float and load scales / zero points from the
     # observers on the way
     if mode not in MODES + ("load",):
@@ -135,11 +136,11 @@ class Observer(nnx.Module):
         return _observer(*self.kind).qparams(_unpack(self.state.get_value()))
 
 
-class _Quantized(nnx.Module):
-    """Common state: the mode and the output's observer and qparams."""
+class QuantizedModule(nnx.Module):
+    """The base of the modules with output qparams: the mode and the output's observer, scale and zero point."""
 
     def _init_output(self, observer, mode="float"):
-        self.mode = _check_mode(mode)
+        self.mode = check_mode(mode)
         self.act_observer = observer or default_activation_observer()
         o = _observer(*self.act_observer)
         self.act_obs = ObserverState(_pack(o.init()))
@@ -166,7 +167,7 @@ class _Quantized(nnx.Module):
         return jnp.maximum(self.w_scale.get_value(), obs.EPS)
 
 
-class QuantStub(_Quantized):
+class QuantStub(QuantizedModule):
     """Float input → quantized (torch's ``QuantStub``)."""
 
     def __init__(self, observer=None, estimator="lsq", rounding=None, mode="float"):
@@ -193,10 +194,9 @@ class QuantStub(_Quantized):
                                      return_integers=True)
             return QFloat(y, s, z, q)
         if self.rounding is not None:
-            from ..engines.hardware import quantize_input
-
-            spec = HardwareSpec(quantize_rounding=self.rounding)
-            return quantize_input(x, dict(scale=self._s(), zero_point=self._zp()), spec=spec, key=key)
+            # the integer-only hardware input rule is a hardware engine's quantize (HardwareSpec's only
+            # quantize option is its rounding)
+            return HardwareSpec(quantize_rounding=self.rounding).quantize(x, self._s(), self._zp(), quint8, key=key)
         return quantize(x, self._s(), self._zp(), quint8)
 
 
@@ -204,7 +204,7 @@ class DeQuantStub(nnx.Module):
     """Quantized → float (torch's ``DeQuantStub``)."""
 
     def __init__(self, mode="float"):
-        self.mode = _check_mode(mode)
+        self.mode = check_mode(mode)
 
     def __call__(self, x):
         if isinstance(x, QArray):
@@ -218,7 +218,7 @@ class Flatten(nnx.Module):
     """Flatten all but the batch axis, in any mode."""
 
     def __init__(self, mode="float"):
-        self.mode = _check_mode(mode)
+        self.mode = check_mode(mode)
 
     def __call__(self, x):
         if isinstance(x, QArray):
@@ -240,7 +240,7 @@ class MaxPool(nnx.Module):
         self.window = tuple(window)
         self.strides = tuple(strides) if strides is not None else self.window
         self.padding = (padding,) * len(self.window) if isinstance(padding, int) else tuple(padding)
-        self.mode = _check_mode(mode)
+        self.mode = check_mode(mode)
 
     def _pool(self, v, lowest):
         dims = (1,) + self.window + (1,)
@@ -261,7 +261,7 @@ class MaxPool(nnx.Module):
         return self._pool(jnp.asarray(x, jnp.float32), -jnp.inf)
 
 
-class _Weighted(_Quantized):
+class _Weighted(QuantizedModule):
     def _init_weight(self, kernel_shape, out_features, use_bias, rngs, weight_observer, engine, estimator, relu):
         self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), kernel_shape, jnp.float32))
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
@@ -270,7 +270,7 @@ class _Weighted(_Quantized):
         self.w_obs = ObserverState(_pack(wo.init(out_features)))
         self.w_scale = QParam(jnp.ones((out_features,), jnp.float32))
         self.w_zero_point = QParam(jnp.zeros((out_features,), jnp.float32))
-        self.engine = engine
+        self.engine = resolve(engine)  # resolved once, here (qjax.nn.set_mode pins x86's per-layer backend)
         self.estimator = estimator
         self.relu = relu
 
@@ -282,7 +282,7 @@ class _Weighted(_Quantized):
 
     def quantized_weight(self) -> QArray:
         """The int8 weights the integer mode (and the torch export) uses, channels last."""
-        z = jnp.clip(jnp.round(self.w_zero_point.get_value()), -128, 127).astype(jnp.int32)
+        z = integer_zero_point(self.w_zero_point.get_value(), qint8)
         return quantize(self.kernel.get_value(), self._ws(), z, qint8, axis=self.kernel.get_value().ndim - 1)
 
     def _bias(self):
@@ -365,32 +365,9 @@ class QConv(_Weighted):
                             estimator=self.estimator, channels_last=True, key=key, x_integers=x.integers,
                             return_integers=True)
             return QFloat(y, s, z, q)
-        engine = resolve_arithmetic(self.engine)
-        if isinstance(engine, HardwareSpec):
-            return self._hardware(x, engine, key)
         return int_conv(x, self.quantized_weight(), self._bias(), scale=self._s(), zero_point=self._zp(),
-                        stride=self.strides, padding=self.padding, groups=self.groups, relu=self.relu, engine=engine,
-                        channels_last=True)
-
-    def _hardware(self, x, spec, key=None):
-        """Integer-only conv under ``spec``: parameters derived as qjax.hardware.convert derives them."""
-        from ..engines.hardware import conv_integer
-        from ..ops import conv_geometry
-        from ..ste.ops import _derive_callback
-
-        wq = self.quantized_weight()
-        out_ch = wq.shape[-1]
-        b = self._bias()
-        bq, m0, shift = _derive_callback(spec, out_ch, x.scale, wq.scale, self._s(), b)
-        nd = x.ndim - 2
-        xt = QArray(jnp.moveaxis(x.values, -1, 1), x.scale, x.zero_point, quint8, None, check=False)
-        wt = QArray(jnp.transpose(wq.values, (nd + 1, nd) + tuple(range(nd))), wq.scale, wq.zero_point, qint8, 0,
-                    check=False)
-        p = dict(weight=wt, bias_q=None if b is None else bq, m0=m0, shift=shift, scale=self._s(),
-                 zero_point=self._zp())
-        geom = conv_geometry(nd, self.strides, self.padding, 1, self.groups)
-        y = conv_integer(xt, p, spec=spec, geometry=geom, relu=self.relu, key=key)
-        return QArray(jnp.moveaxis(y.values, 1, -1), y.scale, y.zero_point, quint8, None, check=False)
+                        stride=self.strides, padding=self.padding, groups=self.groups, relu=self.relu,
+                        engine=self.engine, channels_last=True, key=key)
 
 
 class QDense(_Weighted):
@@ -419,20 +396,10 @@ class QDense(_Weighted):
                               relu=self.relu, engine=self.engine, estimator=self.estimator, key=key,
                               x_integers=x.integers, return_integers=True)
             return QFloat(y, s, z, q)
-        engine = resolve_arithmetic(self.engine)
         wq = self.quantized_weight()
         wq = QArray(wq.values.T, wq.scale, wq.zero_point, qint8, 0, check=False)
-        if isinstance(engine, HardwareSpec):
-            from ..engines.hardware import linear_integer
-            from ..ste.ops import _derive_callback
-
-            b = self._bias()
-            bq, m0, shift = _derive_callback(engine, wq.shape[0], x.scale, wq.scale, self._s(), b)
-            p = dict(weight=wq, bias_q=None if b is None else bq, m0=m0, shift=shift, scale=self._s(),
-                     zero_point=self._zp())
-            return linear_integer(x, p, spec=engine, relu=self.relu, key=key)
         return int_linear(x, wq, self._bias(), scale=self._s(), zero_point=self._zp(), relu=self.relu,
-                          engine=engine)
+                          engine=self.engine, key=key)
 
 
 class Sequential(nnx.Module):
@@ -440,7 +407,7 @@ class Sequential(nnx.Module):
 
     def __init__(self, *layers, mode="float"):
         self.layers = nnx.List(layers) if hasattr(nnx, "List") else list(layers)
-        self.mode = _check_mode(mode)
+        self.mode = check_mode(mode)
 
     def __call__(self, x, *, key=None):
         """``key``: split over the layers that take one (stochastic rounding under a hardware spec)."""

@@ -5,7 +5,7 @@
 ``rounding=mode``, by the integer-only hardware input rule ``clamp(round_mode(x / s) + z)`` of
 :mod:`qjax.hardware` — and differentiates through the estimator of :mod:`qjax.ste.estimators`.
 ``s`` and ``z`` are float arrays (``z`` is rounded half to even and clamped into the dtype's range
-in the forward pass, as torch's learnable fake-quant does), scalar or per channel along ``axis``.
+in the forward pass, as torch's learnable fake-quant does: :func:`qjax.affine.integer_zero_point`), scalar or per channel along ``axis``.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import jax.numpy as jnp
 from ..buffers import own_buffer
 from ..dtypes import QDType, as_qdtype
 from ..float32 import div_rn
-from ..quantize import _channel_shape, _dequantize_values, _quantize_values
+from ..affine import channel_shape, dequantize_values, integer_zero_point, quantize_values
 from ..rounding import round_float
 from .estimators import Estimator, get_estimator
 
-__all__ = ["fake_quantize", "FakeQuantConfig", "integer_zero_point"]
+__all__ = ["fake_quantize", "FakeQuantConfig", "integer_zero_point", "fake_quant_forward",
+           "fake_quant_backward"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,41 +35,42 @@ class FakeQuantConfig:
     rounding: str | None = None
 
 
-def integer_zero_point(z, dtype: QDType):
-    """The forward pass's zero point: ``clamp(rne(z), qmin, qmax)`` as int32."""
-    return jnp.clip(jnp.round(jnp.asarray(z, jnp.float32)), dtype.qmin, dtype.qmax).astype(jnp.int32)
-
-
 def _integers(cfg: FakeQuantConfig, x, s, z, key):
     """The forward pass's integers (the dtype's storage type; int32 under a hardware rounding) and zero point."""
     zi = integer_zero_point(z, cfg.dtype)
     if cfg.rounding is None:
-        q = _quantize_values(x, s, zi, cfg.dtype, cfg.axis)
+        q = quantize_values(x, s, zi, cfg.dtype, cfg.axis)
     else:
-        shp = () if cfg.axis is None else _channel_shape(x.ndim, cfg.axis)
+        shp = () if cfg.axis is None else channel_shape(x.ndim, cfg.axis)
         r = round_float(div_rn(x, s.reshape(shp)), cfg.rounding, key)
         q = jnp.clip(jnp.clip(r, -1e6, 1e6).astype(jnp.int32) + zi.reshape(shp), cfg.dtype.qmin, cfg.dtype.qmax)
     return q, zi
 
 
-def _forward(cfg: FakeQuantConfig, x, s, z, key):
+def fake_quant_forward(cfg: FakeQuantConfig, x, s, z, key):
+    """The forward pass's value ``dequantize(quantize(x; s, integer_zero_point(z)))`` (float32), no estimator."""
     q, zi = _integers(cfg, x, s, z, key)
-    return _dequantize_values(q, s, zi, cfg.axis)
+    return dequantize_values(q, s, zi, cfg.axis)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _fake_quant(cfg, x, s, z, key):
-    return _forward(cfg, x, s, z, key)
+    return fake_quant_forward(cfg, x, s, z, key)
 
 
 def _fq_fwd(cfg, x, s, z, key):
-    y = _forward(cfg, x, s, z, key)
+    y = fake_quant_forward(cfg, x, s, z, key)
     return y, (x, y, s, z, key)
 
 
-def _fq_bwd(cfg, res, g):
+def fake_quant_backward(cfg: FakeQuantConfig, res, g):
+    """The estimator's VJP: ``(dx, ds, dz, dkey)`` for the cotangent ``g`` of ``y = fake_quant_forward(x, s, z)``.
+
+    ``res = (x, y, s, z, key)``; ``y`` is read only by estimators that learn the scale (LSQ's
+    ``(ŷ - x)/s``), so callers that use another estimator may pass ``None``.
+    """
     x, y, s, z, key = res
-    shp = () if cfg.axis is None else _channel_shape(x.ndim, cfg.axis)
+    shp = () if cfg.axis is None else channel_shape(x.ndim, cfg.axis)
     sb, zb = s.reshape(shp), integer_zero_point(z, cfg.dtype).astype(jnp.float32).reshape(shp)
     factor = cfg.estimator.factor(x.size, cfg.dtype.qmax)
     r = None
@@ -84,14 +86,14 @@ def _fq_bwd(cfg, res, g):
     return dx, ds.reshape(s.shape), dz.reshape(z.shape), kz
 
 
-_fake_quant.defvjp(_fq_fwd, _fq_bwd)
+_fake_quant.defvjp(_fq_fwd, fake_quant_backward)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _fake_quant_integers(cfg, x, s, z, key):
     q, zi = _integers(cfg, x, s, z, key)
     q = own_buffer(q.astype(cfg.dtype.storage), s)  # the next integer op reads these integers, not x again
-    return _dequantize_values(q, s, zi, cfg.axis), q
+    return dequantize_values(q, s, zi, cfg.axis), q
 
 
 def _fqi_fwd(cfg, x, s, z, key):
@@ -100,7 +102,7 @@ def _fqi_fwd(cfg, x, s, z, key):
 
 
 def _fqi_bwd(cfg, res, g):
-    return _fq_bwd(cfg, res, g[0])  # the integers are not differentiable
+    return fake_quant_backward(cfg, res, g[0])  # the integers are not differentiable
 
 
 _fake_quant_integers.defvjp(_fqi_fwd, _fqi_bwd)

@@ -1,5 +1,7 @@
 """ste.conv / ste.linear: forward == the integer path on every engine and hardware spec; gradients; a toy QAT run."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -212,42 +214,43 @@ def test_fake_quantize_shape_errors_and_rounding_mask():
     assert np.asarray(g).tolist() == [[1.0, 1.0, 0.0]]
 
 
-def _layer_config(kind, relu, est, per_channel, channels_last):
-    """The static configuration ste.conv / ste.linear build (fbgemm, with a bias)."""
+def _layer_config(kind, relu, est, per_channel):
+    """The static configuration ste.conv / ste.linear build (fbgemm, with a bias; conv channels-last)."""
     from qjax.ste import ops
 
     geom = qjax.ops.conv_geometry(2, (1, 2), 1, 1, 1) if kind == "conv" else None
     e = ste.get_estimator(est)
-    return ops._Layer(kind, geom, relu, ops.resolve_arithmetic("fbgemm"), True, per_channel, e, e, channels_last)
+    w_axis = (3 if kind == "conv" else 0) if per_channel else None
+    return ops._Layer(kind, geom, relu, qjax.engines.resolve("fbgemm"), True, w_axis, e, e)
 
 
 @pytest.mark.parametrize("est", ["ste", "clipped", "lsq", "lsq_plus"])
 @settings(max_examples=2, deadline=None)
 @given(seed=st.integers(0, 2**31), kind=st.sampled_from(["conv", "linear"]), relu=st.booleans(),
-       per_channel=st.booleans(), channels_last=st.booleans(), ties=st.floats(0.0, 0.5), on_grid=st.booleans())
-def test_backward_equals_the_surrogates_gradient(est, seed, kind, relu, per_channel, channels_last, ties, on_grid):
+       per_channel=st.booleans(), ties=st.floats(0.0, 0.5), on_grid=st.booleans())
+def test_backward_equals_the_surrogates_gradient(est, seed, kind, relu, per_channel, ties, on_grid):
     """The custom VJP (residuals saved in the forward pass, backward written out) gives, bit for bit, jax.grad
     of ``_surrogate`` (the float graph fq -> conv -> relu -> fq it documents): all nine gradients, every
-    estimator, per tensor and per channel, conv (NCHW and channels-last) and linear, with ties and clamping;
+    estimator, per tensor and per channel, conv (channels-last, the layout inside) and linear, with ties and clamping;
     ``on_grid``: x is a dequantized activation passed with its integers (qjax.nn's path: no re-quantize)."""
     from qjax.ste import ops
 
-    channels_last = channels_last and kind == "conv"
-    cfg = _layer_config(kind, relu, est, per_channel, channels_last)
+    cfg = _layer_config(kind, relu, est, per_channel)
     rng = np.random.default_rng(seed)
     o, c = 5, 3
     sx, zx, sy, zy = np.float32(0.05), np.float32(rng.integers(90, 140)), np.float32(0.08), np.float32(100.0)
-    xshape = ((2, 6, 5, c) if channels_last else (2, c, 6, 5)) if kind == "conv" else (4, 12)
-    wshape = (o, c, 3, 3) if kind == "conv" else (o, 12)
+    xshape = (2, 6, 5, c) if kind == "conv" else (4, 12)
+    wshape = (3, 3, c, o) if kind == "conv" else (o, 12)
     # inputs on exact rounding ties ((k + 1/2)·s) for a fraction of the elements, and beyond the clamp range
     x = (rng.standard_normal(xshape) * 4).astype(np.float32)
     tie = rng.random(xshape) < ties
     x = np.where(tie, (np.round(x / sx) + np.float32(0.5)) * sx, x).astype(np.float32)
     w = (rng.standard_normal(wshape) * 0.3).astype(np.float32)
-    wmax = np.abs(w).reshape(o, -1).max(1) if per_channel else np.abs(w).max()
+    w_rows = np.moveaxis(w, -1, 0) if kind == "conv" else w  # one row per output channel
+    wmax = np.abs(w_rows).reshape(o, -1).max(1) if per_channel else np.abs(w).max()
     sw = (wmax / 100).astype(np.float32)
     zw = np.zeros(o, np.float32) if per_channel else np.float32(0)
-    swb = sw.reshape((-1,) + (1,) * (w.ndim - 1)) if per_channel else sw  # weights beyond ±127·sw are clamped
+    swb = sw.reshape(qjax.affine.channel_shape(w.ndim, cfg.w_axis)) if per_channel else sw  # beyond ±127·sw: clamped
     w = np.where(rng.random(wshape) < ties, (np.round(w / swb) + np.float32(0.5)) * swb, w).astype(np.float32)
     b = (rng.standard_normal(o) * 0.3).astype(np.float32)
     xq = None
@@ -273,14 +276,44 @@ def test_dequantized_activations_quantize_back_to_their_integers():
     """Why qjax.nn passes an activation's integers on instead of quantizing it again: for every (q, z) pair and
     scales from qjax.nn's floor (float32 eps) to 1e35, quantize(dequantize(q)) == q exactly."""
     from qjax import observers as obs
-    from qjax.quantize import _dequantize_values, _quantize_values
+    from qjax.affine import dequantize_values, quantize_values
 
     q = jnp.asarray(np.tile(np.arange(256), 256).astype(np.uint8))
     z = jnp.asarray(np.repeat(np.arange(256), 256).astype(np.int32))
     rng = np.random.default_rng(0)
     scales = [float(obs.EPS), 1e-6, 0.1, 1.0, 3.0, 1e10, 1e35] + list(np.exp(rng.uniform(np.log(1.2e-7), 80.0, 25)))
-    roundtrip = jax.jit(jax.vmap(lambda q, z, s: _quantize_values(_dequantize_values(q, s, z, None), s, z,
+    roundtrip = jax.jit(jax.vmap(lambda q, z, s: quantize_values(dequantize_values(q, s, z, None), s, z,
                                                                   qjax.quint8, None), in_axes=(0, 0, None)))
     for s in scales:
         got = roundtrip(q[:, None], z[:, None], jnp.float32(s))[:, 0]
         assert int((got != q).sum()) == 0, s
+
+
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 2**31), per_channel=st.booleans(), engine=st.sampled_from(["fbgemm", "x86", "gemmlowp"]))
+def test_torch_layout_is_the_channels_last_layer_transposed(seed, per_channel, engine):
+    """One layout inside: a torch-layout ste.conv is the channels-last one with its operands transposed at the
+    edge — outputs, integers and all gradients (per-tensor sums included) bit for bit."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 4, 7, 6)).astype(np.float32)
+    w = (rng.standard_normal((6, 2, 3, 3)) * 0.3).astype(np.float32)
+    b = (rng.standard_normal(6) * 0.2).astype(np.float32)
+    sw = (np.abs(w).reshape(6, -1).max(1) / 127).astype(np.float32) if per_channel else np.float32(np.abs(w).max() / 127)
+    zw = np.zeros(6, np.float32) if per_channel else np.float32(0)
+    geo = dict(stride=(1, 2), padding=1, groups=2, relu=True, engine=engine)
+
+    def loss(cl, x, w, b, sx, sw, sy):
+        kw = dict(x_scale=sx, x_zero_point=120.0, w_scale=sw, w_zero_point=zw, scale=sy, zero_point=90.0)
+        y, q = ste.conv(x, w, b, channels_last=cl, return_integers=True, **kw, **geo)
+        y, q = (jnp.moveaxis(y, -1, 1), jnp.moveaxis(q, -1, 1)) if cl else (y, q)
+        return jnp.sum(y * jnp.cos(jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape))), q
+
+    args = (x, w, b, np.float32(0.02), sw, np.float32(0.05))
+    args_cl = (np.moveaxis(x, 1, -1), np.transpose(w, (2, 3, 1, 0))) + args[2:]
+    (l_t, q_t), g_t = jax.value_and_grad(functools.partial(loss, False), argnums=tuple(range(6)), has_aux=True)(*args)
+    (l_c, q_c), g_c = jax.value_and_grad(functools.partial(loss, True), argnums=tuple(range(6)), has_aux=True)(*args_cl)
+    np.testing.assert_array_equal(np.asarray(q_t), np.asarray(q_c))
+    np.testing.assert_array_equal(np.asarray(g_t[0]), np.moveaxis(np.asarray(g_c[0]), -1, 1))
+    np.testing.assert_array_equal(np.asarray(g_t[1]), np.transpose(np.asarray(g_c[1]), (3, 2, 0, 1)))
+    for name, a, c in zip(("b", "sx", "sw", "sy"), g_t[2:], g_c[2:]):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(c), err_msg=name)
