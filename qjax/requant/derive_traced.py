@@ -61,7 +61,7 @@ bool flag in the ``*_flags`` functions):
   trace time, the spec being static.
 
 :func:`check_derivable` / :func:`check_derivable_add` raise numpy's ``QuantizationError``
-(same message) for concrete inputs and do nothing under a trace.
+(same message: they run the numpy derivation) for concrete inputs and do nothing under a trace.
 
 Scales must be positive finite float32 (:func:`qjax.checks.check_scale`); other values give
 meaningless integers.  Nothing here does float arithmetic (XLA on CPU flushes subnormals to zero
@@ -70,10 +70,8 @@ in float ops): subnormal scales and biases are exact too.  ``spec`` and ``out_ch
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -122,21 +120,25 @@ class Float64(NamedTuple):
 
 def _shl32(x, n):
     """``x << n`` for uint32 ``x`` and any ``n >= 0`` (0 when ``n >= 32``; no reliance on XLA's rule)."""
+    if isinstance(n, int):  # a static shift needs no select
+        return x << _U32(n) if n < 32 else jnp.zeros_like(x)
     n = jnp.asarray(n, _I32)
     return jnp.where(n >= 32, _U32(0), x << jnp.clip(n, 0, 31).astype(_U32))
 
 
 def _shr32(x, n):
+    if isinstance(n, int):
+        return x >> _U32(n) if n < 32 else jnp.zeros_like(x)
     n = jnp.asarray(n, _I32)
     return jnp.where(n >= 32, _U32(0), x >> jnp.clip(n, 0, 31).astype(_U32))
 
 
 def _shr64(hi, lo, n):
     """``(hi, lo) >> n`` (logical) for any ``n >= 0``."""
+    if isinstance(n, int):
+        return (_shr32(hi, n), _shr32(hi, n - 32)) if n >= 32 else (_shr32(hi, n), _shr32(lo, n) | _shl32(hi, 32 - n))
     n = jnp.asarray(n, _I32)
-    small_lo = _shr32(lo, n) | jnp.where(n == 0, _U32(0), _shl32(hi, 32 - n))
-    return (jnp.where(n >= 32, _U32(0), _shr32(hi, n)),
-            jnp.where(n >= 32, _shr32(hi, n - 32), small_lo))
+    return _shr32(hi, n), jnp.where(n >= 32, _shr32(hi, n - 32), _shr32(lo, n) | _shl32(hi, 32 - n))
 
 
 def _bit(hi, lo, n):
@@ -382,18 +384,21 @@ def _check_bias_mode(mode: str):
                          "(qjax.hardware.convert(..., key=...))")
 
 
+def _bias_from_float64(f: Float64, bias, mode: str):
+    mant, _, negative, nonfinite = _decompose(bias)
+    value, overflow = round_float64(f, negative, mode)
+    nan = nonfinite & (mant != _U32(0x800000))
+    value = jnp.where(nonfinite, jnp.where(nan, 0, jnp.where(negative, INT32_MIN, INT32_MAX)), value)
+    return value.astype(_I32), overflow | nonfinite
+
+
 def round_bias_flags(bias, x_scale, w_scale, mode: str):
     """``(bias_q int32, overflow bool)``: ``round_offline(f64(b) / (f64(sx) * f64(sw)), mode)``, saturated.
 
     ``overflow`` marks ``|bias_q| >= 2**31``, an infinite bias or a NaN bias (``bias_q = 0``).
     """
     _check_bias_mode(mode)
-    mant, _, negative, nonfinite = _decompose(bias)
-    f = _quotient([bias], [x_scale, w_scale])
-    value, overflow = round_float64(f, negative, mode)
-    nan = nonfinite & (mant != _U32(0x800000))
-    value = jnp.where(nonfinite, jnp.where(nan, 0, jnp.where(negative, INT32_MIN, INT32_MAX)), value)
-    return value.astype(_I32), overflow | nonfinite
+    return _bias_from_float64(_quotient([bias], [x_scale, w_scale]), bias, mode)
 
 
 def derive_layer_traced(x_scale, w_scale, out_scale, bias, out_channels: int, spec: HardwareSpec):
@@ -455,25 +460,11 @@ def derive_add_traced(a_scale, b_scale, out_scale, spec: HardwareSpec) -> dict:
 
 
 # -- errors for concrete inputs -------------------------------------------------------------------------
+# Concrete inputs are on the host: the checks run the offline float64 derivation itself (numpy, no
+# compilation per shape), whose errors the traced functions' saturations stand in for.
 
 def _f64(v):
     return np.asarray(v, np.float32).astype(np.float64)
-
-
-@jax.jit
-def _saturated(a, b, y, bits, lo, hi, dyadic):
-    # the spec's fields as data: one compiled check for every spec
-    return quantize_float64_multiplier(float64_quotient(a, b, y), bits, (lo, hi), dyadic)[3]
-
-
-@functools.partial(jax.jit, static_argnames="mode")
-def _bias_overflow(b, sx, sw, mode):
-    return round_bias_flags(b, sx, sw, mode)[1]
-
-
-def _any_saturated(a, b, y, spec) -> bool:
-    fields = (spec.multiplier_bits, *spec.shift_range, spec.multiplier == "dyadic")
-    return bool(np.any(np.asarray(_saturated(a, b, y, *fields))))
 
 
 def check_derivable(x_scale, w_scale, out_scale, bias, out_channels: int, spec: HardwareSpec, where: str = ""):
@@ -485,40 +476,26 @@ def check_derivable(x_scale, w_scale, out_scale, bias, out_channels: int, spec: 
     args = (x_scale, w_scale, out_scale) + (() if bias is None else (bias,))
     if not all(is_concrete(v) for v in args):
         return
+    from ..hardware import derive_layer  # lazily: qjax.hardware builds on the requant package
+
     for name, v in (("x_scale", x_scale), ("w_scale", w_scale), ("out_scale", out_scale)):
         check_scale(np.asarray(v, np.float32), name)
-    shape = (out_channels,)
-    sx, sw, sy = (np.broadcast_to(np.asarray(v, np.float32), shape) for v in (x_scale, w_scale, out_scale))
-    if _any_saturated(sx, sw, sy, spec):
-        m = _f64(sx) * _f64(sw) / _f64(sy)
-        raise QuantizationError(f"{where}: multiplier {m.max():.6g} needs more left shift than shift_range="
-                                f"{spec.shift_range} allows")
-    if bias is None:
-        return
-    _check_bias_mode(spec.bias_rounding)
-    b = np.broadcast_to(np.asarray(bias, np.float32), shape)
-    if np.any(np.isnan(b)):
-        raise QuantizationError(f"{where}: bias must not be NaN")
-    if np.any(np.asarray(_bias_overflow(b, sx, sw, spec.bias_rounding))):
-        from ..hardware import round_offline  # the message's number only, as derive_layer prints it
-
-        big = np.abs(round_offline(_f64(b) / (_f64(sx) * _f64(sw)), spec.bias_rounding)).max()
-        raise QuantizationError(f"{where}: bias / (sx*sw) reaches {big:.4g}, beyond int32")
+    if bias is not None:
+        _check_bias_mode(spec.bias_rounding)
+        if np.any(np.isnan(np.asarray(bias, np.float32))):
+            raise QuantizationError(f"{where}: bias must not be NaN")
+    derive_layer(x_scale, w_scale, out_scale, bias, out_channels, spec, where)
 
 
 def check_derivable_add(a_scale, b_scale, out_scale, spec: HardwareSpec, where: str = ""):
     """Raise the ADD derivation's ``QuantizationError`` for concrete inputs it rejects; no-op under a trace."""
     if not all(is_concrete(v) for v in (a_scale, b_scale, out_scale)):
         return
+    from ..hardware import derive_multiplier
+
     for name, v in (("a_scale", a_scale), ("b_scale", b_scale), ("out_scale", out_scale)):
         check_scale(np.asarray(v, np.float32), name)
-    sa, sb, sy = _f64(a_scale), _f64(b_scale), _f64(out_scale)
-    twice_max = 2 * np.maximum(sa, sb)
-    reals = {"_a": sa / twice_max, "_b": sb / twice_max, "": twice_max / (2**ADD_LEFT_SHIFT * sy)}
-    fields = (spec.multiplier_bits, *spec.shift_range, spec.multiplier == "dyadic")
-    saturated = np.asarray(_saturated(*_add_terms(a_scale, b_scale, out_scale), *fields))
-    for i, tag in enumerate(_ADD_TAGS):
-        if np.any(saturated[i]):
-            m = np.atleast_1d(reals[tag])
-            raise QuantizationError(f"{where} (add{tag or ' output'}): multiplier {m.max():.6g} needs more left "
-                                    f"shift than shift_range={spec.shift_range} allows")
+    sa, sb, sy = (float(_f64(v)) for v in (a_scale, b_scale, out_scale))
+    twice_max = 2 * max(sa, sb)  # TFLite's three ADD multipliers, as hardware.convert derives them
+    for tag, mult in zip(_ADD_TAGS, (sa / twice_max, sb / twice_max, twice_max / (2**ADD_LEFT_SHIFT * sy))):
+        derive_multiplier(mult, spec, f"{where} (add{tag or ' output'})")

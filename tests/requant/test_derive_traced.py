@@ -63,6 +63,11 @@ def _multiplier_mismatches(cases):
     args = [np.concatenate(v) for v in zip(*[(sx, sw, sy) + _spec_arrays(spec, len(sx)) for spec, sx, sw, sy in cases])]
     m0, shift, flushed, saturated = map(np.asarray, _multiplier_batch(*args))
     counts, start = {}, 0
+    # where numpy raises, the spec's largest multiplier at its smallest right shift
+    bits, lo, hi, dyadic = args[3:]
+    largest = np.where(dyadic, 2**bits - 1, (2**bits - 1) * 2 ** (31 - bits))
+    assert np.array_equal(m0[saturated], largest[saturated])
+    assert np.array_equal(shift[saturated], np.where(dyadic, lo, hi)[saturated])
     for spec, sx, sw, sy in cases:
         sl = slice(start, start + len(sx))
         start += len(sx)
@@ -259,8 +264,8 @@ def test_multiplier_sweep():
     for spec in SPECS:
         bits = spec.multiplier_bits
         n = 100_000 if spec.name == "gemmlowp" else 4000
-        for sx, sw, sy in [tuple(_random_scales(rng, n) for _ in range(3)), _tie_multipliers(rng, bits, 200),
-                           _near_tie_multipliers(rng, bits, 200), _near_power_multipliers(rng, 200)]:
+        for sx, sw, sy in [tuple(_random_scales(rng, n) for _ in range(3)), _tie_multipliers(rng, bits, 150),
+                           _near_tie_multipliers(rng, bits, 150), _near_power_multipliers(rng, 150)]:
             cases.append((spec, sx, sw, sy))
     counts = _multiplier_mismatches(cases)
     assert counts == {spec.name: 0 for spec in SPECS}
@@ -295,7 +300,7 @@ def _as_f32(bits):
     return np.array(bits, np.uint32).view(np.float32)
 
 
-@settings(max_examples=60)
+@settings(max_examples=40)
 @given(spec=_specs(), data=st.lists(st.tuples(_SCALE_BITS, _SCALE_BITS, _SCALE_BITS), min_size=64, max_size=64))
 def test_multiplier_hypothesis(spec, data):
     sx, sw, sy = (_as_f32(v) for v in zip(*data))
@@ -309,7 +314,7 @@ def test_bias_sweep():
     rng = np.random.default_rng(1)
     n = 20000
     random = (rng.standard_normal(n) * np.ldexp(1.0, rng.integers(-60, 40, n))).astype(np.float32)
-    parts = [(random, _random_scales(rng, n, -40, 10), _random_scales(rng, n, -40, 10)), _near_half_biases(rng, 4000),
+    parts = [(random, _random_scales(rng, n, -40, 10), _random_scales(rng, n, -40, 10)), _near_half_biases(rng, 2500),
              _exact_tie_biases(rng, 2000), _boundary_biases(rng, 2000), _special_biases(rng, 500)]
     b, sx, sw = (np.concatenate(p) for p in zip(*parts))
     assert _bias_mismatches(b, sx, sw) == {mode: 0 for mode in BIAS_MODES}
@@ -339,12 +344,12 @@ def _layer_fn(spec):
 
 
 # each spec compiles the public (static-spec) function once: a few, covering styles and bias modes
-_LAYER_SPECS = [PRESETS["gemmlowp"], PRESETS["fbgemm_fixed"], PRESETS["dyadic8"],
+_LAYER_SPECS = [PRESETS["gemmlowp"],
                 HardwareSpec("narrow", multiplier="single", multiplier_bits=24, shift_range=(-6, 2), bias_rounding="floor"),
                 HardwareSpec("dy", multiplier="dyadic", multiplier_bits=12, shift_range=(4, 20), bias_rounding="half_down")]
 
 
-@settings(max_examples=30)
+@settings(max_examples=12)
 @given(spec=st.sampled_from(_LAYER_SPECS), seed=st.integers(0, 2**32 - 1))
 def test_derive_layer_matches_numpy(spec, seed):
     rng = np.random.default_rng(seed)
@@ -361,6 +366,10 @@ def test_derive_layer_matches_numpy(spec, seed):
             with pytest.raises(QuantizationError) as got:
                 dt.check_derivable(sx[i], sw[i], sy[i], bias[i], O, spec, "L")
             assert str(got.value) == str(e)
+            # the traced function saturated instead: the largest multiplier, or an int32 end for the bias
+            bits = spec.multiplier_bits
+            largest = 2**bits - 1 if spec.multiplier == "dyadic" else (2**bits - 1) << (31 - bits)
+            assert np.any(m0[i] == largest) or np.any(np.abs(bq[i].astype(np.int64)) >= 2**31 - 1)
             continue
         dt.check_derivable(sx[i], sw[i], sy[i], bias[i], O, spec, "L")  # does not raise
         assert np.array_equal(bq[i], ref[0]) and np.array_equal(m0[i], ref[1]) and np.array_equal(shift[i], ref[2])
@@ -376,18 +385,17 @@ def test_derive_layer_scalar_weight_scale_and_no_bias():
 
 def test_check_derivable_errors_and_trace():
     spec = HardwareSpec(shift_range=(-2, 2))
+    one = np.ones(O, np.float32)
     with pytest.raises(QuantizationError, match="more left shift"):
-        dt.check_derivable(1.0, 64.0, 1.0, None, 1, spec, "L")
+        dt.check_derivable(1.0, 64 * one, 1.0, None, O, spec, "L")
     with pytest.raises(QuantizationError, match="beyond int32"):
-        dt.check_derivable(1e-6, 1e-3, 1e-2, np.full(2, 1e4, np.float32), 2, PRESETS["gemmlowp"], "L")
+        dt.check_derivable(1e-6, 1e-3 * one, 1e-2, 1e4 * one, O, PRESETS["gemmlowp"], "L")
     with pytest.raises(QuantizationError, match="NaN"):
-        dt.check_derivable(1.0, 1.0, 1.0, np.full(2, np.nan, np.float32), 2, PRESETS["gemmlowp"], "L")
+        dt.check_derivable(1.0, one, 1.0, np.nan * one, O, PRESETS["gemmlowp"], "L")
     with pytest.raises(QuantizationError, match="x_scale"):
-        dt.check_derivable(0.0, 1.0, 1.0, None, 1, PRESETS["gemmlowp"], "L")
-    # under a trace it cannot tell and does nothing; the traced result saturates
-    m0, shift = jax.jit(lambda w: (dt.check_derivable(1.0, w, 1.0, None, 1, spec, "L"),
-                                   dt.derive_layer_traced(1.0, w, 1.0, None, 1, spec)[1:])[1])(jnp.float32(64.0))
-    assert int(m0[0]) == 2**31 - 1 and int(shift[0]) == 2
+        dt.check_derivable(0.0, one, 1.0, None, O, PRESETS["gemmlowp"], "L")
+    # under a trace it cannot tell and does nothing (the traced result saturates: test_multiplier_sweep)
+    jax.jit(lambda w: dt.check_derivable(1.0, w, 1.0, None, O, spec, "L"))(64 * one)
 
 
 def _add_reference(sa, sb, sy, spec):
@@ -407,7 +415,7 @@ def _add_fn(spec):
 
 
 @settings(max_examples=10)
-@given(spec=st.sampled_from([PRESETS["gemmlowp"], PRESETS["dyadic16"], CUSTOM[2]]), seed=st.integers(0, 2**32 - 1))
+@given(spec=st.just(PRESETS["gemmlowp"]), seed=st.integers(0, 2**32 - 1))
 def test_derive_add_matches_numpy(spec, seed):
     rng = np.random.default_rng(seed)
     n = 16
