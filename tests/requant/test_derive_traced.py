@@ -21,6 +21,11 @@ from qjax.checks import QuantizationError
 from qjax.hardware import PRESETS, HardwareSpec, derive_layer, derive_multiplier, round_offline
 from qjax.requant import derive_traced as dt
 
+try:  # the offline ADD derivation as a public function (qjax.requant.derive), where this checkout has it
+    from qjax.requant.derive import derive_add as numpy_derive_add
+except ImportError:
+    numpy_derive_add = None
+
 BIAS_MODES = ("half_even", "half_away", "half_up", "half_down", "floor", "ceil", "toward_zero")
 CUSTOM = [
     HardwareSpec("g2", multiplier_bits=2),
@@ -421,6 +426,7 @@ def test_derive_add_matches_numpy(spec, seed):
     n = 16
     sa, sb, sy = (_random_scales(rng, n, -12, 2) for _ in range(3))
     sb[:4] = sa[:4]  # equal scales: both multipliers exactly one half
+    sa[4] = sb[4] = np.float32(1e-38)  # subnormal (XLA's float max on CPU would flush them to zero)
     got = _add_fn(spec)(sa, sb, sy)
     for i in range(n):
         try:
@@ -431,3 +437,5 @@ def test_derive_add_matches_numpy(spec, seed):
             continue
         dt.check_derivable_add(sa[i], sb[i], sy[i], spec, "add")
         assert {k: int(v[i]) for k, v in got.items()} == ref
+        if numpy_derive_add is not None:  # the offline module's own ADD derivation, where it has one
+            assert {k: int(v) for k, v in numpy_derive_add(sa[i], sb[i], sy[i], spec, "add")[0].items()} == ref
