@@ -194,3 +194,50 @@ def test_linen_residual_add():
     np.testing.assert_array_equal(np.asarray(Net("integer").apply(v, x)), y_qat)
     g = jax.grad(lambda p: jnp.sum(Net("qat").apply({**v, "params": p}, x) ** 2))(v["params"])
     assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree_util.tree_leaves(g))
+
+
+@pytest.mark.parametrize("est", ["ste", "lsq", "lsq_plus"])
+@pytest.mark.parametrize("kind", ["add", "hardswish", "relu6"])
+def test_qat_backward_equals_the_surrogates_gradient(kind, est):
+    """The elementwise modules' QAT gradient (qjax.ste.exact's custom VJP: the integer op forward) is, bit for bit,
+    jax.grad of the surrogate fq(float_op(values); s, z): every input value, scale and zero point and the module's
+    own scale / zero point (a passthrough op's output takes its input's).  Both are jitted, as a QAT step is
+    (run op by op, the surrogate's LSQ scale sum can differ from a compiled one in the last bit)."""
+    rng = np.random.default_rng(7)
+    shape = (2, 5, 4, 3)
+    qa, qb = _q(rng, shape, 0.04, 110), _q(rng, shape, 0.03, 140)
+    va, vb = qjax.dequantize(qa), qjax.dequantize(qb)
+    if kind == "add":
+        m, float_op = _set(qnn.QAdd(relu=True, estimator=est, mode="qat"), 0.06, 40.0), \
+            lambda a, b: jnp.maximum(a + b, 0.0)
+    elif kind == "hardswish":
+        m, float_op = _set(qnn.Hardswish(estimator=est, mode="qat"), 0.02, 70.0), \
+            lambda a: a * jnp.clip(a + 3.0, 0.0, 6.0) / 6.0
+    else:
+        m, float_op = qnn.ReLU6(estimator=est, mode="qat"), lambda a: jnp.clip(a, 0.0, 6.0)
+    n = 2 if kind == "add" else 1
+    own = kind != "relu6"
+    graphdef, state = nnx.split(m)
+    cot = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    ins = [(va, jnp.float32(0.04), jnp.float32(110.0), qa.values), (vb, jnp.float32(0.03), jnp.float32(140.0),
+                                                                   qb.values)][:n]
+
+    def custom(state, args):
+        xs = [qnn.QFloat(v, s, z, q) for (v, s, z), (_, _, _, q) in zip(args, ins)]
+        return jnp.sum(nnx.merge(graphdef, state)(*xs).value * cot)
+
+    def surrogate(state, args):
+        s, z = (jnp.maximum(state["scale"].get_value(), qjax.observers.EPS), state["zero_point"].get_value()) \
+            if own else (args[0][1], args[0][2])
+        y = float_op(*[v for v, _, _ in args])
+        return jnp.sum(qjax.ste.fake_quantize(y, s, z, "quint8", estimator=est) * cot)
+
+    args = [(v, s, z) for v, s, z, _ in ins]
+    g_state, g_args = jax.jit(jax.grad(custom, argnums=(0, 1)))(state, args)
+    w_state, w_args = jax.jit(jax.grad(surrogate, argnums=(0, 1)))(state, args)
+    for got, want in zip(jax.tree_util.tree_leaves(g_args), jax.tree_util.tree_leaves(w_args)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    if own:
+        for name in ("scale", "zero_point"):
+            np.testing.assert_array_equal(np.asarray(g_state[name].get_value()), np.asarray(w_state[name].get_value()),
+                                          err_msg=name)
