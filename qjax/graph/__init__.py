@@ -6,9 +6,9 @@ registry :data:`OPS`); :mod:`qjax.graph.ops` the node ops, registered on import 
 :mod:`qjax.hardware` only build nodes naming registered ops.
 """
 
-from . import ops  # noqa: F401  (registers the node ops)
 from .model import (OPS, GraphError, Node, QModel, Ref, Static, freeze, node_args, refs, register_op, substitute,
                     thaw)
+from .ops import UNARY_KINDS  # importing ops registers the node ops
 
 __all__ = ["Ref", "Node", "QModel", "register_op", "OPS", "Static", "GraphError", "substitute", "freeze", "thaw",
-           "refs", "node_args"]
+           "refs", "node_args", "UNARY_KINDS"]

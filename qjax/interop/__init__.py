@@ -1,4 +1,8 @@
-"""Interop with other frameworks (torch import; torch is imported lazily)."""
+"""Importers: foreign graphs translated into :class:`qjax.graph.QModel` nodes (torch is imported lazily).
+
+``torch.py`` (torch.fx; dispatches TorchScript modules on), ``torchscript.py`` (TorchScript archives),
+both on ``torch_common.py`` (torch tensors as QArrays, memory formats, an import's engine and settings).
+"""
 
 
 def from_torch(*args, **kwargs):

@@ -6,7 +6,12 @@ record what the arithmetic depends on besides the numbers — each tensor's memo
 format (torch picks kernels by it) and torch's thread count — and returns a
 :class:`qjax.graph.QModel` whose integer arithmetic is torch's, op by op.
 
-Torch is imported lazily, only here.  Anything the importer does not know raises
+The importer only translates: each fx node becomes a QModel node naming an op of
+:mod:`qjax.graph.ops`, with the engine resolved once here (:func:`qjax.engines.host_engine`,
+:func:`qjax.engines.layer_engine` per conv layer) and the facts torch's run recorded.  TorchScript
+modules are handed to :func:`qjax.interop.torchscript.from_torchscript`.
+
+Torch is imported lazily.  Anything the importer does not know raises
 :class:`TorchImportError` naming the module/function and the graph node: there is no
 silent float fallback.
 """
@@ -124,9 +129,6 @@ class _Converter:
     def layer(self, weight, groups, output_padding=()):
         """The engine of one conv layer (torch's x86 picks per layer at prepack time: qjax.engines.layer_engine)."""
         return layer_engine(self.engine, np.asarray(weight.zero_point), groups, output_padding)
-
-    def qparams_static(self, scale, zp):
-        return float(np.float32(scale)), int(zp)
 
     # -- dispatch ----------------------------------------------------------------------------
     def convert(self):
