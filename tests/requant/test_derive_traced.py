@@ -349,9 +349,11 @@ def _layer_fn(spec):
 
 
 # each spec compiles the public (static-spec) function once: a few, covering styles and bias modes
-_LAYER_SPECS = [PRESETS["gemmlowp"],
-                HardwareSpec("narrow", multiplier="single", multiplier_bits=24, shift_range=(-6, 2), bias_rounding="floor"),
-                HardwareSpec("dy", multiplier="dyadic", multiplier_bits=12, shift_range=(4, 20), bias_rounding="half_down")]
+_LAYER_SPECS = [
+    PRESETS["gemmlowp"],
+    HardwareSpec("narrow", multiplier="single", multiplier_bits=24, shift_range=(-6, 2), bias_rounding="floor"),
+    HardwareSpec("dy", multiplier="dyadic", multiplier_bits=12, shift_range=(4, 20), bias_rounding="half_down"),
+]
 
 
 @settings(max_examples=12)
