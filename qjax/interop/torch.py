@@ -491,7 +491,8 @@ def from_torch(model, example_input=None, *, engine=None, threads=None) -> QMode
         importer runs torch once on it to record each tensor's memory format, which decides
         which kernel (and rounding) torch uses.  Default: a ``(1, 3, 224, 224)`` float tensor.
       engine: the torch quantized engine the model was converted for (default: torch's
-        current ``torch.backends.quantized.engine``).
+        current ``torch.backends.quantized.engine``), by name (resolved to this host's ISA by
+        :func:`qjax.engines.host_engine`) or as an engine reproducing one (its ``torch_engine``).
       threads: torch's intra-op thread count (default: ``torch.get_num_threads()``); it moves
         the boundaries between the vectorised and scalar formulas of elementwise kernels.
 
