@@ -110,3 +110,35 @@ def test_training_mode_is_rejected():
     model.train()
     with pytest.raises(TorchImportError, match="training mode"):
         qjax.from_torch(model, x)
+
+
+@pytest.mark.parametrize("engine, match", [("reference", "reproduces no torch engine"),
+                                           ("gemmlowp", "reproduces no torch engine"),
+                                           ("nope", "not supported")])
+def test_an_engine_without_torch_kernels_is_rejected_at_import(engine, match):
+    model, x = models.conv1d_net()
+    with pytest.raises(TorchImportError, match=match):
+        qjax.from_torch(model, x, engine=qjax.engines.resolve(engine) if engine != "nope" else engine)
+
+
+def test_a_float_op_on_a_dequantized_tensor_is_a_graph_error_when_the_model_runs():
+    """The importer translates; the node op refuses what it cannot compute exactly (qjax.graph.GraphError)."""
+    from qjax.graph import GraphError
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant, self.dequant = torch.ao.quantization.QuantStub(), torch.ao.quantization.DeQuantStub()
+
+        def forward(self, x):
+            return torch.sigmoid(self.dequant(self.quant(x)))
+
+    m = M().eval()
+    m.qconfig = torch.ao.quantization.get_default_qconfig("fbgemm")
+    torch.ao.quantization.prepare(m, inplace=True)
+    m(torch.randn(1, 4))
+    torch.ao.quantization.convert(m, inplace=True)
+    qm = qjax.from_torch(m, torch.randn(1, 4))
+    with pytest.raises(GraphError, match="float sigmoid on a dequantized tensor"):
+        qm(np.zeros((1, 4), np.float32))
+    assert issubclass(TorchImportError, GraphError)
