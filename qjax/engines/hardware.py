@@ -39,7 +39,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ..dtypes import quint8
 from ..float32 import div_rn
@@ -47,7 +46,7 @@ from ..kernels.conv import conv_accumulate
 from ..kernels.linear import linear_accumulate
 from ..layout import channels_to_first, channels_to_last, weight_to_last
 from ..qarray import QArray
-from ..requant.derive import derive_add, derive_layer
+from ..requant.derive_traced import check_derivable, check_derivable_add, derive_add_traced, derive_layer_traced
 from ..requant.integer_only import ADD_LEFT_SHIFT, apply_multiplier, clamp_output, requantize_integer
 from ..rounding import check_mode, round_float
 from .base import refuse
@@ -238,30 +237,20 @@ def parse_spec(text: str) -> HardwareSpec:
 # -- derivation in the graph -----------------------------------------------------------------------------
 
 def derive_layer_in_graph(spec: HardwareSpec, out_channels: int, x_scale, w_scale, out_scale, bias):
-    """``(bias_q, m0, shift)`` int32 ``(O,)`` of :func:`qjax.requant.derive.derive_layer`, inside the graph
-    (the scales may be traced: QAT learns them); ``bias_q`` is None without a bias."""
+    """``(bias_q, m0, shift)`` int32 ``(O,)``: :func:`qjax.requant.derive.derive_layer`'s integers computed in
+    the graph (the scales may be traced: QAT learns them); ``bias_q`` is None without a bias.
 
-    def host(sx, sw, sy, b):
-        bq, m0, shift, _ = derive_layer(sx, sw, sy, None if bias is None else b, out_channels, spec, "layer")
-        bq = np.zeros(out_channels, np.int32) if bq is None else bq
-        return bq.astype(np.int32), m0.astype(np.int32), shift.astype(np.int32)
-
-    b = jnp.zeros((out_channels,), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
-    shapes = tuple(jax.ShapeDtypeStruct((out_channels,), jnp.int32) for _ in range(3))
-    bq, m0, shift = jax.pure_callback(host, shapes, x_scale, w_scale, out_scale, b, vmap_method="sequential")
-    return (None if bias is None else bq), m0, shift
+    Concrete inputs are checked first with the offline derivation's own errors (a multiplier beyond the
+    shift range, a bias beyond int32); traced ones saturate there (:mod:`qjax.requant.derive_traced`).
+    """
+    check_derivable(x_scale, w_scale, out_scale, bias, out_channels, spec, spec.name)
+    return derive_layer_traced(x_scale, w_scale, out_scale, bias, out_channels, spec)
 
 
 def derive_add_in_graph(spec: HardwareSpec, a_scale, b_scale, out_scale) -> dict:
-    """TFLite ADD's multipliers of :func:`qjax.requant.derive.derive_add`, inside the graph."""
-    names = ("m0_a", "shift_a", "m0_b", "shift_b", "m0", "shift")
-
-    def host(sa, sb, so):
-        d, _ = derive_add(sa, sb, so, spec, "add")
-        return tuple(np.int32(d[k]) for k in names)
-
-    shapes = tuple(jax.ShapeDtypeStruct((), jnp.int32) for _ in names)
-    return dict(zip(names, jax.pure_callback(host, shapes, a_scale, b_scale, out_scale, vmap_method="sequential")))
+    """TFLite ADD's multipliers of :func:`qjax.requant.derive.derive_add`, computed in the graph."""
+    check_derivable_add(a_scale, b_scale, out_scale, spec, f"{spec.name} add")
+    return derive_add_traced(a_scale, b_scale, out_scale, spec)
 
 
 # -- the integer-only layers, from derived parameters ------------------------------------------------------

@@ -89,7 +89,7 @@ roughly 0.4-0.5 s of XLA CPU compile per layer (measured on a shared 2-core mach
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -97,9 +97,8 @@ from jax import lax
 
 from .. import int64 as i64
 from ..checks import QuantizationError, check_scale, is_concrete
-
-if TYPE_CHECKING:  # only annotations: qjax.hardware imports the requant package
-    from ..hardware.spec import HardwareSpec
+from .derive import derive_add, derive_layer
+from .integer_only import ADD_LEFT_SHIFT
 
 __all__ = [
     "Float64",
@@ -119,9 +118,6 @@ _U32 = jnp.uint32
 _I32 = jnp.int32
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
-# TFLite's quantized ADD scales its inputs by 2**20 (qjax.hardware.integer_ops.ADD_LEFT_SHIFT; kept
-# literal here so this module does not import the hardware ops it will feed)
-ADD_LEFT_SHIFT = 20
 
 
 class Float64(NamedTuple):
@@ -370,7 +366,7 @@ def quantize_float64_multiplier(f: Float64, bits, shift_range, dyadic):
     return lax.bitcast_convert_type(m0, _I32), stored.astype(_I32), flushed, saturated
 
 
-def derive_multiplier_flags(a, b, y, spec: HardwareSpec):
+def derive_multiplier_flags(a, b, y, spec):
     """:func:`derive_multiplier_traced` plus two bool flags: ``(m0, shift, flushed, saturated)``.
 
     ``flushed``: the multiplier needed more right shift than ``spec.shift_range`` allows and lost
@@ -381,7 +377,7 @@ def derive_multiplier_flags(a, b, y, spec: HardwareSpec):
                                        spec.multiplier == "dyadic")
 
 
-def derive_multiplier_traced(a, b, y, spec: HardwareSpec):
+def derive_multiplier_traced(a, b, y, spec):
     """``(m0, shift)`` int32 of the real multiplier ``M = f64(a) * f64(b) / f64(y)`` under ``spec``.
 
     Args:
@@ -420,7 +416,7 @@ def round_bias_flags(bias, x_scale, w_scale, mode: str):
     return _bias_from_float64(_quotient([bias], [x_scale, w_scale]), bias, mode)
 
 
-def derive_layer_traced(x_scale, w_scale, out_scale, bias, out_channels: int, spec: HardwareSpec):
+def derive_layer_traced(x_scale, w_scale, out_scale, bias, out_channels: int, spec):
     """The integer parameters of one conv/linear layer, in the graph.
 
     Args:
@@ -461,7 +457,7 @@ def _add_terms(a_scale, b_scale, out_scale):
     return jnp.stack([sa, sb, big]), jnp.stack([half, half, out]), jnp.stack([big, big, sy])
 
 
-def derive_add_traced(a_scale, b_scale, out_scale, spec: HardwareSpec) -> dict:
+def derive_add_traced(a_scale, b_scale, out_scale, spec) -> dict:
     """TFLite ADD's three multipliers (``sa / 2max``, ``sb / 2max``, ``2max / (2**20 sy)``), in the graph.
 
     Args:
@@ -482,11 +478,7 @@ def derive_add_traced(a_scale, b_scale, out_scale, spec: HardwareSpec) -> dict:
 # Concrete inputs are on the host: the checks run the offline float64 derivation itself (numpy, no
 # compilation per shape), whose errors the traced functions' saturations stand in for.
 
-def _f64(v):
-    return np.asarray(v, np.float32).astype(np.float64)
-
-
-def check_derivable(x_scale, w_scale, out_scale, bias, out_channels: int, spec: HardwareSpec, where: str = ""):
+def check_derivable(x_scale, w_scale, out_scale, bias, out_channels: int, spec, where: str = ""):
     """Raise ``derive_layer``'s ``QuantizationError`` for concrete inputs it rejects; no-op under a trace.
 
     Also rejects non-positive / non-finite scales (:func:`qjax.checks.check_scale`), a NaN bias
@@ -495,8 +487,6 @@ def check_derivable(x_scale, w_scale, out_scale, bias, out_channels: int, spec: 
     args = (x_scale, w_scale, out_scale) + (() if bias is None else (bias,))
     if not all(is_concrete(v) for v in args):
         return
-    from ..hardware import derive_layer  # lazily: qjax.hardware builds on the requant package
-
     for name, v in (("x_scale", x_scale), ("w_scale", w_scale), ("out_scale", out_scale)):
         check_scale(np.asarray(v, np.float32), name)
     if bias is not None:
@@ -506,15 +496,10 @@ def check_derivable(x_scale, w_scale, out_scale, bias, out_channels: int, spec: 
     derive_layer(x_scale, w_scale, out_scale, bias, out_channels, spec, where)
 
 
-def check_derivable_add(a_scale, b_scale, out_scale, spec: HardwareSpec, where: str = ""):
+def check_derivable_add(a_scale, b_scale, out_scale, spec, where: str = ""):
     """Raise the ADD derivation's ``QuantizationError`` for concrete inputs it rejects; no-op under a trace."""
     if not all(is_concrete(v) for v in (a_scale, b_scale, out_scale)):
         return
-    from ..hardware import derive_multiplier
-
     for name, v in (("a_scale", a_scale), ("b_scale", b_scale), ("out_scale", out_scale)):
         check_scale(np.asarray(v, np.float32), name)
-    sa, sb, sy = (float(_f64(v)) for v in (a_scale, b_scale, out_scale))
-    twice_max = 2 * max(sa, sb)  # TFLite's three ADD multipliers, as hardware.convert derives them
-    for tag, mult in zip(_ADD_TAGS, (sa / twice_max, sb / twice_max, twice_max / (2**ADD_LEFT_SHIFT * sy))):
-        derive_multiplier(mult, spec, f"{where} (add{tag or ' output'})")
+    derive_add(a_scale, b_scale, out_scale, spec, where)
