@@ -11,7 +11,9 @@ import dataclasses
 
 import numpy as np
 
+from ..affine import integer_zero_point
 from ..checks import QuantizationError, is_concrete
+from ..dtypes import qint8
 from ..kernels.fbgemm_paths import ISAS
 from .base import ConvGeometry, ConvTransposeGeometry
 from .fbgemm import Fbgemm
@@ -39,7 +41,7 @@ class X86(TorchCpuOps):
         if not is_concrete(w_zero_point):
             raise QuantizationError("the x86 engine dispatches on the weight zero points, which must be concrete "
                                     "(not traced); resolve the layer first with qjax.engines.layer_engine(...)")
-        symmetric = not np.any(np.round(np.asarray(w_zero_point)) != 0)
+        symmetric = not np.any(np.asarray(integer_zero_point(w_zero_point, qint8)) != 0)
         if self.isa == "avx512_vnni" and groups <= 100 and symmetric and not any(output_padding):
             return Onednn(torch_bugs=self.torch_bugs)
         return Fbgemm(isa=self.isa, torch_bugs=self.torch_bugs)
