@@ -23,8 +23,8 @@ from flax import nnx
 
 import qjax
 from qjax import nn as qnn
-from qjax.nn.modules import QConv, QDense, QFloat, QuantStub
-from qjax.qarray import QArray
+from qjax._src.nn.modules import QConv, QDense, QFloat, QuantStub
+from qjax._src.qarray import QArray
 
 warnings.filterwarnings("ignore", message=".*quantized tensor creation.*")
 warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")

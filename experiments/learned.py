@@ -94,8 +94,8 @@ def adaround_weights(net, xcal_cl, bits, steps=300):
     """Replace every layer's kernel by AdaRound's hard integer choice (times the scale); returns #weights moved
     away from nearest."""
     from qjax.ste import adaround
-    from qjax.quantize import quantize
-    from qjax.dtypes import qint8
+    from qjax._src.quantize import quantize
+    from qjax._src.dtypes import qint8
 
     qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     ins = layer_inputs(net, xcal_cl)

@@ -1,49 +1,48 @@
-"""qjax: bit-exact quantized integer arithmetic (fbgemm, qnnpack, onednn, hardware) in pure jax.lax.
+"""qjax: integer neural-network arithmetic that is exactly what the deployed kernel computes, in pure jax.lax.
 
-Subpackages: :mod:`qjax.hardware` (integer-only INT8 arithmetic), :mod:`qjax.ste` (training with the
-deployed arithmetic), :mod:`qjax.observers`, :mod:`qjax.nn` (Flax NNX modules; ``from qjax import nn``).
+The public surface (implementation lives in the private ``qjax._src``):
 
-Data flows one way: qparams -> :func:`quantize` -> integer kernel -> requantization
-spec (the *engine*) -> :class:`QArray` output -> :func:`dequantize`.
+* this module — :class:`QArray` and the quantized dtypes, :func:`quantize` / :func:`dequantize`, the
+  integer ops :func:`conv` / :func:`conv_transpose` / :func:`linear`, imported models (:func:`from_torch`,
+  :func:`from_torchscript`, :class:`QModel`), :func:`verify` and :func:`explain`;
+* :mod:`qjax.engines` — the arithmetic of every op, one engine per runtime (fbgemm, qnnpack, onednn,
+  x86, reference, integer-only hardware specs) and the protocol for your own;
+* :mod:`qjax.hardware` — integer-only INT8 hardware: specs, model conversion, deviation reports, export;
+* :mod:`qjax.ste` — training with the deployed arithmetic (estimators, fake quantization, conv / linear);
+* :mod:`qjax.nn` — Flax NNX modules and the calibrate / QAT / convert lifecycle (``from qjax import nn``);
+* :mod:`qjax.observers` — torch-identical observers; :mod:`qjax.float32` — exact float32 arithmetic.
+
+Data flows one way: qparams -> :func:`quantize` -> integer kernel -> requantization, both chosen by
+the *engine* -> :class:`QArray` output -> :func:`dequantize`.  See ``docs/architecture.md``.
 """
 
-from . import engines, float32, kernels, requant
-from .checks import QuantizationError
-from .dtypes import QDType, qint8, qint32, quint8
-from .explain import explain
-from .engines import Fbgemm
-from .graph import QModel
-from .interop import from_torch
-from .ops import conv, conv_transpose, linear
-from .qarray import QArray
-from .quantize import dequantize, quantize
-from .verify import verify
-from . import hardware, observers, ste  # noqa: E402  (they build on the ops above)
+from . import engines, float32, hardware, observers, ste
+from ._src.checks import QuantizationError
+from ._src.dtypes import QDType, qint8, qint32, quint8
+from ._src.engines import Fbgemm, HardwareSpec
+from ._src.explain import explain
+from ._src.graph import GraphError, QModel
+from ._src.interop import from_torch, from_torchscript
+from ._src.interop.torch_common import TorchImportError
+from ._src.ops import conv, conv_transpose, linear
+from ._src.qarray import QArray
+from ._src.quantize import dequantize, quantize
+from ._src.verify import VerifyError, verify
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "QArray",
-    "QDType",
-    "QuantizationError",
-    "quint8",
-    "qint8",
-    "qint32",
-    "quantize",
-    "dequantize",
-    "conv",
-    "conv_transpose",
-    "linear",
-    "explain",
-    "Fbgemm",
-    "QModel",
-    "from_torch",
-    "verify",
-    "engines",
-    "kernels",
-    "requant",
-    "float32",
-    "hardware",
-    "observers",
-    "ste",
+    "QArray", "QDType", "quint8", "qint8", "qint32", "QuantizationError", "GraphError", "TorchImportError",
+    "VerifyError", "quantize", "dequantize", "conv", "conv_transpose", "linear", "explain", "QModel",
+    "from_torch", "from_torchscript", "verify", "Fbgemm", "HardwareSpec", "engines", "hardware", "ste",
+    "observers", "float32",
 ]
+
+
+def __getattr__(name):
+    # qjax.nn needs flax: loaded on first use (``from qjax import nn`` or ``qjax.nn``)
+    if name == "nn":
+        import importlib
+
+        return importlib.import_module("qjax.nn")
+    raise AttributeError(f"module 'qjax' has no attribute {name!r}")

@@ -25,7 +25,7 @@ def _parse_index(text):
 def _model_input(args, qmodel_example=None):
     import numpy as np
 
-    from .verify import load_inputs
+    from ._src.verify import load_inputs
 
     if args.inputs:
         return load_inputs(args.inputs)[: max(1, args.batch_size)]
@@ -40,9 +40,9 @@ def _model_input(args, qmodel_example=None):
 def _explain_layer(args) -> int:
     import numpy as np
 
-    from .explain import explain
-    from .interop.torch import from_torch
-    from .verify import load_torch_model
+    from ._src.explain import explain
+    from ._src.interop.torch import from_torch
+    from ._src.verify import load_torch_model
 
     model, example = load_torch_model(args.model)
     x = _model_input(args, example)
@@ -103,7 +103,7 @@ _VERIFY_FLAGS = dict(model="MODEL", inputs="--inputs", n="--n", input_shape="--s
 
 def _verify(args) -> int:
     _quiet_torch()
-    from .verify import VerifyError, verify
+    from ._src.verify import VerifyError, verify
 
     try:
         shape = _parse_index(args.shape) if args.shape else None
@@ -150,8 +150,8 @@ def _hardware(args) -> int:
         return 0
     if not args.model:
         raise SystemExit("qjax hardware: give MODEL (TorchScript file or module:function) or --example seed")
-    from .interop.torch import from_torch
-    from .verify import load_inputs, load_torch_model
+    from ._src.interop.torch import from_torch
+    from ._src.verify import load_inputs, load_torch_model
 
     model, example = load_torch_model(args.model)
     if args.inputs:
@@ -238,7 +238,7 @@ def main(argv=None) -> int:
     h.add_argument("--json", action="store_true", help="print the report as JSON")
     h.set_defaults(func=_hardware)
     args = parser.parse_args(argv)
-    from .checks import QuantizationError
+    from ._src.checks import QuantizationError
 
     try:
         return args.func(args)

@@ -85,7 +85,7 @@ def _rss_child(args):
             model(x)
         out = dict(side="torch", base_mib=base, peak_mib=peak_rss_mib())
     else:
-        from qjax.verify import verify
+        from qjax._src.verify import verify
 
         rep = verify(model, inputs=x.numpy(), batch_size=args.r18_batch, engine="fbgemm")
         out = dict(side="verify", base_mib=base, peak_mib=peak_rss_mib(), mismatches=rep.mismatches,
@@ -139,7 +139,7 @@ def main(argv=None):
           f"ratio {rq:5.2f}  min-time ratio {mq / mt:5.2f}", flush=True)
 
     if not args.skip_verify:
-        from qjax.verify import verify
+        from qjax._src.verify import verify
 
         rep = verify(model, n=args.verify_n, batch_size=64, example_input=ex.numpy(), engine="fbgemm", qmodel=qm)
         print(f"{'qjax verify ResNetTiny, ' + str(args.verify_n) + ' inputs':40s} {rep.mismatches} mismatches of "

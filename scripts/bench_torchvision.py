@@ -215,7 +215,7 @@ def run_config(name, engine, batch, size, args, converted_cache):
             row.profile = profile_forward(qm, xj, model, x, calls=args.profile_calls, reference=got)
     except Exception as e:  # noqa: BLE001 — a failed configuration is a row, the run goes on
         from qjax.engines import EngineRefusal
-        from qjax.graph import GraphError
+        from qjax._src.graph import GraphError
 
         if isinstance(e, (GraphError, EngineRefusal)) and stage != "import":
             # a node op (or its engine) refusing at trace time what the importer let through

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import qjax  # noqa: E402
-from qjax.kernels.fbgemm_paths import host_isa  # noqa: E402
+from qjax._src.kernels.fbgemm_paths import host_isa  # noqa: E402
 from tests import helpers, torch_ref  # noqa: E402  (the tests' torch oracle)
 from tests.engines.test_engines_torch import onednn_garbage  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Fuzz the in-graph derivation (qjax.requant.derive_traced) against the numpy float64 one; print mismatches.
+"""Fuzz the in-graph derivation (qjax._src.requant.derive_traced) against the numpy float64 one; print mismatches.
 
     python scripts/fuzz_derive.py [--n 10000000] [--chunk 1000000] [--seed 0]
 
@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from qjax.hardware import PRESETS, HardwareSpec, derive_multiplier, round_offline
-from qjax.requant import derive_traced as dt
+from qjax._src.requant import derive_traced as dt
 
 BIAS_MODES = ("half_even", "half_away", "half_up", "half_down", "floor", "ceil", "toward_zero")
 

@@ -24,7 +24,7 @@ warnings.filterwarnings("ignore")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from qjax.kernels.fbgemm_paths import host_isa  # noqa: E402
+from qjax._src.kernels.fbgemm_paths import host_isa  # noqa: E402
 from tests import torch_ref  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "golden")

@@ -1,4 +1,4 @@
-"""Where a :class:`qjax.graph.QModel` forward spends its time on XLA:CPU, per graph node and per XLA thunk.
+"""Where a :class:`qjax._src.graph.QModel` forward spends its time on XLA:CPU, per graph node and per XLA thunk.
 
     from profile_qmodel import profile_forward, profile_markdown
     prof = profile_forward(qm, x, torch_model=model, torch_input=xt)
@@ -47,7 +47,7 @@ def scoped_model(qm):
     """``qm`` with each node's op wrapped in ``jax.named_scope(node.name)`` (same arithmetic)."""
     import jax
 
-    from qjax.graph import OPS, QModel, thaw
+    from qjax._src.graph import OPS, QModel, thaw
 
     def wrap(fn, scope):
         def op(cfg, params, *args):

@@ -62,7 +62,7 @@ def main(argv=None):
     import numpy as np
     import torch
 
-    from qjax.verify import verify
+    from qjax._src.verify import verify
 
     torch.backends.quantized.engine = "fbgemm"
     print(machine_line(args.threads), flush=True)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qjax
-from qjax.kernels.conv_transpose import fbgemm_direct_path
+from qjax._src.kernels.conv_transpose import fbgemm_direct_path
 
 from . import torch_ref
 from .helpers import HOST_FBGEMM, assert_same

@@ -5,7 +5,7 @@ import pytest
 
 import qjax
 from qjax.cli import main
-from qjax.explain import explain, printed_scale
+from qjax._src.explain import explain, printed_scale
 
 from .helpers import HOST_FBGEMM, operands, qjax_conv, qjax_linear
 from .strategies import _qparams

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import qjax
-from qjax.qops import elementwise as ew
-from qjax.qops import pooling
+from qjax._src.qops import elementwise as ew
+from qjax._src.qops import pooling
 
 FILES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "golden", "*.npz")))
 

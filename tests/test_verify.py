@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 import qjax
 from qjax.cli import main
-from qjax.verify import VerifyError, _RandomInputs, open_inputs, verify
+from qjax._src.verify import VerifyError, _RandomInputs, open_inputs, verify
 
 from . import models
 
@@ -76,7 +76,7 @@ def test_cli_explain_layer(scripted, capsys):
 
 def test_sharded_verify_on_four_cpu_devices(scripted):
     path, x = scripted
-    code = ("import json, sys; from qjax.verify import verify; import jax; "
+    code = ("import json, sys; from qjax._src.verify import verify; import jax; "
             f"r = verify({path!r}, n=24, batch_size=8, input_shape={tuple(x.shape[1:])!r}, engine='fbgemm'); "
             "print(json.dumps(dict(dev=len(jax.devices()), rep=r.devices, bad=r.mismatches, n=r.outputs)))")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", TORCH_CPP_LOG_LEVEL="ERROR")
@@ -274,7 +274,7 @@ import json, sys
 import jax, torch
 # before the wrong import below runs JAX (verify(coordinator=...) initializes it itself when nothing ran yet)
 jax.distributed.initialize(sys.argv[3], num_processes=2, process_id=int(sys.argv[4]))
-from qjax.verify import verify
+from qjax._src.verify import verify
 from tests.test_verify import linear_net, wrong_import
 torch.backends.quantized.engine = "fbgemm"
 m, x = linear_net()

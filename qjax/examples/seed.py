@@ -56,7 +56,7 @@ def run(seed: int = 0, input_value: int = 24):
     import torch
 
     import qjax
-    from qjax.explain import explain
+    from qjax import explain
 
     net, x = build(seed)
     qx_t = net.quant(x)
@@ -84,7 +84,7 @@ def hardware_rows(seed: int = 0, input_value: int = 24, specs=None):
     """The thread's layer under each hardware spec: ``[(spec, output at the traced input, layer outputs != fbgemm,
     description)]`` plus a first row for fbgemm itself (torch's answer)."""
     from qjax import hardware
-    from qjax.interop.torch import from_torch
+    from qjax import from_torch
 
     net, x = build(seed)
     xv = x.numpy()

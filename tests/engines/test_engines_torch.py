@@ -17,7 +17,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import qjax
-from qjax.kernels.fbgemm_paths import host_isa
+from qjax._src.kernels.fbgemm_paths import host_isa
 
 from .. import torch_ref
 from ..helpers import assert_same, qjax_conv, qjax_linear, torch_conv, torch_linear

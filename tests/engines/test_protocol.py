@@ -10,8 +10,8 @@ import pytest
 
 import qjax
 from qjax import engines
-from qjax.kernels.conv import conv_accumulate
-from qjax.kernels.linear import linear_accumulate
+from qjax._src.kernels.conv import conv_accumulate
+from qjax._src.kernels.linear import linear_accumulate
 
 ALL = [engines.Fbgemm(), engines.Qnnpack(), engines.Onednn(), engines.X86(), engines.Reference(),
        engines.HardwareSpec(), engines.get_spec("dyadic8")]

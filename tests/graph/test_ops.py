@@ -1,4 +1,4 @@
-"""The QModel node ops (qjax.graph.ops): they run without any importer, take their arithmetic from the
+"""The QModel node ops (qjax._src.graph.ops): they run without any importer, take their arithmetic from the
 node's engine only, and refuse what they cannot compute exactly with a graph-level error."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 
 from qjax import quint8
 from qjax.engines import EngineRefusal, Fbgemm, Qnnpack, TorchCpuOps
-from qjax.graph import OPS, GraphError, Node, QModel, Ref, Static, freeze, node_args, refs, substitute, thaw
-from qjax.qarray import QArray
+from qjax._src.graph import OPS, GraphError, Node, QModel, Ref, Static, freeze, node_args, refs, substitute, thaw
+from qjax._src.qarray import QArray
 
 
 class Called(Exception):
@@ -136,6 +136,6 @@ def test_arg_helpers_round_trip():
 
 
 def test_importing_the_graph_imports_no_importer_and_no_torch():
-    code = ("import sys, qjax.graph; assert 'conv' in qjax.graph.OPS; "
-            "bad = [m for m in sys.modules if m.startswith('qjax.interop.') or m == 'torch']; assert not bad, bad")
+    code = ("import sys, qjax.graph; assert 'conv' in qjax._src.graph.OPS; "
+            "bad = [m for m in sys.modules if m.startswith('qjax._src.interop.') or m == 'torch']; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,7 +8,7 @@ import pytest
 
 from qjax import hardware as hw
 from qjax.cli import main
-from qjax.interop.torch import from_torch
+from qjax._src.interop.torch import from_torch
 from tests.hardware.test_integer_ops import py_requant
 
 pytestmark = pytest.mark.torch

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qjax import hardware as hw
-from qjax.checks import QuantizationError
-from qjax.dtypes import quint8
-from qjax.qarray import QArray
-from qjax.rounding import MODES
+from qjax._src.checks import QuantizationError
+from qjax._src.dtypes import quint8
+from qjax._src.qarray import QArray
+from qjax._src.rounding import MODES
 from tests.fixed_point_ref import py_rdpot, py_round, py_srdhm
 
 DETERMINISTIC = [m for m in MODES if m != "stochastic"]
@@ -128,7 +128,7 @@ def py_add(qa, qb, za, zb, p, zy, relu):
        sa=st.floats(1e-3, 1.0), sb=st.floats(1e-3, 1.0), sy=st.floats(1e-3, 2.0), za=st.integers(0, 255),
        zb=st.integers(0, 255), zy=st.integers(0, 255), relu=st.booleans())
 def test_add_integer_matches_tflite_reference(qa, qb, sa, sb, sy, za, zb, zy, relu):
-    from qjax.requant.derive import derive_add
+    from qjax._src.requant.derive import derive_add
 
     spec = hw.get_spec("gemmlowp")
     a = QArray(jnp.asarray(qa, jnp.uint8), np.float32(sa), np.int32(za), quint8)

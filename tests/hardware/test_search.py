@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from qjax import hardware as hw
-from qjax.interop.torch import from_torch
+from qjax._src.interop.torch import from_torch
 
 pytestmark = pytest.mark.torch
 

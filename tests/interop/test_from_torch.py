@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import qjax
-from qjax.interop.torch import TorchImportError
+from qjax._src.interop.torch import TorchImportError
 
 from .. import models
 
@@ -60,7 +60,7 @@ def test_fx_converted_model_is_bit_exact():
 def test_intermediate_integers_match_torch_layer_by_layer():
     model, x = models.mobilenet_v3_block()
     qm = qjax.from_torch(model, x)
-    from qjax.interop.torch import record, trace
+    from qjax._src.interop.torch import record, trace
 
     values = record(trace(model), (x,))
     _, inter = qm.capture(x.numpy())
@@ -122,8 +122,8 @@ def test_an_engine_without_torch_kernels_is_rejected_at_import(engine, match):
 
 
 def test_a_float_op_on_a_dequantized_tensor_is_a_graph_error_when_the_model_runs():
-    """The importer translates; the node op refuses what it cannot compute exactly (qjax.graph.GraphError)."""
-    from qjax.graph import GraphError
+    """The importer translates; the node op refuses what it cannot compute exactly (qjax._src.graph.GraphError)."""
+    from qjax._src.graph import GraphError
 
     class M(torch.nn.Module):
         def __init__(self):

@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import qjax
-from qjax.interop.torchscript import load, record
+from qjax._src.interop.torchscript import load, record
 
 from .. import models
 

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qjax
-from qjax.kernels.conv import conv_accumulate
-from qjax.kernels.linear import linear_accumulate
+from qjax._src.kernels.conv import conv_accumulate
+from qjax._src.kernels.linear import linear_accumulate
 
 from .reference import conv_acc, wrap32
 

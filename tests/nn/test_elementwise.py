@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import qjax
 from qjax import nn as qnn
-from qjax.dtypes import quint8
+from qjax._src.dtypes import quint8
 
 
 def _q(rng, shape, scale, zp):
@@ -162,7 +162,7 @@ def test_chain_with_activations_and_pooling_exports_to_torch(data):
     qnn.convert(m, from_observers=True)
     y = np.asarray(m(x))
     tm = qnn.to_torch(m)
-    from qjax.interop.torch import torch_engine
+    from qjax._src.interop.torch import torch_engine
 
     with torch_engine("fbgemm"):
         want = tm(torch.from_numpy(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))))).numpy()

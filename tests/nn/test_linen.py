@@ -52,7 +52,7 @@ def test_linen_model_exports_to_torch_bit_exact():
     from flax import nnx
 
     from qjax import nn as qnn
-    from qjax.interop.torch import torch_engine
+    from qjax._src.interop.torch import torch_engine
 
     x = np.random.default_rng(1).standard_normal((8, 6, 6, 3)).astype(np.float32)
     v = Net("float").init(jax.random.key(0), x)

@@ -12,8 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import qjax
-from qjax.qops import elementwise as ew
-from qjax.qops.paths import CHANNELS_LAST, CONTIGUOUS
+from qjax._src.qops import elementwise as ew
+from qjax._src.qops.paths import CHANNELS_LAST, CONTIGUOUS
 
 from .. import torch_ref
 from ..helpers import assert_same

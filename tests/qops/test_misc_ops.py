@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qjax
-from qjax.qops.batchnorm import batch_norm
-from qjax.qops.concat import cat
-from qjax.qops.paths import CHANNELS_LAST, suggest_memory_format
-from qjax.qops.resize import interpolate
+from qjax._src.qops.batchnorm import batch_norm
+from qjax._src.qops.concat import cat
+from qjax._src.qops.paths import CHANNELS_LAST, suggest_memory_format
+from qjax._src.qops.resize import interpolate
 
 from .. import torch_ref
 from ..helpers import assert_same

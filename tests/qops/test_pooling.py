@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qjax
-from qjax.qops import pooling
-from qjax.qops.paths import CHANNELS_LAST, CONTIGUOUS, suggest_memory_format
+from qjax._src.qops import pooling
+from qjax._src.qops.paths import CHANNELS_LAST, CONTIGUOUS, suggest_memory_format
 
 from .. import torch_ref
 from ..helpers import assert_same

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qjax
-from qjax.qops import qnnpack as qq
+from qjax._src.qops import qnnpack as qq
 
 from .. import torch_ref
 from ..helpers import assert_same

@@ -1,4 +1,4 @@
-"""The in-graph derivation (qjax.requant.derive_traced) vs the offline numpy float64 one: 0 mismatches.
+"""The in-graph derivation (qjax._src.requant.derive_traced) vs the offline numpy float64 one: 0 mismatches.
 
 Inputs: random float32 scales over a wide exponent range (subnormals included), multipliers
 constructed to land exactly on or next to a rounding tie of ``bits`` bits (where float64's own
@@ -17,12 +17,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qjax.checks import QuantizationError
+from qjax._src.checks import QuantizationError
 from qjax.hardware import PRESETS, HardwareSpec, derive_layer, derive_multiplier, round_offline
-from qjax.requant import derive_traced as dt
+from qjax._src.requant import derive_traced as dt
 
-try:  # the offline ADD derivation as a public function (qjax.requant.derive), where this checkout has it
-    from qjax.requant.derive import derive_add as numpy_derive_add
+try:  # the offline ADD derivation as a public function (qjax._src.requant.derive), where this checkout has it
+    from qjax._src.requant.derive import derive_add as numpy_derive_add
 except ImportError:
     numpy_derive_add = None
 

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qjax import int64 as i64
-from qjax.requant import fixed_point as fp
-from qjax.rounding import MODES, round_float, round_shift_right
+from qjax._src.requant import fixed_point as fp
+from qjax._src.rounding import MODES, round_float, round_shift_right
 
 from tests.fixed_point_ref import py_rdpot, py_round, py_srdhm
 

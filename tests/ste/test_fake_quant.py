@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 import qjax
 from qjax import ste
 from qjax.hardware import quantize_input
-from qjax.rounding import MODES
-from qjax.dtypes import as_qdtype
+from qjax._src.rounding import MODES
+from qjax._src.dtypes import as_qdtype
 
 
 def f32_scales():

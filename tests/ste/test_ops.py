@@ -62,7 +62,7 @@ def test_forward_equals_integer_path(engine, seed, per_channel, relu, has_bias, 
     kw = dict(x_scale=sx, x_zero_point=float(zx), w_scale=sw, w_zero_point=np.asarray(zw, np.float32), scale=sy,
               zero_point=float(zy), relu=relu, engine=engine)
     if kind == "conv":
-        geom = qjax.ops.conv_geometry(2, (1, 2), 1, 1, groups)
+        geom = qjax._src.ops.conv_geometry(2, (1, 2), 1, 1, groups)
         got = jax.jit(lambda x, w, b: ste.conv(x, w, b, stride=(1, 2), padding=1, groups=groups, **kw))(x, w, b)
     else:
         geom = None
@@ -216,9 +216,9 @@ def test_fake_quantize_shape_errors_and_rounding_mask():
 
 def _layer_config(kind, relu, est, per_channel):
     """The static configuration ste.conv / ste.linear build (fbgemm, with a bias; conv channels-last)."""
-    from qjax.ste import ops
+    from qjax._src.ste import ops
 
-    geom = qjax.ops.conv_geometry(2, (1, 2), 1, 1, 1) if kind == "conv" else None
+    geom = qjax._src.ops.conv_geometry(2, (1, 2), 1, 1, 1) if kind == "conv" else None
     e = ste.get_estimator(est)
     w_axis = (3 if kind == "conv" else 0) if per_channel else None
     return ops._Layer(kind, geom, relu, qjax.engines.resolve("fbgemm"), True, w_axis, e, e)
@@ -233,7 +233,7 @@ def test_backward_equals_the_surrogates_gradient(est, seed, kind, relu, per_chan
     of ``_surrogate`` (the float graph fq -> conv -> relu -> fq it documents): all nine gradients, every
     estimator, per tensor and per channel, conv (channels-last, the layout inside) and linear, with ties and clamping;
     ``on_grid``: x is a dequantized activation passed with its integers (qjax.nn's path: no re-quantize)."""
-    from qjax.ste import ops
+    from qjax._src.ste import ops
 
     cfg = _layer_config(kind, relu, est, per_channel)
     rng = np.random.default_rng(seed)
@@ -250,7 +250,7 @@ def test_backward_equals_the_surrogates_gradient(est, seed, kind, relu, per_chan
     wmax = np.abs(w_rows).reshape(o, -1).max(1) if per_channel else np.abs(w).max()
     sw = (wmax / 100).astype(np.float32)
     zw = np.zeros(o, np.float32) if per_channel else np.float32(0)
-    swb = sw.reshape(qjax.affine.channel_shape(w.ndim, cfg.w_axis)) if per_channel else sw  # beyond ±127·sw: clamped
+    swb = sw.reshape(qjax._src.affine.channel_shape(w.ndim, cfg.w_axis)) if per_channel else sw  # beyond ±127·sw: clamped
     w = np.where(rng.random(wshape) < ties, (np.round(w / swb) + np.float32(0.5)) * swb, w).astype(np.float32)
     b = (rng.standard_normal(o) * 0.3).astype(np.float32)
     xq = None
@@ -276,7 +276,7 @@ def test_dequantized_activations_quantize_back_to_their_integers():
     """Why qjax.nn passes an activation's integers on instead of quantizing it again: for every (q, z) pair and
     scales from qjax.nn's floor (float32 eps) to 1e35, quantize(dequantize(q)) == q exactly."""
     from qjax import observers as obs
-    from qjax.affine import dequantize_values, quantize_values
+    from qjax._src.affine import dequantize_values, quantize_values
 
     q = jnp.asarray(np.tile(np.arange(256), 256).astype(np.uint8))
     z = jnp.asarray(np.repeat(np.arange(256), 256).astype(np.int32))

@@ -6,14 +6,14 @@ both on ``torch_common.py`` (torch tensors as QArrays, memory formats, an import
 
 
 def from_torch(*args, **kwargs):
-    """See :func:`qjax.interop.torch.from_torch`."""
+    """See :func:`qjax._src.interop.torch.from_torch`."""
     from .torch import from_torch as _from_torch
 
     return _from_torch(*args, **kwargs)
 
 
 def from_torchscript(*args, **kwargs):
-    """See :func:`qjax.interop.torchscript.from_torchscript`."""
+    """See :func:`qjax._src.interop.torchscript.from_torchscript`."""
     from .torchscript import from_torchscript as _from_ts
 
     return _from_ts(*args, **kwargs)

@@ -1,0 +1,1 @@
+"""qjax's implementation (private): import what you use from ``qjax`` and its public modules."""
