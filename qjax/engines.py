@@ -8,25 +8,6 @@ qjax resolves (:func:`resolve`) to ``Fbgemm()``; pass an instance to change its 
 :class:`HardwareSpec`, or your own engine for your chip (see ``docs/architecture.md``).
 """
 
-from ._src.engines import (  # noqa: F401  (the curated public names)
-    Engine,
-    ENGINE_METHODS,
-    EngineRefusal,
-    refuse,
-    ConvGeometry,
-    ConvTransposeGeometry,
-    TorchCpuOps,
-    Fbgemm,
-    Onednn,
-    Qnnpack,
-    Reference,
-    X86,
-    HardwareSpec,
-    resolve,
-    layer_engine,
-    register_engine,
-    registered_engines,
-    host_engine,
-)
-
-__all__ = ["Engine", "ENGINE_METHODS", "EngineRefusal", "refuse", "ConvGeometry", "ConvTransposeGeometry", "TorchCpuOps", "Fbgemm", "Onednn", "Qnnpack", "Reference", "X86", "HardwareSpec", "resolve", "layer_engine", "register_engine", "registered_engines", "host_engine"]
+# the curated names: qjax._src.engines's own __all__ (one list: a name is exported where it is defined)
+from ._src.engines import *  # noqa: F401,F403
+from ._src.engines import __all__  # noqa: F401

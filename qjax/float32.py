@@ -30,16 +30,6 @@ FMA and correctly rounded sums: proved algorithms using rounding to odd",
 IEEE Trans. Computers 57(4), 2008 (Algorithm 5) for the fused multiply-add.
 """
 
-from ._src.float32 import (  # noqa: F401  (the curated public names)
-    uncontracted,
-    mul_rn,
-    div_rn,
-    two_sum,
-    two_product,
-    add_round_to_odd,
-    fma,
-    mul_add,
-    fma32_numpy,
-)
-
-__all__ = ["uncontracted", "mul_rn", "div_rn", "two_sum", "two_product", "add_round_to_odd", "fma", "mul_add", "fma32_numpy"]
+# the curated names: qjax._src.float32's own __all__ (one list: a name is exported where it is defined)
+from ._src.float32 import *  # noqa: F401,F403
+from ._src.float32 import __all__  # noqa: F401

@@ -9,40 +9,6 @@ A :class:`HardwareSpec` is an engine (:mod:`qjax.engines`): pass it as ``engine=
 ``qjax.ste`` and ``qjax.nn`` like ``"fbgemm"``.
 """
 
-from ._src.hardware import (  # noqa: F401  (the curated public names)
-    HardwareSpec,
-    PRESETS,
-    get_spec,
-    parse_spec,
-    chain,
-    preset,
-    multiplier,
-    bias,
-    quantize,
-    accumulator,
-    output_range,
-    convert,
-    derive_layer,
-    derive_multiplier,
-    round_offline,
-    layer_params,
-    layer_table,
-    with_key,
-    HARDWARE_OPS,
-    export,
-    load_params,
-    deviation,
-    DeviationReport,
-    LayerDeviation,
-    narrow_accumulator,
-    apply_multiplier,
-    requantize_integer,
-    conv_integer,
-    linear_integer,
-    add_integer,
-    quantize_input,
-    search_rounding,
-    SearchResult,
-)
-
-__all__ = ["HardwareSpec", "PRESETS", "get_spec", "parse_spec", "chain", "preset", "multiplier", "bias", "quantize", "accumulator", "output_range", "convert", "derive_layer", "derive_multiplier", "round_offline", "layer_params", "layer_table", "with_key", "HARDWARE_OPS", "export", "load_params", "deviation", "DeviationReport", "LayerDeviation", "narrow_accumulator", "apply_multiplier", "requantize_integer", "conv_integer", "linear_integer", "add_integer", "quantize_input", "search_rounding", "SearchResult"]
+# the curated names: qjax._src.hardware's own __all__ (one list: a name is exported where it is defined)
+from ._src.hardware import *  # noqa: F401,F403
+from ._src.hardware import __all__  # noqa: F401

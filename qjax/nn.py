@@ -6,41 +6,6 @@ activations, average pooling), :mod:`qjax.nn.lifecycle`
 (conv + BatchNorm folding) and :mod:`qjax.nn.linen` (the Linen equivalents).
 """
 
-from ._src.nn import (  # noqa: F401  (the curated public names)
-    Observer,
-    QuantStub,
-    DeQuantStub,
-    QConv,
-    QDense,
-    Flatten,
-    MaxPool,
-    Sequential,
-    QAdd,
-    QMul,
-    QCat,
-    Hardswish,
-    ReLU,
-    ReLU6,
-    AvgPool,
-    GlobalAvgPool,
-    QParam,
-    ObserverState,
-    QFloat,
-    MODES,
-    set_mode,
-    prepare,
-    prepare_qat,
-    convert,
-    save,
-    load,
-    to_torch,
-    default_activation_observer,
-    default_weight_observer,
-    fuse_conv_bn_weights,
-    fold_batch_norm,
-    linen,
-    from_qmodel,
-    hardware_params,
-)
-
-__all__ = ["Observer", "QuantStub", "DeQuantStub", "QConv", "QDense", "Flatten", "MaxPool", "Sequential", "QAdd", "QMul", "QCat", "Hardswish", "ReLU", "ReLU6", "AvgPool", "GlobalAvgPool", "QParam", "ObserverState", "QFloat", "MODES", "set_mode", "prepare", "prepare_qat", "convert", "save", "load", "to_torch", "default_activation_observer", "default_weight_observer", "fuse_conv_bn_weights", "fold_batch_norm", "linen", "from_qmodel", "hardware_params"]
+# the curated names: qjax._src.nn's own __all__ (one list: a name is exported where it is defined)
+from ._src.nn import *  # noqa: F401,F403
+from ._src.nn import __all__  # noqa: F401

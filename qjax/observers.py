@@ -27,17 +27,6 @@ clipping range (see :mod:`qjax.histogram` for the emulated torch primitives).  I
 ``quant_min``/``quant_max``/``reduce_range`` follow torch's ``_calculate_qmin_qmax``.
 """
 
-from ._src.observers import (  # noqa: F401  (the curated public names)
-    Observer,
-    ObserverConfig,
-    min_max,
-    moving_average_min_max,
-    per_channel_min_max,
-    moving_average_per_channel_min_max,
-    histogram,
-    calculate_qmin_qmax,
-    calculate_qparams,
-    EPS,
-)
-
-__all__ = ["Observer", "ObserverConfig", "min_max", "moving_average_min_max", "per_channel_min_max", "moving_average_per_channel_min_max", "histogram", "calculate_qmin_qmax", "calculate_qparams", "EPS"]
+# the curated names: qjax._src.observers's own __all__ (one list: a name is exported where it is defined)
+from ._src.observers import *  # noqa: F401,F403
+from ._src.observers import __all__  # noqa: F401

@@ -7,19 +7,6 @@
 * :mod:`~qjax.ste.adaround` — learnable up/down rounding of weights (AdaRound).
 """
 
-from ._src.ste import (  # noqa: F401  (the curated public names)
-    STE,
-    ClippedSTE,
-    LSQ,
-    LSQPlus,
-    Estimator,
-    get_estimator,
-    fake_quantize,
-    integer_zero_point,
-    conv,
-    linear,
-    adaround,
-    exact,
-)
-
-__all__ = ["STE", "ClippedSTE", "LSQ", "LSQPlus", "Estimator", "get_estimator", "fake_quantize", "integer_zero_point", "conv", "linear", "adaround", "exact"]
+# the curated names: qjax._src.ste's own __all__ (one list: a name is exported where it is defined)
+from ._src.ste import *  # noqa: F401,F403
+from ._src.ste import __all__  # noqa: F401
