@@ -29,7 +29,7 @@ def main(argv=None):
     import torch
     from torch.ao.quantization.observer import HistogramObserver
 
-    from qjax import histogram as H
+    from qjax._src import histogram as H
     from qjax import observers as obs
     from tests.test_histogram import KINDS, _x
 

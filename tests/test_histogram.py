@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qjax import histogram as H
+from qjax._src import histogram as H
 from qjax import observers as obs
 
 pytestmark = pytest.mark.torch

@@ -86,7 +86,10 @@ def integer_zero_point(z, dtype: QDType):
     fake-quant rounds its float zero point half to even and clamps it into the dtype's range
     (``_LearnableFakeQuantize``: ``zero_point.round().clamp(quant_min, quant_max)``).
     """
-    return jnp.clip(jnp.round(jnp.asarray(z, jnp.float32)), dtype.qmin, dtype.qmax).astype(jnp.int32)
+    # host values stay on the host (numpy: the same round-half-even and clamp), so callers deciding static
+    # facts from them (torch's x86 dispatch on the weight zero points) get concrete integers even under jit
+    xp = np if isinstance(z, (np.ndarray, np.generic, int, float)) else jnp
+    return xp.clip(xp.round(xp.asarray(z, np.float32)), dtype.qmin, dtype.qmax).astype(np.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("dtype", "axis"))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qjax import int64 as i64
+from qjax._src import int64 as i64
 from qjax._src.requant import fixed_point as fp
 from qjax._src.rounding import MODES, round_float, round_shift_right
 

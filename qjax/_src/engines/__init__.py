@@ -22,7 +22,7 @@ from .x86 import X86
 
 __all__ = ["Engine", "ENGINE_METHODS", "EngineRefusal", "refuse", "ConvGeometry", "ConvTransposeGeometry",
            "TorchCpuOps", "Fbgemm", "Onednn", "Qnnpack", "Reference", "X86", "HardwareSpec", "resolve",
-           "layer_engine", "register_engine", "registered_engines", "host_engine"]
+           "PRESETS", "get_spec", "layer_engine", "register_engine", "registered_engines", "host_engine"]
 
 
 def host_engine(name: str) -> Engine:

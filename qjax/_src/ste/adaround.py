@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ..affine import integer_zero_point
 from ..dtypes import as_qdtype
 from ..float32 import div_rn
 from ..qarray import QArray
@@ -72,7 +73,7 @@ def soft_weight(w, v, scale, zero_point, dtype="qint8", axis=0, quant_min=None, 
     if jnp.ndim(scale) == 0:
         axis = None
     shp = _bshape(w, axis)
-    z = jnp.round(jnp.asarray(zero_point, jnp.float32))
+    z = integer_zero_point(zero_point, dt).astype(jnp.float32)
     s, z = jnp.reshape(scale, shp), (jnp.reshape(z, shp) if z.ndim else z)
     q = jnp.clip(jax.lax.stop_gradient(_floor(w, scale, axis)) + rectified_sigmoid(v) + z, qmin, qmax)
     return (q - z) * s
@@ -85,7 +86,7 @@ def hard_weight(w, v, scale, zero_point, dtype="qint8", axis=0, quant_min=None, 
     if jnp.ndim(scale) == 0:
         axis = None
     shp = _bshape(w, axis)
-    z = jnp.round(jnp.asarray(zero_point, jnp.float32))
+    z = integer_zero_point(zero_point, dt).astype(jnp.float32)
     if axis is not None:
         z = jnp.broadcast_to(z, (w.shape[axis % w.ndim],))
     q = _floor(w, scale, axis) + (v >= 0).astype(jnp.float32) + jnp.reshape(z, shp if z.ndim else ())
