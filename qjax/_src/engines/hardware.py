@@ -240,17 +240,27 @@ def derive_layer_in_graph(spec: HardwareSpec, out_channels: int, x_scale, w_scal
     """``(bias_q, m0, shift)`` int32 ``(O,)``: :func:`qjax.requant.derive.derive_layer`'s integers computed in
     the graph (the scales may be traced: QAT learns them); ``bias_q`` is None without a bias.
 
-    Concrete inputs are checked first with the offline derivation's own errors (a multiplier beyond the
-    shift range, a bias beyond int32); traced ones saturate there (:mod:`qjax.requant.derive_traced`).
+    Concrete scales take the offline derivation itself, with its errors (a multiplier beyond the shift
+    range, a bias beyond int32) and no compilation; traced ones the traced twin (bit-identical:
+    ``tests/requant/test_derive_traced.py``, ``scripts/fuzz_derive.py``), which saturates there.
     """
-    check_derivable(x_scale, w_scale, out_scale, bias, out_channels, spec, spec.name)
-    return derive_layer_traced(x_scale, w_scale, out_scale, bias, out_channels, spec)
+    host = check_derivable(x_scale, w_scale, out_scale, bias, out_channels, spec, spec.name)
+    if host is not None:
+        return tuple(None if v is None else jnp.asarray(v, jnp.int32) for v in host)
+    return _derive_layer_traced(x_scale, w_scale, out_scale, bias, out_channels=out_channels, spec=spec)
 
 
 def derive_add_in_graph(spec: HardwareSpec, a_scale, b_scale, out_scale) -> dict:
     """TFLite ADD's multipliers of :func:`qjax.requant.derive.derive_add`, computed in the graph."""
-    check_derivable_add(a_scale, b_scale, out_scale, spec, f"{spec.name} add")
-    return derive_add_traced(a_scale, b_scale, out_scale, spec)
+    host = check_derivable_add(a_scale, b_scale, out_scale, spec, f"{spec.name} add")
+    if host is not None:
+        return {k: jnp.asarray(v, jnp.int32) for k, v in host.items()}
+    return _derive_add_traced(a_scale, b_scale, out_scale, spec=spec)
+
+
+# jitted once per spec / channel count: an eager caller (a module run op by op) compiles the derivation once
+_derive_layer_traced = jax.jit(derive_layer_traced, static_argnames=("out_channels", "spec"))
+_derive_add_traced = jax.jit(derive_add_traced, static_argnames=("spec",))
 
 
 # -- the integer-only layers, from derived parameters ------------------------------------------------------

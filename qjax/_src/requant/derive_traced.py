@@ -479,27 +479,29 @@ def derive_add_traced(a_scale, b_scale, out_scale, spec) -> dict:
 # compilation per shape), whose errors the traced functions' saturations stand in for.
 
 def check_derivable(x_scale, w_scale, out_scale, bias, out_channels: int, spec, where: str = ""):
-    """Raise ``derive_layer``'s ``QuantizationError`` for concrete inputs it rejects; no-op under a trace.
+    """Raise ``derive_layer``'s ``QuantizationError`` for concrete inputs it rejects, else return its
+    ``(bias_q or None, m0, shift)`` (numpy int32: the integers the traced derivation computes); None under a trace.
 
     Also rejects non-positive / non-finite scales (:func:`qjax.checks.check_scale`), a NaN bias
     and ``stochastic`` bias rounding (``ValueError``).
     """
     args = (x_scale, w_scale, out_scale) + (() if bias is None else (bias,))
     if not all(is_concrete(v) for v in args):
-        return
+        return None
     for name, v in (("x_scale", x_scale), ("w_scale", w_scale), ("out_scale", out_scale)):
         check_scale(np.asarray(v, np.float32), name)
     if bias is not None:
         _check_bias_mode(spec.bias_rounding)
         if np.any(np.isnan(np.asarray(bias, np.float32))):
             raise QuantizationError(f"{where}: bias must not be NaN")
-    derive_layer(x_scale, w_scale, out_scale, bias, out_channels, spec, where)
+    return derive_layer(x_scale, w_scale, out_scale, bias, out_channels, spec, where)[:3]
 
 
 def check_derivable_add(a_scale, b_scale, out_scale, spec, where: str = ""):
-    """Raise the ADD derivation's ``QuantizationError`` for concrete inputs it rejects; no-op under a trace."""
+    """Raise the ADD derivation's ``QuantizationError`` for concrete inputs it rejects, else return its
+    multipliers (numpy int32 scalars, as :func:`derive_add_traced` computes them); None under a trace."""
     if not all(is_concrete(v) for v in (a_scale, b_scale, out_scale)):
-        return
+        return None
     for name, v in (("a_scale", a_scale), ("b_scale", b_scale), ("out_scale", out_scale)):
         check_scale(np.asarray(v, np.float32), name)
-    derive_add(a_scale, b_scale, out_scale, spec, where)
+    return derive_add(a_scale, b_scale, out_scale, spec, where)[0]
