@@ -35,7 +35,8 @@ from .kernels.conv import output_spatial
 from .layout import channels_to_first, channels_to_last, weight_to_last
 from .qarray import QArray, as_f32, as_i32
 
-__all__ = ["conv", "conv_transpose", "linear", "conv_geometry", "accumulator_bound"]
+__all__ = ["conv", "conv_transpose", "linear", "conv_geometry", "check_conv_shapes", "check_accumulator",
+           "accumulator_bound"]
 
 
 def _tuple(v, n, argname):
@@ -135,14 +136,35 @@ def accumulator_bound(taps, x_zero_point, w_zero_point) -> int:
     return int(taps) * mx * mw
 
 
-def _check_overflow(taps, xq, wq):
-    bound = accumulator_bound(taps, xq.zero_point, wq.zero_point)
+def check_accumulator(taps, x_zero_point, w_zero_point):
+    """Raise where ``taps`` products could wrap torch's int32 accumulator (integer zero points; traced ones
+    count as the worst case)."""
+    if taps * 255 * 255 < 2**31:  # even the worst case fits: nothing to look at
+        return
+    bound = accumulator_bound(taps, x_zero_point, w_zero_point)
     if bound >= 2**31:
         raise QuantizationError(
             f"int32 overflow risk: {taps} products per output of up to {bound // taps} each can reach {bound} "
             ">= 2**31 (torch's int32 accumulator would wrap); split the reduction (channels/groups) into "
             "smaller layers"
         )
+
+
+def check_conv_shapes(channels, spatial, out_channels, group_channels, kernel, geometry: ConvGeometry,
+                      x_name="xq", w_name="wq") -> int:
+    """Raise unless an input of ``channels`` x ``spatial`` and a weight of ``out_channels`` x ``group_channels``
+    x ``kernel`` fit ``geometry``; returns the products per output (``group_channels * prod(kernel)``)."""
+    c, o, cg, g = channels, out_channels, group_channels, geometry.groups
+    if c % g or o % g:
+        raise QuantizationError(f"groups={g} must divide input channels ({c}) and output channels ({o})")
+    if cg * g != c:
+        raise QuantizationError(f"{w_name} has {cg} input channels per group but {x_name} has {c} channels and "
+                                f"groups={g} (needs {c // g})")
+    out_sp = output_spatial(spatial, kernel, geometry.strides, geometry.padding, geometry.dilation)
+    if any(n < 1 for n in out_sp):
+        raise QuantizationError(f"kernel {tuple(kernel)} (dilation {geometry.dilation}) does not fit the padded "
+                                f"input {tuple(spatial)}")
+    return cg * math.prod(kernel)
 
 
 def conv(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0, dilation=1, groups=1, relu=False,
@@ -180,20 +202,11 @@ def conv(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0, dilation=
     else:
         c, sp = xq.shape[1], xq.shape[2:]
         o, cg, kernel = wq.shape[0], wq.shape[1], wq.shape[2:]
-    g = geom.groups
-    if c % g or o % g:
-        raise QuantizationError(f"groups={g} must divide input channels ({c}) and output channels ({o})")
-    if cg * g != c:
-        raise QuantizationError(
-            f"wq has {cg} input channels per group but xq has {c} channels and groups={g} (needs {c // g})"
-        )
-    out_sp = output_spatial(sp, kernel, geom.strides, geom.padding, geom.dilation)
-    if any(n < 1 for n in out_sp):
-        raise QuantizationError(f"kernel {tuple(kernel)} (dilation {geom.dilation}) does not fit the padded input {tuple(sp)}")
+    taps = check_conv_shapes(c, sp, o, cg, kernel, geom)
     b = _check_bias(bias, o)
     _check_out(scale, zero_point)
-    _check_overflow(cg * math.prod(kernel), xq, wq)
-    eng = layer_engine(resolve(engine), wq.zero_point, g)
+    check_accumulator(taps, xq.zero_point, wq.zero_point)
+    eng = layer_engine(resolve(engine), wq.zero_point, geom.groups)
     values = _conv_values(
         xq.values, xq.scale, xq.zero_point, wq.values, wq.scale, wq.zero_point, b,
         as_f32(scale), as_i32(zero_point), key,
@@ -269,7 +282,7 @@ def conv_transpose(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0,
         raise QuantizationError(f"conv_transpose output size {out_sp} is empty")
     b = _check_bias(bias, out_ch)
     _check_out(scale, zero_point)
-    _check_overflow(c // g * math.prod(kernel), xq, wq)
+    check_accumulator(c // g * math.prod(kernel), xq.zero_point, wq.zero_point)
     eng = layer_engine(resolve(engine), wq.zero_point, g, opad)
     geom = ConvTransposeGeometry(strides, pads, opad, dil, g)
     values = _conv_transpose_values(
@@ -310,7 +323,7 @@ def linear(xq, wq, bias=None, *, scale, zero_point, relu=False, engine="fbgemm",
         raise QuantizationError(f"xq has {xq.shape[-1]} features but wq expects in_features={k}")
     b = _check_bias(bias, o)
     _check_out(scale, zero_point)
-    _check_overflow(k, xq, wq)
+    check_accumulator(k, xq.zero_point, wq.zero_point)
     eng = resolve(engine)
     values = _linear_values(
         xq.values, xq.scale, xq.zero_point, wq.values, wq.scale, wq.zero_point, b,

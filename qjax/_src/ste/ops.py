@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -44,9 +43,8 @@ from ..buffers import own_buffer
 from ..checks import QuantizationError, check_scale
 from ..dtypes import qint8, quint8
 from ..engines import layer_engine, resolve
-from ..kernels.conv import output_spatial
 from ..layout import channels_to_first, channels_to_last, weight_to_last
-from ..ops import accumulator_bound, conv_geometry
+from ..ops import check_accumulator, check_conv_shapes, conv_geometry
 from .estimators import Estimator, get_estimator
 from .exact import exact_forward, output_backward, output_residuals, zero_cotangent
 from .fake_quant import FakeQuantConfig, fake_quant_backward, fake_quantize
@@ -215,19 +213,7 @@ def _f32(v):
 
 def _check_conv(x, w, geometry):
     """``x`` ``(N, *S, C)`` and ``w`` ``(*K, C/groups, O)`` fit ``geometry``; returns the taps per output."""
-    c, sp = x.shape[-1], x.shape[1:-1]
-    o, cg, kernel = w.shape[-1], w.shape[-2], w.shape[:-2]
-    g = geometry.groups
-    if c % g or o % g:
-        raise QuantizationError(f"groups={g} must divide input channels ({c}) and output channels ({o})")
-    if cg * g != c:
-        raise QuantizationError(f"w has {cg} input channels per group but x has {c} channels and groups={g} "
-                                f"(needs {c // g})")
-    out_sp = output_spatial(sp, kernel, geometry.strides, geometry.padding, geometry.dilation)
-    if any(n < 1 for n in out_sp):
-        raise QuantizationError(f"kernel {tuple(kernel)} (dilation {geometry.dilation}) does not fit the padded "
-                                f"input {tuple(sp)}")
-    return cg * math.prod(kernel)
+    return check_conv_shapes(x.shape[-1], x.shape[1:-1], w.shape[-1], w.shape[-2], w.shape[:-2], geometry, "x", "w")
 
 
 def _check_linear(x, w):
@@ -238,19 +224,6 @@ def _check_linear(x, w):
     if x.shape[-1] != w.shape[1]:
         raise QuantizationError(f"x has {x.shape[-1]} features but w expects in_features={w.shape[1]}")
     return w.shape[1]
-
-
-def _check_overflow(taps, x_zero_point, w_zero_point):
-    """torch's int32 accumulator must not wrap: ``taps`` products of at most ``255·255`` each (tighter with
-    concrete zero points, as :func:`qjax.conv` checks)."""
-    if taps * 255 * 255 < 2**31:  # the worst case fits: nothing to round or look at
-        return
-    bound = accumulator_bound(taps, integer_zero_point(x_zero_point, quint8), integer_zero_point(w_zero_point, qint8))
-    if bound >= 2**31:
-        raise QuantizationError(
-            f"int32 overflow risk: {taps} products per output of up to {bound // taps} each can reach {bound} "
-            ">= 2**31 (torch's int32 accumulator would wrap); split the reduction (channels/groups) into "
-            "smaller layers")
 
 
 def _check_integers(x_integers, x):
@@ -282,7 +255,7 @@ def _call(kind, geometry, x, w, bias, x_scale, x_zero_point, w_scale, w_zero_poi
     if bias is not None and np.shape(bias) != (out_ch,):
         raise QuantizationError(f"bias must have shape ({out_ch},) (one per output channel), got {np.shape(bias)}")
     taps = _check_conv(x, w, geometry) if kind == "conv" else _check_linear(x, w)
-    _check_overflow(taps, x_zero_point, w_zero_point)
+    check_accumulator(taps, integer_zero_point(x_zero_point, quint8), integer_zero_point(w_zero_point, qint8))
     est = get_estimator(estimator)
     west = get_estimator(weight_estimator if weight_estimator is not None else estimator)
     per_channel = np.ndim(w_scale) == 1
