@@ -18,7 +18,7 @@ conv/linear layer.  With ``acc = sum (x - zx)(w - zw)`` the exact integer sum:
    range (default the dtype's, 0..255), with a fused ReLU raising ``lo`` to ``zy``.
 
 The model's input is quantized with ``quantize_rounding``.  Rounding modes are those of
-:mod:`qjax.rounding`; ``stochastic`` needs a PRNG key (see :meth:`qjax.hardware.HardwareModel.with_key`).
+:mod:`qjax.rounding`; ``stochastic`` needs a PRNG key (see :func:`qjax.hardware.with_key`).
 
 Build specs from presets (:data:`PRESETS`, :func:`get_spec`) and compose changes like optax
 transforms (:mod:`qjax.hardware`): ``chain(preset("gemmlowp"), multiplier(bits=16), accumulator(24, "wrap"))``.
