@@ -9,6 +9,7 @@ registry :data:`OPS`); :mod:`qjax.graph.ops` the node ops, registered on import 
 from .model import (OPS, GraphError, Node, QModel, Ref, Static, freeze, node_args, refs, register_op, substitute,
                     thaw)
 from .ops import UNARY_KINDS  # importing ops registers the node ops
+from . import ops_pt2e  # noqa: F401,E402 - registers the torch.export / pt2e node ops
 
 __all__ = ["Ref", "Node", "QModel", "register_op", "OPS", "Static", "GraphError", "substitute", "freeze", "thaw",
            "refs", "node_args", "UNARY_KINDS"]
