@@ -18,7 +18,9 @@ silent float fallback.
 
 from __future__ import annotations
 
+import contextlib
 import operator
+import os
 from typing import Any
 
 import jax.numpy as jnp
@@ -26,10 +28,11 @@ import numpy as np
 
 from ..dtypes import as_qdtype
 from ..engines import layer_engine
-from ..graph import Node, QModel, Ref, Static
+from ..graph import GraphError, Node, QModel, Ref, Static
 from ..qops.paths import CHANNELS_LAST, CONTIGUOUS, STRIDED
-from .torch_common import (ENGINE_OPS, TorchImportError, import_settings, memory_format_of, qarray_from_torch,
-                           tensor_qparams, torch_engine, torch_engine_of)
+from .torch_common import (ENGINE_OPS, TorchImportError, import_engine, import_settings, memory_format_of,
+                           qarray_from_torch, tensor_qparams, torch_engine, torch_engine_of)
+from .pt2e import ARITHMETICS, from_pt2e, is_exported, load_model_file
 from .torchscript import from_torchscript
 
 __all__ = ["from_torch", "trace", "record", "TorchImportError", "qarray_from_torch", "memory_format_of",
@@ -481,12 +484,28 @@ def trace(model):
         raise TorchImportError(f"torch.fx could not trace the model: {e}") from e
 
 
-def from_torch(model, example_input=None, *, engine=None, threads=None) -> QModel:
+@contextlib.contextmanager
+def _needs_example_input(example_input, examples):
+    """Without an example input, torch's failure on the default one says to pass one (not torch's shape error)."""
+    try:
+        yield
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as e:
+        if example_input is not None or isinstance(e, GraphError):
+            raise
+        shape = tuple(examples[0].shape)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TorchImportError(f"example_input: the model does not run on the default {shape} float input "
+                               f"({reason[:200]}); pass example_input=, an input the model takes") from None
+
+
+def from_torch(model, example_input=None, *, engine=None, threads=None, arithmetic=None) -> QModel:
     """Import a converted torch quantized model as a bit-exact :class:`~qjax.graph.QModel`.
 
     Args:
       model: a model after ``torch.ao.quantization.convert`` (eager) or ``convert_fx`` (FX),
-        in eval mode.
+        in eval mode; a TorchScript module; a ``torch.export.ExportedProgram`` or torchao's
+        ``convert_pt2e`` GraphModule (:mod:`qjax.interop.pt2e`); or the path of a TorchScript or
+        ``torch.export.save`` file (never unpickled).
       example_input: an input (torch tensor or numpy array, or a tuple of them) — the
         importer runs torch once on it to record each tensor's memory format, which decides
         which kernel (and rounding) torch uses.  Default: a ``(1, 3, 224, 224)`` float tensor.
@@ -495,19 +514,31 @@ def from_torch(model, example_input=None, *, engine=None, threads=None) -> QMode
         :func:`qjax.engines.host_engine`) or as an engine reproducing one (its ``torch_engine``).
       threads: torch's intra-op thread count (default: ``torch.get_num_threads()``); it moves
         the boundaries between the vectorised and scalar formulas of elementwise kernels.
+      arithmetic: torch.export graphs only: ``"converted"`` (default; the graph as torch runs it)
+        or ``"inductor"`` (what inductor's x86 lowering runs); see :mod:`qjax.interop.pt2e`.
 
     Returns:
       A jittable, vmappable :class:`~qjax.graph.QModel`: ``model(x)`` takes the same float input
       (numpy or jax, same layout) and returns the same output as torch, bit for bit.
     """
     torch = _torch()
+    if isinstance(model, (str, os.PathLike)):
+        # TorchScript archives repack their weights for the engine current at load time
+        with torch_engine(import_engine(engine or torch.backends.quantized.engine).torch_engine):
+            model = load_model_file(model)
+    if is_exported(model):  # before the eager checks: exported graphs take no .eval() (and stay .training)
+        return from_pt2e(model, example_input, arithmetic=arithmetic or "converted", engine=engine, threads=threads)
+    if arithmetic is not None:
+        raise TorchImportError(f"arithmetic={arithmetic!r} applies to torch.export graphs ({ARITHMETICS}); this "
+                               f"{type(model).__name__} runs torch's quantized kernels")
     engine, qengine, threads, examples = import_settings(engine, threads, example_input)
     if isinstance(model, torch.jit.ScriptModule):
-        return from_torchscript(model, examples, engine=qengine, threads=threads)
+        with _needs_example_input(example_input, examples):
+            return from_torchscript(model, examples, engine=qengine, threads=threads)
     if getattr(model, "training", False):
         raise TorchImportError("the model is in training mode; call model.eval() first")
     gm = trace(model)
-    with torch_engine(engine):
+    with torch_engine(engine), _needs_example_input(example_input, examples):
         values = record(gm, examples)
     conv = _Converter(gm, qengine, threads, values)
     output = conv.convert()
