@@ -18,7 +18,8 @@ from ..qarray import QArray
 from ..qops import elementwise as ew
 from ..qops.batchnorm import batch_norm
 from ..qops.concat import cat
-from ..qops.paths import CONTIGUOUS
+from ..qops.mean import float_mean_channels_last
+from ..qops.paths import CHANNELS_LAST, CONTIGUOUS
 from ..qops.pooling import adaptive_avg_pool, avg_pool, max_pool
 from ..qops.resize import interpolate
 from ..quantize import dequantize, quantize
@@ -111,14 +112,21 @@ class TorchCpuOps:
     def batch_norm(self, x, weight, bias, mean, var, eps, scale, zero_point, *, relu=False, in_scale=None):
         return batch_norm(x, weight, bias, mean, var, eps, scale, zero_point, relu=relu, in_scale=in_scale)
 
-    def mean(self, x, dims, keepdim, *, memory_format=CONTIGUOUS):
-        """``quantized::mean`` over trailing dims of a contiguous tensor: ``rne(fl32(sum / n))`` on the raw
-        values (``ReduceOps.cpp``'s integer fast path); any other layout or dims run torch's float
-        dequantize / cascade-sum / quantize path, which is refused."""
+    def mean(self, x, dims, keepdim, *, memory_format=CONTIGUOUS, threads=1):
+        """``quantized::mean`` (``ReduceOps.cpp``, ``mean_out_quantized_cpu``): over the trailing dims of a
+        contiguous tensor ``rne(fl32(sum / n))`` on the raw values (the integer fast path); over ``(H, W)`` of
+        a dense channels-last 4-d tensor torch's dequantize -> float mean -> quantize, with SumKernel.cpp's
+        summation order for ``threads`` threads (:mod:`qjax.qops.mean`).  Other layouts or dims run the float
+        path with an iteration order qjax does not model, and are refused."""
         dims = tuple(sorted(d % x.ndim for d in dims))
+        if memory_format == CHANNELS_LAST and x.ndim == 4 and (x.shape[1] == 1 or x.shape[2] * x.shape[3] == 1):
+            memory_format = CONTIGUOUS  # a dense channels-last tensor with C == 1 or H*W == 1 is contiguous too
+        if memory_format == CHANNELS_LAST and x.ndim == 4 and dims == (2, 3):
+            return float_mean_channels_last(x, keepdim, threads, self.quantize)
         if memory_format != CONTIGUOUS or dims != tuple(range(x.ndim - len(dims), x.ndim)):
-            refuse(self, f"quantized mean over dims {dims} of a {memory_format} tensor",
-                   "torch runs its float dequantize/cascade-sum/quantize path there; use AdaptiveAvgPool")
+            refuse(self, f"quantized mean over dims {dims} of a {x.ndim}-d {memory_format} tensor",
+                   "torch runs its float dequantize/sum/quantize path there, in an order qjax models only over "
+                   "(H, W) of a channels_last 4-d tensor")
         s = jnp.sum(x.values.astype(jnp.int32), axis=dims, keepdims=keepdim)
         n = int(np.prod([x.shape[d] for d in dims]))
         v = jnp.round(f32x.div_rn(s.astype(jnp.float32), np.float32(n))).astype(x.dtype.storage)

@@ -194,7 +194,8 @@ def cat_node(cfg, p, xs):
 def mean_node(cfg, p, x):
     if not isinstance(x, QArray):
         raise GraphError(f"float mean (node {cfg['node']}) is not reproduced exactly")
-    return cfg["engine"].mean(x, cfg["dims"], cfg["keepdim"], memory_format=cfg["layout"])
+    return cfg["engine"].mean(x, cfg["dims"], cfg["keepdim"], memory_format=cfg["layout"],
+                              threads=cfg.get("threads", 1))
 
 
 # -- shape ops (no arithmetic: the same integers, moved) ------------------------------------------------------
