@@ -98,7 +98,7 @@ def _explain(args) -> int:
 # verify's keyword arguments -> the command line's flags, for one-line user errors
 _VERIFY_FLAGS = dict(model="MODEL", inputs="--inputs", n="--n", input_shape="--shape", batch_size="--batch-size",
                      report="--report", resume="--resume", max_batches="--max-batches", coordinator="--coordinator",
-                     num_processes="--num-processes", process_id="--process-id")
+                     num_processes="--num-processes", process_id="--process-id", arithmetic="--arithmetic")
 
 
 def _verify(args) -> int:
@@ -117,7 +117,7 @@ def _verify(args) -> int:
                         input_shape=shape, engine=args.engine, shard=not args.no_shard, progress=progress,
                         report=args.report, resume=args.resume, max_batches=args.max_batches,
                         overlap={"auto": "auto", "on": True, "off": False}[args.overlap], coordinator=args.coordinator,
-                        num_processes=args.num_processes, process_id=args.process_id)
+                        num_processes=args.num_processes, process_id=args.process_id, arithmetic=args.arithmetic)
     except VerifyError as e:
         print(f"qjax verify: {_VERIFY_FLAGS.get(e.arg, e.arg)}: {e.rule}", file=sys.stderr)
         return 2
@@ -198,7 +198,11 @@ def main(argv=None) -> int:
     p.set_defaults(func=_explain)
 
     v = sub.add_parser("verify", help="compare a torch quantized model with its qjax import on many inputs")
-    v.add_argument("model", help="a TorchScript file (torch.jit.save) or a factory module:function")
+    v.add_argument("model", help="a TorchScript file (torch.jit.save), a torch.export.save file (.pt2) or a factory "
+                                 "module:function")
+    v.add_argument("--arithmetic", choices=("converted", "inductor"), default=None,
+                   help="torch.export models: the converted graph as torch runs it (default) or the x86 inductor "
+                        "lowering (torchao's lower_pt2e_quantized_to_x86; both sides run the lowered graph)")
     v.add_argument("--n", type=int, default=256, help="number of random inputs (default 256)")
     v.add_argument("--batch-size", type=int, default=64)
     v.add_argument("--seed", type=int, default=0)

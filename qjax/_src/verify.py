@@ -174,14 +174,19 @@ class VerifyReport:
 
 # models -------------------------------------------------------------------------------------
 
-def load_torch_model(spec: str):
-    """A TorchScript file (``.pt``/``.pth``, loaded with ``torch.jit.load``) or a factory ``module:function``.
+def load_torch_model(spec: str, arithmetic=None):
+    """A model file — TorchScript (``torch.jit.save``) or ``torch.export.save`` (``.pt2``), told apart by
+    their entries — or a factory ``module:function``.
 
     A factory returns the converted model or ``(model, example_input)``.  Never unpickles
-    arbitrary objects: TorchScript archives hold code and tensors, and ``torch.load`` is
-    not used.
+    arbitrary objects: TorchScript archives hold code and tensors, ``.pt2`` archives are checked to
+    need no pickle before ``torch.export.load`` (:func:`qjax.interop.pt2e.load_model_file`), and
+    ``torch.load`` is not used.  A ``.pt2`` comes back as its ``ExportedProgram.module()`` without
+    torch.export's input-shape guards (torch runs it at any batch size, as qjax does) with its recorded
+    example input; ``arithmetic="inductor"`` lowers it with torchao's x86 lowering (the module torch then
+    runs is the lowered one, which qjax's import is compared with).
     """
-    if ":" in spec and not spec.endswith((".pt", ".pth")):
+    if ":" in spec and not spec.endswith((".pt", ".pth", ".pt2")):
         mod, fn = spec.split(":", 1)
         try:
             factory = getattr(importlib.import_module(mod), fn)
@@ -189,17 +194,50 @@ def load_torch_model(spec: str):
             raise VerifyError("model", f"cannot import the factory {spec!r} ({_one_line(e)}); give a TorchScript "
                                        "file or module:function") from None
         obj = factory()
-        return obj if isinstance(obj, tuple) else (obj, None)
+        model, example = obj if isinstance(obj, tuple) else (obj, None)
+        return _exported_for(model, example, arithmetic)
     if not os.path.isfile(spec):
-        raise VerifyError("model", f"{spec!r} is not a file; give a TorchScript file (torch.jit.save) or a "
-                                   "factory module:function")
-    from .interop.torchscript import load
+        raise VerifyError("model", f"{spec!r} is not a file; give a TorchScript file (torch.jit.save), a "
+                                   "torch.export.save file (.pt2) or a factory module:function")
+    from .interop.pt2e import load_model_file
+    from .interop.torch_common import TorchImportError
 
     try:
-        return load(spec), None
-    except RuntimeError as e:  # not a TorchScript archive (e.g. a state dict saved with torch.save)
-        raise VerifyError("model", f"{spec!r} is not a TorchScript archive ({_one_line(e)}); save the converted "
-                                   "model with torch.jit.save(torch.jit.script(model)) or give a factory") from None
+        model = load_model_file(spec)
+    except (RuntimeError, TorchImportError) as e:  # e.g. a state dict saved with torch.save
+        raise VerifyError("model", f"{spec!r}: {_one_line(e)}; save the converted model with "
+                                   "torch.jit.save(torch.jit.script(model)) or torch.export.save, or give a "
+                                   "factory") from None
+    return _exported_for(model, None, arithmetic)
+
+
+def _exported_for(model, example, arithmetic):
+    """An ``ExportedProgram`` as the GraphModule torch runs (guards dropped), its example input; lowered for
+    ``arithmetic="inductor"``.  Other models pass through."""
+    import torch
+
+    from .interop.pt2e import example_inputs_of, is_exported, without_guards
+
+    if not is_exported(model):
+        if arithmetic is not None:
+            raise VerifyError("arithmetic", "applies to torch.export models (.pt2, convert_pt2e) only")
+        return model, example
+    if isinstance(model, torch.export.ExportedProgram):
+        recorded = model.example_inputs
+        model = model.module()
+        if example is None and recorded and recorded[0]:
+            example = recorded[0][0].detach().numpy()
+    model = without_guards(model)
+    if example is None:
+        example = example_inputs_of(model)[0].numpy()
+    if arithmetic == "inductor":
+        from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
+
+        with torch.no_grad():
+            model = lower_pt2e_quantized_to_x86(model, (torch.as_tensor(np.asarray(example)),))
+    elif arithmetic not in (None, "converted"):
+        raise VerifyError("arithmetic", f"{arithmetic!r}; use converted or inductor")
+    return model, example
 
 
 def _params_sha256(qmodel: QModel) -> str:
@@ -641,7 +679,7 @@ class _Totals:
 
 def verify(model, *, n=1000, batch_size=64, seed=0, inputs=None, example_input=None, input_shape=None,
            engine=None, shard=True, progress=False, qmodel=None, report=None, resume=False, max_batches=None,
-           overlap="auto", coordinator=None, num_processes=None, process_id=None) -> VerifyReport:
+           overlap="auto", coordinator=None, num_processes=None, process_id=None, arithmetic=None) -> VerifyReport:
     """Compare ``model`` (torch) and its qjax import on many inputs; see the module docstring.
 
     Args:
@@ -664,6 +702,8 @@ def verify(model, *, n=1000, batch_size=64, seed=0, inputs=None, example_input=N
         OpenMP threads stall at every barrier for a descheduled thread).
       coordinator, num_processes, process_id: run as one of ``num_processes`` processes with
         ``jax.distributed`` (coordinator ``"host:port"``, the address process 0 listens on).
+      arithmetic: torch.export models only: ``"converted"`` (default: against the converted graph) or
+        ``"inductor"`` (the x86-lowered graph, torch and qjax both; :func:`load_torch_model`).
 
     Raises:
       VerifyError: (a ``ValueError``) a user error; ``.arg`` names the argument.
@@ -692,8 +732,10 @@ def verify(model, *, n=1000, batch_size=64, seed=0, inputs=None, example_input=N
         # set before loading: TorchScript files repack their weights for the engine current at load time
         torch.backends.quantized.engine = engine
         if isinstance(model, str):
-            model, ex = load_torch_model(model)
-            example_input = example_input if example_input is not None else ex
+            model, ex = load_torch_model(model, arithmetic)
+        else:
+            model, ex = _exported_for(model, None, arithmetic)
+        example_input = example_input if example_input is not None else ex
         if src is None:
             if input_shape is None:
                 if example_input is None:

@@ -35,7 +35,8 @@ from ..graph import Node, QModel, Ref
 from ..graph import ops_pt2e  # noqa: F401 - registers the pt2e node ops
 from .torch_common import TorchImportError
 
-__all__ = ["ARITHMETICS", "is_exported", "from_pt2e", "load_model_file", "example_inputs_of"]
+__all__ = ["ARITHMETICS", "is_exported", "is_lowered", "from_pt2e", "load_model_file", "example_inputs_of",
+           "without_guards"]
 
 #: the values of ``from_torch``'s ``arithmetic`` for torch.export graphs
 ARITHMETICS = ("converted", "inductor")
@@ -336,6 +337,22 @@ def _ntuple(v, nd):
     return tuple(int(a) for a in (v * nd if len(v) == 1 else v))
 
 
+def without_guards(gm):
+    """``gm`` without torch.export's input-shape guards (the ``_guards_fn`` call): it runs at any batch size."""
+    guards = [n for n in gm.graph.nodes if n.op == "call_module" and str(n.target).startswith("_guards_fn")]
+    for n in guards:
+        if not n.users:
+            gm.graph.erase_node(n)
+    if guards:
+        gm.recompile()
+    return gm
+
+
+def is_lowered(gm) -> bool:
+    """A graph of torchao's x86 lowering (``torch.ops.onednn`` integer kernels)."""
+    return any(n.op == "call_function" and str(n.target).startswith("onednn.") for n in gm.graph.nodes)
+
+
 def example_inputs_of(gm) -> tuple:
     """Zeros shaped as the graph's inputs, from torch.export's placeholder metadata (``meta["val"]``)."""
     torch = _torch()
@@ -356,7 +373,7 @@ def _examples(example_input):
     return tuple(e if isinstance(e, torch.Tensor) else torch.as_tensor(np.asarray(e)) for e in examples)
 
 
-def from_pt2e(model, example_input=None, *, arithmetic="converted", engine=None, threads=None) -> QModel:
+def from_pt2e(model, example_input=None, *, arithmetic=None, engine=None, threads=None) -> QModel:
     """Import a ``convert_pt2e`` GraphModule or an ``ExportedProgram`` (see the module docstring).
 
     Args:
@@ -364,14 +381,23 @@ def from_pt2e(model, example_input=None, *, arithmetic="converted", engine=None,
         unlifted by ``ExportedProgram.module()``) or a GraphModule of ATen ops (``convert_pt2e``'s).
       example_input: only ``"inductor"`` needs one (torchao's lowering runs the graph); default: zeros of
         the shapes torch.export recorded for the inputs.
-      arithmetic: ``"converted"`` (the graph as torch runs it) or ``"inductor"`` (x86 lowering).
-      engine, threads: passed to the inductor importer.
+      arithmetic: ``"converted"`` (default: the graph as torch runs it) or ``"inductor"`` (x86 lowering); a
+        graph torchao already lowered (``torch.ops.onednn`` kernels) is imported as ``"inductor"``.
+      engine, threads: passed to the inductor importer (an engine instance; a torch engine's name is
+        ignored: neither the converted graph's ops nor oneDNN's lowered ones read
+        ``torch.backends.quantized.engine``).
     """
     torch = _torch()
+    explicit = arithmetic is not None
+    arithmetic = arithmetic or "converted"
     if arithmetic not in ARITHMETICS:
         raise TorchImportError(f"arithmetic={arithmetic!r}; use one of {ARITHMETICS}")
     gm = model.module() if isinstance(model, torch.export.ExportedProgram) else model
-    if arithmetic == "inductor":
+    lowered = is_lowered(gm)
+    if lowered and arithmetic == "converted" and explicit:
+        raise TorchImportError("arithmetic='converted': this graph is already lowered to oneDNN's integer kernels "
+                               "(arithmetic 'inductor')")
+    if lowered or arithmetic == "inductor":
         examples = _examples(example_input) if example_input is not None else example_inputs_of(gm)
         try:
             from .pt2e_inductor import import_lowered
@@ -381,10 +407,13 @@ def from_pt2e(model, example_input=None, *, arithmetic="converted", engine=None,
             from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
         except ImportError:
             raise TorchImportError("arithmetic='inductor' needs torchao (pip install 'qjax[pt2e]')") from None
-        with torch.no_grad():
-            lowered = lower_pt2e_quantized_to_x86(gm, examples)
-        settings = {k: v for k, v in dict(engine=engine, threads=threads).items() if v is not None}
-        return import_lowered(lowered, examples, **settings)
+        if not lowered:
+            with torch.no_grad():
+                gm = lower_pt2e_quantized_to_x86(gm, examples)
+        # a torch quantized engine's name (verify passes torch's current one) does not change these graphs' ops
+        settings = {k: v for k, v in dict(engine=None if isinstance(engine, str) else engine,
+                                          threads=threads).items() if v is not None}
+        return import_lowered(gm, examples, **settings)
     conv = _Converter(gm)
     output = conv.convert()
     meta = dict(arithmetic="converted", torch_version=torch.__version__, source=type(model).__name__)

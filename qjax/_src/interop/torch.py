@@ -30,8 +30,8 @@ from ..dtypes import as_qdtype
 from ..engines import layer_engine
 from ..graph import GraphError, Node, QModel, Ref, Static
 from ..qops.paths import CHANNELS_LAST, CONTIGUOUS, STRIDED
-from .torch_common import (ENGINE_OPS, TorchImportError, import_engine, import_settings, memory_format_of,
-                           qarray_from_torch, tensor_qparams, torch_engine, torch_engine_of)
+from .torch_common import (ENGINE_OPS, TorchImportError, check_mean, import_engine, import_settings,
+                           memory_format_of, qarray_from_torch, tensor_qparams, torch_engine, torch_engine_of)
 from .pt2e import ARITHMETICS, from_pt2e, is_exported, load_model_file
 from .torchscript import from_torchscript
 
@@ -406,8 +406,10 @@ class _Converter:
     def method_mean(self, n, args, kw, src):
         dims = _arg(args, kw, 1, "dim", self)
         dims = (dims,) if isinstance(dims, int) else tuple(dims)
-        self.add(n, "mean", args[:1], dict(dims=dims, keepdim=bool(_arg(args, kw, 2, "keepdim", self, False)),
-                                           layout=self.fmt(args[0])), None, src)
+        keepdim = bool(_arg(args, kw, 2, "keepdim", self, False))
+        check_mean(self.engine, self.record.get(args[0].name), dims, keepdim, self.fmt(args[0]), self.threads, n.name)
+        self.add(n, "mean", args[:1], dict(dims=dims, keepdim=keepdim, layout=self.fmt(args[0]),
+                                           threads=self.threads), None, src)
 
     # -- methods -----------------------------------------------------------------------------
     def method(self, n):
@@ -527,7 +529,7 @@ def from_torch(model, example_input=None, *, engine=None, threads=None, arithmet
         with torch_engine(import_engine(engine or torch.backends.quantized.engine).torch_engine):
             model = load_model_file(model)
     if is_exported(model):  # before the eager checks: exported graphs take no .eval() (and stay .training)
-        return from_pt2e(model, example_input, arithmetic=arithmetic or "converted", engine=engine, threads=threads)
+        return from_pt2e(model, example_input, arithmetic=arithmetic, engine=engine, threads=threads)
     if arithmetic is not None:
         raise TorchImportError(f"arithmetic={arithmetic!r} applies to torch.export graphs ({ARITHMETICS}); this "
                                f"{type(model).__name__} runs torch's quantized kernels")
