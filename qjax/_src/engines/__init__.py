@@ -13,6 +13,7 @@ from __future__ import annotations
 from .base import ENGINE_METHODS, ConvGeometry, ConvTransposeGeometry, Engine, EngineRefusal, refuse
 from .fbgemm import Fbgemm
 from .hardware import PRESETS, HardwareSpec, get_spec
+from .inductor import Inductor
 from .onednn import Onednn
 from .qnnpack import Qnnpack
 from .reference import Reference
@@ -21,7 +22,7 @@ from .torch_cpu import TorchCpuOps
 from .x86 import X86
 
 __all__ = ["Engine", "ENGINE_METHODS", "EngineRefusal", "refuse", "ConvGeometry", "ConvTransposeGeometry",
-           "TorchCpuOps", "Fbgemm", "Onednn", "Qnnpack", "Reference", "X86", "HardwareSpec", "resolve",
+           "TorchCpuOps", "Fbgemm", "Onednn", "Inductor", "Qnnpack", "Reference", "X86", "HardwareSpec", "resolve",
            "PRESETS", "get_spec", "layer_engine", "register_engine", "registered_engines", "host_engine"]
 
 
@@ -39,6 +40,7 @@ def host_engine(name: str) -> Engine:
 register_engine("fbgemm", lambda _name: Fbgemm())
 register_engine("qnnpack", lambda _name: Qnnpack())
 register_engine("onednn", lambda _name: Onednn())
+register_engine("inductor", lambda _name: Inductor())
 register_engine("x86", lambda _name: X86())
 register_engine("reference", lambda _name: Reference())
 for _preset in PRESETS:

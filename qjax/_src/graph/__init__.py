@@ -8,6 +8,7 @@ registry :data:`OPS`); :mod:`qjax.graph.ops` the node ops, registered on import 
 
 from .model import (OPS, GraphError, Node, QModel, Ref, Static, freeze, node_args, refs, register_op, substitute,
                     thaw)
+from . import ops_inductor  # noqa: F401  (registers the inductor-lowering node ops)
 from .ops import UNARY_KINDS  # importing ops registers the node ops
 from . import ops_pt2e  # noqa: F401,E402 - registers the torch.export / pt2e node ops
 

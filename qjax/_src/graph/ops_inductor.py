@@ -1,0 +1,96 @@
+"""Node ops of an inductor-lowered pt2e graph (``qjax.interop.pt2e_inductor``).
+
+In that graph quantized tensors are plain ``uint8`` / ``int8`` tensors and their scales travel as op
+arguments, so these nodes pass raw arrays in torch's logical order ``(N, C, *spatial)``: integer
+arrays for quantized tensors, float32 for float ones.
+
+* the ``quantized_decomposed`` quantize / dequantize ops are :mod:`qjax.graph.ops_pt2e`'s nodes;
+* ``onednn_conv`` / ``onednn_linear`` — ``onednn::qconv_pointwise`` / ``qconv2d_pointwise.binary`` /
+  ``qlinear_pointwise``, computed by the node's engine (``cfg["engine"].pointwise_conv`` /
+  ``pointwise_linear``, channels last inside);
+* ``exact_op`` — ATen ops whose float32 / integer result does not depend on evaluation order
+  (max pooling, relu / hardtanh clamps, reshapes, cat, clone).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .model import GraphError, register_op
+
+__all__ = []
+
+_INT_DTYPES = {"uint8": jnp.uint8, "int8": jnp.int8}
+
+
+def _to_last(v):
+    return jnp.moveaxis(v, 1, -1)
+
+
+def _to_first(v):
+    return jnp.moveaxis(v, -1, 1)
+
+
+def _as_output(v, post):
+    return v if post.out_dtype == "float32" else v.astype(_INT_DTYPES[post.out_dtype])
+
+
+@register_op("onednn_conv")
+def onednn_conv_node(cfg, p, x, accum=None):
+    """``x`` uint8 ``(N, C, *spatial)``; ``p``: ``weight`` int8 ``(*kernel, C/groups, O)``, ``w_scale``,
+    ``bias``; ``accum`` the ``sum`` operand (``(N, O, *spatial)``) or None."""
+    post = cfg["post"]
+    y = cfg["engine"].pointwise_conv(_to_last(x), cfg["x_scale"], cfg["x_zero_point"], p["weight"], p["w_scale"],
+                                     p.get("bias"), cfg["geometry"], post,
+                                     accum=None if accum is None else _to_last(accum))
+    return _as_output(_to_first(y), post)
+
+
+@register_op("onednn_linear")
+def onednn_linear_node(cfg, p, x, accum=None):
+    """``x`` uint8 ``(..., K)``; ``p``: ``weight`` int8 ``(O, K)``, ``w_scale``, ``bias``."""
+    post = cfg["post"]
+    y = cfg["engine"].pointwise_linear(x, cfg["x_scale"], cfg["x_zero_point"], p["weight"], p["w_scale"],
+                                       p.get("bias"), post, accum=accum)
+    return _as_output(y, post)
+
+
+def _max_pool(x, kernel, stride, padding, dilation, ceil_mode):
+    """torch's max_pool2d (``-inf`` / the dtype's minimum padding; ceil mode keeps windows that start inside)."""
+    nd = len(kernel)
+    spatial = x.shape[2:]
+    hi = []
+    for n, k, s, p, d in zip(spatial, kernel, stride, padding, dilation):
+        eff = d * (k - 1) + 1
+        out = (n + 2 * p - eff + ((s - 1) if ceil_mode else 0)) // s + 1
+        if ceil_mode and (out - 1) * s >= n + p:
+            out -= 1
+        hi.append(max(0, (out - 1) * s + eff - n - p))
+    init = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+    return lax.reduce_window(x, jnp.asarray(init, x.dtype), lax.max, (1, 1) + tuple(kernel), (1, 1) + tuple(stride),
+                             [(0, 0), (0, 0)] + [(p, h) for p, h in zip(padding, hi)],
+                             window_dilation=(1, 1) + tuple(dilation)) if nd else x
+
+
+@register_op("exact_op")
+def exact_op_node(cfg, p, x, *rest):
+    kind = cfg["kind"]
+    if kind == "max_pool":
+        return _max_pool(x, cfg["kernel"], cfg["stride"], cfg["padding"], cfg["dilation"], cfg["ceil_mode"])
+    if kind == "relu":
+        return jnp.maximum(x, jnp.zeros((), x.dtype))
+    if kind == "hardtanh":
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise GraphError(f"hardtanh of an integer tensor (node {cfg['node']})")
+        return jnp.clip(x, np.float32(cfg["min_val"]), np.float32(cfg["max_val"]))
+    if kind == "reshape":
+        return x.reshape(cfg["shape"])
+    if kind == "identity":
+        return x
+    if kind == "cat":
+        return jnp.concatenate((x,) + rest, axis=cfg["dim"])
+    if kind == "getitem":
+        return x[cfg["index"]]
+    raise GraphError(f"unknown exact op {kind} (node {cfg.get('node')})")

@@ -1,0 +1,341 @@
+"""qjax.interop.pt2e_inductor: torchao's x86 lowering (onednn pointwise kernels) reproduced to the bit.
+
+Two levels, both against live torch: the ``onednn::q*_pointwise`` kernels called directly (random and
+tie-seeking scales, float32 outputs compared bit for bit, integer outputs exactly), and small models
+through ``X86InductorQuantizer`` -> ``convert_pt2e`` -> ``lower_pt2e_quantized_to_x86`` compared with
+the lowered module itself.  Each kernel test also checks that its data tells the measured rule from
+the nearest wrong one (the eager onednn engine's double-inverted scales, a double-precision output
+scale).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torchao")
+
+from qjax._src.engines import ConvGeometry, Inductor  # noqa: E402
+from qjax._src.engines.inductor import PostOps  # noqa: E402
+from qjax._src.interop.pt2e_inductor import import_lowered  # noqa: E402
+from qjax._src.interop.torch_common import TorchImportError  # noqa: E402
+
+F = np.float32
+ENGINE = Inductor()
+
+
+def _inv(v):
+    return F(F(1) / F(v))
+
+
+def _conv_case(rng, C, O, k, N=2, H=6, groups=1):
+    w = torch.from_numpy(rng.normal(0, 0.1, (O, C // groups, k, k)).astype(F))
+    wsc = (w.abs().amax(dim=(1, 2, 3)) / 127).float()
+    wq = torch.clamp(torch.round(w / wsc[:, None, None, None]), -128, 127).to(torch.int8)
+    sx = float(F(rng.uniform(0.003, 0.05)))
+    while _inv(_inv(sx)) == F(sx):  # a scale the eager engine's double inversion changes
+        sx = float(F(rng.uniform(0.003, 0.05)))
+    zx = int(rng.integers(0, 256))
+    x = torch.from_numpy(rng.integers(0, 256, (N, C, H, H)).astype(np.uint8)).contiguous(
+        memory_format=torch.channels_last)
+    b = torch.from_numpy(rng.normal(0, 0.5, O).astype(F))
+    pad = k // 2
+    packed = torch.ops.onednn.qconv_prepack(wq, wsc, sx, zx, [1, 1], [pad, pad], [1, 1], groups, x.shape)
+    return dict(x=x, wq=wq, wsc=wsc, sx=sx, zx=zx, b=b, packed=packed, pad=pad, groups=groups, O=O)
+
+
+def _torch_conv(c, out_scale, out_zp, out_dtype, attr="none", scalars=(), accum=None, accum_scale=1.0,
+                accum_zp=0):
+    common = (c["x"], c["sx"], c["zx"], c["packed"], c["wsc"], torch.zeros(c["O"], dtype=torch.int64))
+    geo = ([1, 1], [c["pad"]] * 2, [1, 1], c["groups"])
+    if accum is None:
+        y = torch.ops.onednn.qconv_pointwise.default(*common, c["b"], *geo, out_scale, out_zp, out_dtype, attr,
+                                                     list(scalars), "")
+    else:
+        y = torch.ops.onednn.qconv2d_pointwise.binary(*common, accum.clone(), c["b"], *geo, out_scale, out_zp,
+                                                      out_dtype, accum_scale, accum_zp, "sum", 1.0, attr,
+                                                      list(scalars), "")
+    return y.contiguous().numpy()
+
+
+def _qjax_conv(c, post, accum=None):
+    x = jnp.asarray(c["x"].permute(0, 2, 3, 1).contiguous().numpy())
+    w = jnp.asarray(c["wq"].permute(2, 3, 1, 0).contiguous().numpy())
+    geo = ConvGeometry((1, 1), ((c["pad"], c["pad"]),) * 2, (1, 1), c["groups"])
+    acc_in = None if accum is None else jnp.asarray(accum.permute(0, 2, 3, 1).contiguous().numpy())
+    y = ENGINE.pointwise_conv(x, F(c["sx"]), c["zx"], w, c["wsc"].numpy(), c["b"].numpy(), geo, post, accum=acc_in)
+    return np.moveaxis(np.asarray(y), -1, 1)
+
+
+def _bits(a):
+    return np.ascontiguousarray(a, F).view(np.int32)
+
+
+def _eager_onednn_fp32(c):
+    """The nearest wrong rule: the eager onednn engine's ``fl32(1/fl32(1/sx))`` input scale."""
+    acc = torch.nn.functional.conv2d(c["x"].double() - c["zx"], c["wq"].double(), padding=c["pad"],
+                                     groups=c["groups"]).numpy().astype(F)
+    v = F(acc * _inv(_inv(c["sx"])))
+    return (v * c["wsc"].numpy()[None, :, None, None]).astype(F) + c["b"].numpy()[None, :, None, None]
+
+
+def test_pointwise_conv_fp32_output_bit_exact():
+    """float32 outputs (scale 1.0 / zero point 0): unary none / relu / hardtanh, depthwise and dense, bit for bit."""
+    rng = np.random.default_rng(0)
+    total = bad = wrong_rule = 0
+    for t in range(4):
+        C, O, k, g = [(16, 16, 3, 1), (16, 16, 3, 16)][t % 2]
+        c = _conv_case(rng, C, O, k, groups=g)
+        attr, scalars = [("none", ()), ("relu", ()), ("none", ()), ("hardtanh", (-0.5, 0.75))][t]
+        y = _torch_conv(c, 1.0, 0, torch.float32, attr, [float(s) for s in scalars])
+        got = _qjax_conv(c, PostOps(out_dtype="float32", unary=attr, unary_args=scalars))
+        total += y.size
+        bad += int((_bits(got) != _bits(y)).sum())
+        if attr == "none":
+            wrong_rule += int((_bits(_eager_onednn_fp32(c)) != _bits(y)).sum())
+    assert bad == 0, f"{bad} of {total} float32 outputs differ"
+    assert wrong_rule > 0, "the data does not tell fl32(sx) from the eager engine's fl32(1/fl32(1/sx))"
+
+
+def test_pointwise_conv_u8_output_double_scale_ties():
+    """uint8 outputs with double (non-float32) output scales on tie-seeking accumulators: the output
+    scale is rounded to float32 before its inversion (``fl32(1/output_scale)`` in double differs)."""
+    rng = np.random.default_rng(1)
+    x = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16).contiguous(memory_format=torch.channels_last)
+    tested = bad = wrong_rule = 0
+    for _ in range(200000):
+        if tested >= 6:
+            break
+        sx, sw = float(F(rng.uniform(0.001, 0.1))), float(F(rng.uniform(0.0005, 0.01)))
+        sy = float(rng.uniform(0.001, 0.1))  # a double, as a Python float scale may be
+        wq, zx, zy, b = int(rng.integers(-128, 128)), int(rng.integers(0, 256)), int(rng.integers(0, 256)), \
+            F(rng.normal() * 0.3)
+        acc = ((np.arange(256) - zx) * wq).astype(F)
+        v = F(F(acc * F(sx)) * F(sw)) + b
+        ours = np.round(np.clip(F(F(v * _inv(sy)) + F(zy)), 0, 255))
+        alt = np.round(np.clip(F(F(v * F(1.0 / sy)) + F(zy)), 0, 255))
+        if (ours == alt).all():
+            continue  # not a tie that separates the two rules
+        tested += 1
+        wt = torch.tensor([[[[wq]]]], dtype=torch.int8)
+        wsc = torch.tensor([sw], dtype=torch.float32)
+        c = dict(x=x, wq=wt, wsc=wsc, sx=sx, zx=zx, b=torch.tensor([b]), pad=0, groups=1, O=1,
+                 packed=torch.ops.onednn.qconv_prepack(wt, wsc, sx, zx, [1, 1], [0, 0], [1, 1], 1, x.shape))
+        y = _torch_conv(c, sy, zy, torch.uint8).ravel()
+        got = _qjax_conv(c, PostOps(out_dtype="uint8", output_scale=sy, output_zero_point=zy)).ravel()
+        bad += int((got != y).sum())
+        wrong_rule += int((alt != y).sum())
+    assert tested >= 6
+    assert bad == 0, f"{bad} mismatches over {tested} tie-seeking cases"
+    assert wrong_rule > 0
+
+
+def test_pointwise_conv_sum_post_op():
+    """``qconv2d_pointwise.binary`` 'sum': a uint8 accumulator with its scale / zero point (uint8 output,
+    relu or none) and a float32 one (float32 output)."""
+    rng = np.random.default_rng(2)
+    bad = total = 0
+    for t in range(6):
+        c = _conv_case(rng, 16, 16, 3, N=2, H=6)
+        attr = "relu" if t % 2 == 0 else "none"
+        if t < 4:
+            sa, za = float(F(rng.uniform(0.01, 0.1))), int(rng.integers(0, 256))
+            sy, zy = float(F(rng.uniform(0.01, 0.1))), int(rng.integers(0, 256))
+            accum = torch.from_numpy(rng.integers(0, 256, (2, 16, 6, 6)).astype(np.uint8)).contiguous(
+                memory_format=torch.channels_last)
+            y = _torch_conv(c, sy, zy, torch.uint8, attr, accum=accum, accum_scale=sa, accum_zp=za)
+            post = PostOps(out_dtype="uint8", output_scale=sy, output_zero_point=zy, unary=attr, binary="sum",
+                           accum_scale=sa, accum_zero_point=za)
+            got = _qjax_conv(c, post, accum)
+            bad += int((got != y).sum())
+        else:
+            accum = torch.from_numpy(rng.normal(0, 2, (2, 16, 6, 6)).astype(F)).contiguous(
+                memory_format=torch.channels_last)
+            y = _torch_conv(c, 1.0, 0, torch.float32, attr, accum=accum)
+            got = _qjax_conv(c, PostOps(out_dtype="float32", unary=attr, binary="sum"), accum)
+            bad += int((_bits(got) != _bits(y)).sum())
+        total += y.size
+    assert bad == 0, f"{bad} of {total} outputs differ"
+
+
+def test_pointwise_linear_outputs():
+    """``qlinear_pointwise``: float32 outputs bit for bit (the eager engine's rule differs) and uint8 outputs."""
+    rng = np.random.default_rng(3)
+    bad = wrong_rule = 0
+    for t in range(4):
+        K, O, N = 48, 32, 8
+        wq = torch.from_numpy(rng.integers(-127, 128, (O, K)).astype(np.int8))
+        wsc = torch.from_numpy(rng.uniform(0.0005, 0.003, O).astype(F))
+        b = torch.from_numpy(rng.normal(0, 0.5, O).astype(F))
+        sx, zx = float(F(rng.uniform(0.003, 0.05))), int(rng.integers(0, 256))
+        x = torch.from_numpy(rng.integers(0, 256, (N, K)).astype(np.uint8))
+        packed = torch.ops.onednn.qlinear_prepack(wq, x.shape)
+        attr = "relu" if t % 2 else "none"
+        fp32 = t < 2
+        sy, zy = (1.0, 0) if fp32 else (float(F(rng.uniform(0.05, 0.2))), int(rng.integers(0, 256)))
+        y = torch.ops.onednn.qlinear_pointwise.default(x, sx, zx, packed, wsc, torch.zeros(O, dtype=torch.int64), b,
+                                                       sy, zy, torch.float32 if fp32 else torch.uint8, attr, [],
+                                                       "").numpy()
+        post = PostOps(out_dtype="float32" if fp32 else "uint8", output_scale=sy, output_zero_point=zy, unary=attr)
+        got = np.asarray(ENGINE.pointwise_linear(jnp.asarray(x.numpy()), F(sx), zx, jnp.asarray(wq.numpy()),
+                                                 wsc.numpy(), b.numpy(), post))
+        if fp32:
+            bad += int((_bits(got) != _bits(y)).sum())
+            acc = ((x.double() - zx) @ wq.double().t()).numpy().astype(F)
+            alt = (F(acc * _inv(_inv(sx))) * np.array([_inv(_inv(s)) for s in wsc.numpy()], F)).astype(F) + b.numpy()
+            wrong_rule += int((_bits(alt) != _bits(y)).sum())
+        else:
+            bad += int((got != y).sum())
+    assert bad == 0
+    assert wrong_rule > 0
+
+
+# -- models through X86InductorQuantizer -> convert_pt2e -> lower_pt2e_quantized_to_x86 -------------------------
+
+
+def _lowered(model, x, calib):
+    from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm = torch.export.export(model.eval(), (x,)).module()
+        q = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+        p = prepare_pt2e(gm, q)
+        with torch.no_grad():
+            for xc in calib:
+                p(xc)
+        c = convert_pt2e(p)
+        with torch.no_grad():
+            return lower_pt2e_quantized_to_x86(c, (x,))
+
+
+def _input_scale(low):
+    for n in low.graph.nodes:
+        if n.op == "call_function" and "quantize_per_tensor" in str(n.target):
+            return float(n.args[1]), int(n.args[2])
+    raise AssertionError("no input quantize")
+
+
+def _inputs(low, shape, rng, n_random=3):
+    """Random inputs, and tie-seeking ones: every value on a rounding tie of the input quantize
+    (``(k + 1/2) * scale``) or on a grid point."""
+    s, z = _input_scale(low)
+    xs = [rng.normal(0, 1.5, shape).astype(F) for _ in range(n_random)]
+    k = rng.integers(-z, 256 - z, shape)
+    xs.append(((k + 0.5) * s).astype(F))
+    xs.append((k * s).astype(F))
+    return xs
+
+
+def _check(low, shape, seed, counts):
+    qm = import_lowered(low, (torch.zeros(shape),))
+    rng = np.random.default_rng(seed)
+    bad = total = 0
+    for x in _inputs(low, shape, rng):
+        with torch.no_grad():
+            y = low(torch.from_numpy(x)).contiguous().numpy()
+        got = np.asarray(qm(jnp.asarray(x)))
+        total += y.size
+        bad += int((_bits(got) != _bits(y)).sum()) if y.dtype == F else int((got != y).sum())
+    targets = [str(n.target) for n in low.graph.nodes if n.op == "call_function"]
+    for op, n in counts.items():
+        assert sum(t == op for t in targets) >= n, f"the lowered graph has no {op} (test data would not cover it)"
+    assert bad == 0, f"{bad} of {total} outputs differ"
+
+
+class _Residual(torch.nn.Module):
+    """Conv chain, a conv + add + relu residual (fused 'sum'), max pooling, a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.c3 = torch.nn.Conv2d(16, 16, 1)
+        self.fc = torch.nn.Linear(16, 12)
+        self.fc2 = torch.nn.Linear(12, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.c1(x))
+        y = torch.relu(self.c2(y) + y)
+        y = torch.nn.functional.max_pool2d(torch.relu(self.c3(y)), 2)
+        y = torch.nn.functional.max_pool2d(y, 4)
+        return self.fc2(torch.relu(self.fc(torch.flatten(y, 1))))
+
+
+class _Blocks(torch.nn.Module):
+    """ResNet-style: stem conv-bn-relu, max pool, two basic blocks (functional relus), a 1x1 head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16))
+        self.a = torch.nn.ModuleList([torch.nn.Conv2d(16, 16, 3, padding=1) for _ in range(4)])
+        self.bn = torch.nn.ModuleList([torch.nn.BatchNorm2d(16) for _ in range(4)])
+        self.head = torch.nn.Conv2d(16, 8, 1)
+        for bn in self.bn:
+            bn.running_mean.normal_(0, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        y = torch.nn.functional.max_pool2d(torch.relu(self.stem(x)), 3, 2, 1)
+        for i in (0, 2):
+            h = torch.relu(self.bn[i](self.a[i](y)))
+            y = torch.relu(self.bn[i + 1](self.a[i + 1](h)) + y)
+        return self.head(y)
+
+
+class _Mobile(torch.nn.Module):
+    """MobileNet-style: conv-bn-relu6 (hardtanh), depthwise conv-relu6, 1x1 projection + residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.expand = torch.nn.Conv2d(16, 32, 1)
+        self.dw = torch.nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.project = torch.nn.Conv2d(32, 16, 1)
+        self.bn = torch.nn.BatchNorm2d(16)
+
+    def forward(self, x):
+        y = torch.nn.functional.relu6(self.stem(x))
+        h = torch.nn.functional.hardtanh(self.expand(y), 0.0, 6.0)
+        h = torch.nn.functional.relu6(self.dw(h))
+        return self.bn(self.project(h)) + y
+
+
+@pytest.mark.parametrize("name", ["residual", "blocks", "mobile"])
+def test_lowered_models_bit_exact(name):
+    torch.manual_seed(0)
+    shape = (2, 3, 8, 8)
+    model, counts = {
+        "residual": (_Residual, {"onednn.qconv2d_pointwise.binary": 1, "onednn.qlinear_pointwise.default": 2,
+                                 "aten.max_pool2d_with_indices.default": 2}),
+        "blocks": (_Blocks, {"onednn.qconv2d_pointwise.binary": 2, "aten.max_pool2d_with_indices.default": 1}),
+        "mobile": (_Mobile, {"aten.hardtanh.default": 1, "onednn.qconv2d_pointwise.binary": 1}),
+    }[name]
+    calib = [torch.randn(shape) for _ in range(3)]
+    _check(_lowered(model(), calib[0], calib), shape, seed=len(name), counts=counts)
+
+
+def test_refuses_ops_it_does_not_reproduce():
+    """A float op whose result depends on torch's evaluation order (hardswish here) is refused at import,
+    naming the op."""
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            return torch.nn.functional.hardswish(self.c(x))
+
+    x = torch.randn(1, 3, 6, 6)
+    low = _lowered(M(), x, [x])
+    if not any("hardswish" in str(n.target) for n in low.graph.nodes):
+        pytest.skip("this torchao fuses hardswish into the conv")
+    with pytest.raises(TorchImportError, match="hardswish"):
+        import_lowered(low, (x,))
