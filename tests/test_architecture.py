@@ -18,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "qjax"
 
 # docs/architecture.md's layers, bottom up: a module may import its own layer and the ones below
 LAYERS = [
-    ("numerics", ["dtypes", "float32", "int64", "buffers", "checks", "rounding", "affine", "qarray", "quantize",
+    ("numerics", ["dtypes", "float32", "float64", "int64", "buffers", "checks", "rounding", "affine", "qarray", "quantize",
                   "layout"]),
     ("kernels", ["kernels", "requant"]),
     ("qops", ["qops"]),

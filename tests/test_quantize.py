@@ -111,7 +111,8 @@ def test_qarray_is_a_pytree_through_jit_and_vmap():
     x = jnp.linspace(-1, 1, 12, dtype=jnp.float32).reshape(3, 4)
     q = qjax.quantize(x, 0.01, 10, qjax.quint8)
     leaves, treedef = jax.tree_util.tree_flatten(q)
-    assert len(leaves) == 3
+    assert len(leaves) == 4  # values, scale, zero_point and scale64 (the double 0.01 is not float32-valued)
+    assert len(jax.tree_util.tree_leaves(qjax.quantize(x, np.float32(0.01), 10, qjax.quint8))) == 3
     q2 = jax.jit(lambda q: q)(q)
     assert isinstance(q2, qjax.QArray) and q2.dtype == qjax.quint8
     np.testing.assert_array_equal(np.asarray(q2.values), np.asarray(q.values))

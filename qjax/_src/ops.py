@@ -33,7 +33,7 @@ from .engines import ConvGeometry, ConvTransposeGeometry, layer_engine, resolve
 from .kernels.conv_transpose import conv_transpose_output_size
 from .kernels.conv import output_spatial
 from .layout import channels_to_first, channels_to_last, weight_to_last
-from .qarray import QArray, as_f32, as_i32
+from .qarray import QArray, as_f32, as_i32, scale_words
 
 __all__ = ["conv", "conv_transpose", "linear", "conv_geometry", "check_conv_shapes", "check_accumulator",
            "accumulator_bound"]
@@ -207,21 +207,25 @@ def conv(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0, dilation=
     _check_out(scale, zero_point)
     check_accumulator(taps, xq.zero_point, wq.zero_point)
     eng = layer_engine(resolve(engine), wq.zero_point, geom.groups)
+    s64 = _scales64(xq, wq, scale)
     values = _conv_values(
         xq.values, xq.scale, xq.zero_point, wq.values, wq.scale, wq.zero_point, b,
-        as_f32(scale), as_i32(zero_point), key,
+        as_f32(scale), as_i32(zero_point), key, s64,
         engine=eng, geometry=geom, relu=bool(relu), per_channel=wq.axis is not None,
         channels_last=bool(channels_last),
     )
-    return QArray(values, as_f32(scale), as_i32(zero_point), quint8, None, check=False)
+    return QArray(values, as_f32(scale), as_i32(zero_point), quint8, None, check=False,
+                  scale64=None if s64 is None else s64[2])
 
 
 @functools.partial(jax.jit, static_argnames=("engine", "geometry", "relu", "per_channel", "channels_last"))
-def _conv_values(x, sx, zx, w, sw, zw, bias, sy, zy, key, *, engine, geometry, relu, per_channel, channels_last):
+def _conv_values(x, sx, zx, w, sw, zw, bias, sy, zy, key, s64, *, engine, geometry, relu, per_channel,
+                 channels_last):
     if not channels_last:
         x = channels_to_last(x)  # (N, C, *S) -> (N, *S, C)
         w = weight_to_last(w)  # (O, I, *K) -> (*K, I, O)
-    out = engine.conv(x, sx, zx, w, sw, zw, per_channel, bias, sy, zy, geometry, relu, key).astype(jnp.uint8)
+    out = engine.conv(x, sx, zx, w, sw, zw, per_channel, bias, sy, zy, geometry, relu, key,
+                      **_doubles(s64)).astype(jnp.uint8)
     if not channels_last:
         # a depthwise kernel's tap loop fuses well with the relayout on large maps only
         if w.shape[-2] != 1 or math.prod(out.shape[1:-1]) <= _DEPTHWISE_OWN_BUFFER_MAX_PIXELS:
@@ -285,15 +289,18 @@ def conv_transpose(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0,
     check_accumulator(c // g * math.prod(kernel), xq.zero_point, wq.zero_point)
     eng = layer_engine(resolve(engine), wq.zero_point, g, opad)
     geom = ConvTransposeGeometry(strides, pads, opad, dil, g)
+    s64 = _scales64(xq, wq, scale)
     values = _conv_transpose_values(
         xq.values, xq.scale, xq.zero_point, wq.values, wq.scale, wq.zero_point, b, as_f32(scale), as_i32(zero_point),
-        engine=eng, geometry=geom, per_channel=wq.axis is not None)
-    return QArray(values, as_f32(scale), as_i32(zero_point), quint8, None, check=False)
+        s64, engine=eng, geometry=geom, per_channel=wq.axis is not None)
+    return QArray(values, as_f32(scale), as_i32(zero_point), quint8, None, check=False,
+                  scale64=None if s64 is None else s64[2])
 
 
 @functools.partial(jax.jit, static_argnames=("engine", "geometry", "per_channel"))
-def _conv_transpose_values(x, sx, zx, w, sw, zw, bias, sy, zy, *, engine, geometry, per_channel):
-    out = engine.conv_transpose(channels_to_last(x), sx, zx, w, sw, zw, per_channel, bias, sy, zy, geometry)
+def _conv_transpose_values(x, sx, zx, w, sw, zw, bias, sy, zy, s64, *, engine, geometry, per_channel):
+    out = engine.conv_transpose(channels_to_last(x), sx, zx, w, sw, zw, per_channel, bias, sy, zy, geometry,
+                                **_doubles(s64))
     return channels_to_first(out).astype(jnp.uint8)
 
 
@@ -325,13 +332,26 @@ def linear(xq, wq, bias=None, *, scale, zero_point, relu=False, engine="fbgemm",
     _check_out(scale, zero_point)
     check_accumulator(k, xq.zero_point, wq.zero_point)
     eng = resolve(engine)
+    s64 = _scales64(xq, wq, scale)
     values = _linear_values(
         xq.values, xq.scale, xq.zero_point, wq.values, wq.scale, wq.zero_point, b,
-        as_f32(scale), as_i32(zero_point), key, engine=eng, relu=bool(relu), per_channel=wq.axis is not None,
+        as_f32(scale), as_i32(zero_point), key, s64, engine=eng, relu=bool(relu), per_channel=wq.axis is not None,
     )
-    return QArray(values, as_f32(scale), as_i32(zero_point), quint8, None, check=False)
+    return QArray(values, as_f32(scale), as_i32(zero_point), quint8, None, check=False,
+                  scale64=None if s64 is None else s64[2])
 
 
 @functools.partial(jax.jit, static_argnames=("engine", "relu", "per_channel"))
-def _linear_values(x, sx, zx, w, sw, zw, bias, sy, zy, key, *, engine, relu, per_channel):
-    return engine.linear(x, sx, zx, w, sw, zw, per_channel, bias, sy, zy, relu, key).astype(jnp.uint8)
+def _linear_values(x, sx, zx, w, sw, zw, bias, sy, zy, key, s64, *, engine, relu, per_channel):
+    return engine.linear(x, sx, zx, w, sw, zw, per_channel, bias, sy, zy, relu, key, **_doubles(s64)).astype(jnp.uint8)
+
+
+def _scales64(xq, wq, scale):
+    """``(x, w, out)`` double words of the scales (torch's doubles: a Python-float ``scale=`` is one), or
+    None when all three are float32-valued (:mod:`qjax.float64`; engines that need them take ``scales64``)."""
+    s64 = (xq.scale64, wq.scale64, scale_words(scale))
+    return None if all(s is None for s in s64) else s64
+
+
+def _doubles(s64):
+    return {} if s64 is None else {"scales64": s64}

@@ -17,9 +17,10 @@ contract ``x * inv + zp`` into an FMA or not depending on fusion, so both rules 
 
 Dequantize is ``fl32(float(int32(q - zp)) * scale)`` per tensor and
 ``fl32(fl32(float(q) - float(zp)) * scale)`` per channel (they differ for qint32 only).
-torch multiplies per-channel values by its *double* scales; qjax stores float32
-scales, which is the same whenever the scales are float32 values — as every torch
-observer produces them.  Per-tensor kernels round the scale to float32 anyway.
+torch multiplies per-channel values by its *double* scales; qjax multiplies by the
+float32 scales, which is the same whenever the scales are float32 values — as every torch
+observer produces them.  Per-tensor kernels round the scale to float32 anyway.  A
+non-float32-valued double scale is kept on the QArray (``scale64``, :mod:`qjax.float64`).
 
 The rules on raw arrays (and the zero-point rounding of float zero points) live in
 :mod:`qjax.affine`, below :class:`~qjax.QArray`; this module is their QArray-level API.
@@ -34,7 +35,7 @@ from .affine import (channel_shape, clamp_to_int, dequantize_values, integer_zer
                      quantize_unfused, quantize_values, reciprocal, round_half_even)
 from .checks import QuantizationError, check_axis, check_scale, check_zero_point
 from .dtypes import as_qdtype
-from .qarray import QArray, as_f32, as_i32
+from .qarray import QArray, as_f32, as_i32, scale_words
 
 __all__ = [
     "quantize",
@@ -84,7 +85,10 @@ def quantize(x, scale, zero_point, dtype, axis=None) -> QArray:
         )
     s = as_f32(scale)
     z = as_i32(zero_point)
-    return QArray(quantize_values(x, s, z, dtype, axis), s, z, dtype, axis, check=False)
+    # torch.quantize_per_tensor / per_channel cast the scale to float (the values use fl32 only); the
+    # double is kept for later ops that compute with it (qjax.float64)
+    return QArray(quantize_values(x, s, z, dtype, axis), s, z, dtype, axis, check=False,
+                  scale64=scale_words(scale))
 
 
 def dequantize(q: QArray):

@@ -76,7 +76,7 @@ class TruncatingChip(engines.TorchCpuOps):
         return jnp.clip(y, out_zero_point if relu else 0, 255)
 
     def conv(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-             out_zero_point, geometry, relu, key=None):
+             out_zero_point, geometry, relu, key=None, scales64=None):
         acc = conv_accumulate(x, x_zero_point, w, w_zero_point, strides=geometry.strides, padding=geometry.padding,
                               dilation=geometry.dilation, groups=geometry.groups)
         return self._requant(acc, x_scale, w_scale, bias, out_scale, out_zero_point, relu)
@@ -85,7 +85,7 @@ class TruncatingChip(engines.TorchCpuOps):
         engines.refuse(self, "conv_transpose")
 
     def linear(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-               out_zero_point, relu, key=None):
+               out_zero_point, relu, key=None, scales64=None):
         acc = linear_accumulate(x, x_zero_point, w, w_zero_point)
         return self._requant(acc, x_scale, w_scale, bias, out_scale, out_zero_point, relu)
 

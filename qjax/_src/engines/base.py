@@ -74,7 +74,10 @@ class Engine(Protocol):
     (conv_transpose, torch's layout) or ``(O, K)`` (linear) with ``w_scale`` / ``w_zero_point`` scalar
     or ``(O,)`` and ``w_per_channel``; ``bias`` float32 ``(O,)`` or None; ``out_scale`` /
     ``out_zero_point`` the output's; ``key`` a PRNG key for engines that round stochastically (else
-    None).  They return the output integers as int32, channels last.  Non-GEMM ops take and return
+    None); ``scales64`` None or ``(x, w, out)``: torch's double scales as :mod:`qjax.float64` words, each
+    None where that scale is float32-valued (the float32 scales are always ``fl32`` of them; engines whose
+    kernels cast the scales to float first ignore it; callers pass it only when one is not None).  They
+    return the output integers as int32, channels last.  Non-GEMM ops take and return
     QArrays in torch's logical order; ``memory_format`` is torch's (``"contiguous"``,
     ``"channels_last"``, ``"strided"``) and ``threads`` torch's thread count; ``in_qparams`` / ``out_qparams``
     are the inputs' / output's concrete ``(scale, zero_point)`` when known (for kernels that derive
@@ -96,13 +99,13 @@ class Engine(Protocol):
 
     # -- GEMM ops --------------------------------------------------------------------------------
     def conv(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias,
-             out_scale, out_zero_point, geometry: ConvGeometry, relu: bool, key=None): ...
+             out_scale, out_zero_point, geometry: ConvGeometry, relu: bool, key=None, scales64=None): ...
 
     def conv_transpose(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias,
-                       out_scale, out_zero_point, geometry: ConvTransposeGeometry, key=None): ...
+                       out_scale, out_zero_point, geometry: ConvTransposeGeometry, key=None, scales64=None): ...
 
     def linear(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias,
-               out_scale, out_zero_point, relu: bool, key=None): ...
+               out_scale, out_zero_point, relu: bool, key=None, scales64=None): ...
 
     # -- elementwise -----------------------------------------------------------------------------
     def add(self, a, b, scale, zero_point, *, relu=False, memory_format="contiguous", threads=1,

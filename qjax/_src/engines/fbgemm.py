@@ -71,7 +71,7 @@ class Fbgemm(TorchCpuOps):
         return None if self.vnni else "gemm_pairs"
 
     def conv(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias,
-             out_scale, out_zero_point, geometry: ConvGeometry, relu: bool, key=None):
+             out_scale, out_zero_point, geometry: ConvGeometry, relu: bool, key=None, scales64=None):
         kernel = w.shape[:-2]
         sat = self.conv_saturation(x.shape[-1], w.shape[-1], kernel, geometry)
         acc = conv_accumulate(
@@ -85,7 +85,7 @@ class Fbgemm(TorchCpuOps):
         )
 
     def conv_transpose(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias,
-                       out_scale, out_zero_point, geometry: ConvTransposeGeometry, key=None):
+                       out_scale, out_zero_point, geometry: ConvTransposeGeometry, key=None, scales64=None):
         if w_per_channel:
             raise QuantizationError(
                 "fbgemm does not support per-channel weights for transposed convolution (torch raises "
@@ -106,7 +106,7 @@ class Fbgemm(TorchCpuOps):
                                  out_zero_point=out_zero_point, relu=False, per_channel=False)
 
     def linear(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias,
-               out_scale, out_zero_point, relu: bool, key=None):
+               out_scale, out_zero_point, relu: bool, key=None, scales64=None):
         acc = linear_accumulate(x, x_zero_point, w, w_zero_point, saturation=None if self.vnni else "gemm_pairs")
         return requantize_fbgemm(
             acc, x_scale=x_scale, w_scale=w_scale, bias=bias, out_scale=out_scale,

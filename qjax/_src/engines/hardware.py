@@ -142,7 +142,7 @@ class HardwareSpec(TorchCpuOps):
         return quantize_input(x, dict(scale=scale, zero_point=zero_point), spec=self, key=key)
 
     def conv(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-             out_zero_point, geometry, relu: bool, key=None):
+             out_zero_point, geometry, relu: bool, key=None, scales64=None):
         bq, m0, shift = derive_layer_in_graph(self, w.shape[-1], x_scale, w_scale, out_scale, bias)
         return _conv_channels_last(x, x_zero_point, w, w_zero_point, bq, m0, shift, out_zero_point,
                                    self._key_for(key, "conv"), spec=self, geometry=geometry, relu=bool(relu))
@@ -151,7 +151,7 @@ class HardwareSpec(TorchCpuOps):
         refuse(self, "conv_transpose", "the integer-only hardware model covers conv, linear and add")
 
     def linear(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-               out_zero_point, relu: bool, key=None):
+               out_zero_point, relu: bool, key=None, scales64=None):
         bq, m0, shift = derive_layer_in_graph(self, w.shape[0], x_scale, w_scale, out_scale, bias)
         return _linear_values(x, x_zero_point, w, w_zero_point, bq, m0, shift, out_zero_point,
                               self._key_for(key, "linear"), spec=self, relu=bool(relu))

@@ -50,7 +50,8 @@ class Onednn(TorchCpuOps):
     """oneDNN 3.12 int8 convolution / matmul as torch 2.13 calls it on an AVX512-VNNI CPU.
 
     Exact int32 accumulation (VNNI), then the epilogue of :mod:`qjax.requant.onednn`.
-    Weights must be symmetric (zero point 0), as torch's onednn prepack requires.
+    Weights must be symmetric (zero point 0), as torch's onednn prepack requires.  torch inverts the
+    activation, output (and per-tensor linear weight) scales in double: ``scales64`` carries them.
     ``torch_bugs`` (default True) reproduces torch's wrong transposed convolution when
     ``C_in/groups != C_out/groups`` (it hands oneDNN a scrambled weight).
     """
@@ -65,17 +66,18 @@ class Onednn(TorchCpuOps):
             raise QuantizationError("onednn needs symmetric weights (weight zero point 0), as torch's prepack does")
 
     def conv(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-             out_zero_point, geometry: ConvGeometry, relu: bool, key=None):
+             out_zero_point, geometry: ConvGeometry, relu: bool, key=None, scales64=None):
         self._symmetric(w_zero_point)
         acc = conv_accumulate(x, x_zero_point, w, 0, strides=geometry.strides, padding=geometry.padding,
                               dilation=geometry.dilation, groups=geometry.groups)
         nd = x.ndim - 2
         combined = onednn_uses_gemm_conv(nd, geometry.groups, x.shape[-1], w.shape[-1], geometry.dilation)
         return requantize_onednn(acc, x_scale=x_scale, w_scale=w_scale, bias=bias, out_scale=out_scale,
-                                 out_zero_point=out_zero_point, relu=relu, op="conv", combined_scale=combined)
+                                 out_zero_point=out_zero_point, relu=relu, op="conv", combined_scale=combined,
+                                 scales64=scales64)
 
     def conv_transpose(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-                       out_zero_point, geometry: ConvTransposeGeometry, key=None):
+                       out_zero_point, geometry: ConvTransposeGeometry, key=None, scales64=None):
         self._symmetric(w_zero_point)
         if w_per_channel:
             raise QuantizationError("onednn does not support per-channel weights for transposed convolution "
@@ -89,11 +91,11 @@ class Onednn(TorchCpuOps):
                                         output_padding=geometry.output_padding, dilation=geometry.dilation,
                                         groups=geometry.groups)
         return requantize_onednn(acc, x_scale=x_scale, w_scale=w_scale, bias=bias, out_scale=out_scale,
-                                 out_zero_point=out_zero_point, op="conv")
+                                 out_zero_point=out_zero_point, op="conv", scales64=scales64)
 
     def linear(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-               out_zero_point, relu: bool, key=None):
+               out_zero_point, relu: bool, key=None, scales64=None):
         self._symmetric(w_zero_point)
         acc = linear_accumulate(x, x_zero_point, w, 0)
         return requantize_onednn(acc, x_scale=x_scale, w_scale=w_scale, bias=bias, out_scale=out_scale,
-                                 out_zero_point=out_zero_point, relu=relu, op="linear")
+                                 out_zero_point=out_zero_point, relu=relu, op="linear", scales64=scales64)

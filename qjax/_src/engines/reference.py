@@ -59,7 +59,7 @@ class Reference(TorchCpuOps):
         return jnp.clip(r + zy, 0, 255)
 
     def conv(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-             out_zero_point, geometry: ConvGeometry, relu: bool, key=None):
+             out_zero_point, geometry: ConvGeometry, relu: bool, key=None, scales64=None):
         nd = x.ndim - 2
         xf = _deq(x, x_scale, x_zero_point)
         wf = _deq(w, w_scale, w_zero_point)  # channels-last weight: per-channel parameters broadcast on O (last)
@@ -72,7 +72,7 @@ class Reference(TorchCpuOps):
         return self._requantize(y, out_scale, out_zero_point, relu)
 
     def conv_transpose(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-                       out_zero_point, geometry: ConvTransposeGeometry, key=None):
+                       out_zero_point, geometry: ConvTransposeGeometry, key=None, scales64=None):
         nd = x.ndim - 2
         xf = _deq(x, x_scale, x_zero_point)
         cin, og = w.shape[:2]
@@ -98,7 +98,7 @@ class Reference(TorchCpuOps):
         return self._requantize(y, out_scale, out_zero_point, False)
 
     def linear(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-               out_zero_point, relu: bool, key=None):
+               out_zero_point, relu: bool, key=None, scales64=None):
         xf = _deq(x, x_scale, x_zero_point)
         wz = jnp.asarray(w_zero_point).astype(jnp.float32)
         ws = jnp.asarray(w_scale, jnp.float32)

@@ -23,6 +23,10 @@ from .torch_cpu import TorchCpuOps
 __all__ = ["X86"]
 
 
+def _doubles(scales64):
+    return {} if scales64 is None else {"scales64": scales64}
+
+
 @dataclasses.dataclass(frozen=True)
 class X86(TorchCpuOps):
     """torch's ``x86`` engine (``isa``: the CPU, as for :class:`~qjax.engines.Fbgemm`)."""
@@ -47,19 +51,19 @@ class X86(TorchCpuOps):
         return Fbgemm(isa=self.isa, torch_bugs=self.torch_bugs)
 
     def conv(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-             out_zero_point, geometry: ConvGeometry, relu: bool, key=None):
+             out_zero_point, geometry: ConvGeometry, relu: bool, key=None, scales64=None):
         eng = self.for_layer(w_zero_point, geometry.groups)
         return eng.conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-                        out_zero_point, geometry, relu)
+                        out_zero_point, geometry, relu, **_doubles(scales64))
 
     def conv_transpose(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-                       out_zero_point, geometry: ConvTransposeGeometry, key=None):
+                       out_zero_point, geometry: ConvTransposeGeometry, key=None, scales64=None):
         eng = self.for_layer(w_zero_point, geometry.groups, geometry.output_padding)
         return eng.conv_transpose(x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias,
-                                  out_scale, out_zero_point, geometry)
+                                  out_scale, out_zero_point, geometry, **_doubles(scales64))
 
     def linear(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-               out_zero_point, relu: bool, key=None):
-        # torch's x86 engine prepacks every linear layer for fbgemm
+               out_zero_point, relu: bool, key=None, scales64=None):
+        # torch's x86 engine prepacks every linear layer for fbgemm, which casts the scales to float first
         return Fbgemm(isa=self.isa).linear(x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias,
                                            out_scale, out_zero_point, relu)
