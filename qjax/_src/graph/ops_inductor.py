@@ -9,7 +9,11 @@ arrays for quantized tensors, float32 for float ones.
   ``qlinear_pointwise``, computed by the node's engine (``cfg["engine"].pointwise_conv`` /
   ``pointwise_linear``, channels last inside);
 * ``exact_op`` — ATen ops whose float32 / integer result does not depend on evaluation order
-  (max pooling, relu / hardtanh clamps, reshapes, cat, clone).
+  (max pooling, relu / hardtanh clamps, reshapes, cat, clone);
+* ``float_mean`` — ``aten.mean.dim`` over ``(H, W)`` of a dense channels-last float32 tensor (the
+  global average pool before a classifier): ``fl32(sum / (H*W))`` with SumKernel.cpp's cascade sum in
+  torch's order (:func:`qjax.qops.mean.channels_last_spatial_sum`) and a true float32 division
+  (``mean_out``: ``sum_out(...).div_(dim_prod)``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .. import float32 as f32x
+from ..qops.mean import channels_last_spatial_sum
 from .model import GraphError, register_op
 
 __all__ = []
@@ -94,3 +100,11 @@ def exact_op_node(cfg, p, x, *rest):
     if kind == "getitem":
         return x[cfg["index"]]
     raise GraphError(f"unknown exact op {kind} (node {cfg.get('node')})")
+
+
+@register_op("float_mean")
+def float_mean_node(cfg, p, x):
+    """``x`` float32 ``(N, C, H, W)`` (channels-last in torch) -> its mean over ``(H, W)``."""
+    n, c, h, w = x.shape
+    m = f32x.div_rn(channels_last_spatial_sum(x, cfg["threads"]), np.float32(h * w))
+    return m.reshape(n, c, 1, 1) if cfg["keepdim"] else m

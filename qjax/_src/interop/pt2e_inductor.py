@@ -68,8 +68,8 @@ def record_lowered(gm, example_inputs) -> dict:
 class _Lowering:
     """One pass over the lowered graph: fx nodes -> QModel nodes."""
 
-    def __init__(self, gm, example_inputs, engine):
-        self.gm, self.engine = gm, engine
+    def __init__(self, gm, example_inputs, engine, threads):
+        self.gm, self.engine, self.threads = gm, engine, threads
         self.torch = _torch()
         self.values = record_lowered(gm, example_inputs)
         self.nodes, self.params, self.consts, self.inputs = [], {}, {}, []
@@ -276,6 +276,8 @@ class _Lowering:
             if t == aten._to_copy.default and self.values[n.name].dtype != self.values[a[0].name].dtype:
                 raise TorchImportError(f"{what}: a dtype conversion is not supported")
             return self.exact(n, "identity", [x])
+        if t == aten.mean.dim:
+            return self.mean(n, what, x, a)
         if t == aten.cat.default:
             xs = [self.ref(v, what) for v in a[0]]
             dim = int(a[1]) if len(a) > 1 else 0
@@ -283,6 +285,18 @@ class _Lowering:
         raise TorchImportError(f"{what}: qjax does not reproduce this op of the lowered graph exactly (float "
                                "reductions, averages and transcendental activations run in an order torch "
                                "does not pin down here)")
+
+    def mean(self, n, what, x, a):
+        torch = self.torch
+        v = self.values[a[0].name]
+        dims = sorted(int(d) % max(v.dim(), 1) for d in a[1]) if len(a) > 1 and a[1] is not None else None
+        keepdim = bool(a[2]) if len(a) > 2 else bool(n.kwargs.get("keepdim", False))
+        if (v.dtype != torch.float32 or v.dim() != 4 or dims != [2, 3] or n.kwargs.get("dtype") is not None
+                or not v.is_contiguous(memory_format=torch.channels_last)):
+            raise TorchImportError(f"{what}: only the float32 mean over (H, W) of a channels-last 4-d tensor is "
+                                   f"reproduced (torch's cascade-sum order), got {str(v.dtype)} {tuple(v.shape)} "
+                                   f"over {a[1] if len(a) > 1 else None}")
+        self.emit(n, "float_mean", [x], dict(keepdim=keepdim, threads=self.threads))
 
     def exact_max_pool(self, n, x, k, stride, pad, dil, ceil):
         self.exact(n, "max_pool", [x], kernel=tuple(int(v) for v in k), stride=tuple(int(v) for v in stride),
@@ -355,12 +369,13 @@ def import_lowered(gm, example_inputs, **settings) -> QModel:
 
     ``example_inputs``: a tuple of float32 tensors ``gm`` accepts (used to read the dtypes and shapes of
     its intermediate tensors).  Settings: ``engine`` (default :class:`~qjax.engines.Inductor`; an engine
-    with ``pointwise_conv`` / ``pointwise_linear``), ``threads`` (accepted; the lowered ops' results do
-    not depend on it).  The QModel takes the same float32 inputs (as jax arrays) and returns float32
+    with ``pointwise_conv`` / ``pointwise_linear``), ``threads`` (torch's intra-op thread count, default
+    ``torch.get_num_threads()``: a float mean's summation order depends on it; the oneDNN kernels' does
+    not).  The QModel takes the same float32 inputs (as jax arrays) and returns float32
     outputs (or the integers of a quantized output) in torch's logical order.
     """
     engine = settings.pop("engine", None) or Inductor()
-    settings.pop("threads", None)
+    threads = settings.pop("threads", None) or _torch().get_num_threads()
     if settings:
         raise TypeError(f"import_lowered: unknown settings {sorted(settings)} (it takes engine, threads)")
     if not hasattr(engine, "pointwise_conv"):
@@ -368,4 +383,4 @@ def import_lowered(gm, example_inputs, **settings) -> QModel:
                          "with pointwise_conv / pointwise_linear (qjax.engines.Inductor)")
     if not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
-    return _Lowering(gm, tuple(example_inputs), engine).run()
+    return _Lowering(gm, tuple(example_inputs), engine, int(threads)).run()

@@ -64,13 +64,13 @@ def pointwise_epilogue(acc, *, x_scale, w_scale, bias, accum=None, accum_scale=1
     return _epilogue(acc, jnp.asarray(x_scale, jnp.float32), jnp.asarray(w_scale, jnp.float32),
                      None if bias is None else jnp.asarray(bias, jnp.float32), accum,
                      jnp.float32(np.float32(accum_scale)), jnp.float32(np.float32(accum_zero_point)),
-                     unary=unary, lo=lo, hi=hi, fp32_out=out_dtype == "float32", a_dinv=float(a_dinv),
-                     zy=float(zy), qmin=qmin, qmax=qmax)
+                     jnp.float32(a_dinv), jnp.float32(zy), unary=unary, lo=lo, hi=hi,
+                     fp32_out=out_dtype == "float32", qmin=qmin, qmax=qmax)
 
 
-@functools.partial(jax.jit, static_argnames=("unary", "lo", "hi", "fp32_out", "a_dinv", "zy", "qmin", "qmax"))
-def _epilogue(acc, a_src, a_wei, bias, accum, accum_scale, accum_zp, *, unary, lo, hi, fp32_out, a_dinv, zy,
-              qmin, qmax):
+@functools.partial(jax.jit, static_argnames=("unary", "lo", "hi", "fp32_out", "qmin", "qmax"))
+def _epilogue(acc, a_src, a_wei, bias, accum, accum_scale, accum_zp, a_dinv, zy, *, unary, lo, hi, fp32_out, qmin,
+              qmax):
     nc = f32x.uncontracted
     v = nc(nc(acc.astype(jnp.float32) * a_src) * a_wei)
     if bias is not None:
@@ -84,6 +84,6 @@ def _epilogue(acc, a_src, a_wei, bias, accum, accum_scale, accum_zp, *, unary, l
         v = jnp.clip(v, jnp.float32(lo), jnp.float32(hi))
     if fp32_out:
         return v
-    v = nc(v * jnp.float32(a_dinv)) + jnp.float32(zy)
+    v = nc(v * a_dinv) + zy
     v = jnp.clip(v, jnp.float32(qmin), jnp.float32(qmax))
     return jnp.round(v).astype(jnp.int32)
