@@ -11,7 +11,10 @@ reassociate), correctly rounded, and has a numpy twin for concrete values that i
 * :func:`round_to_f32` — ``fl32(d)`` (``static_cast<float>(double)``, round half to even);
 * :func:`reciprocal_to_f32` — ``fl32(fl64(1.0 / d))``: the reciprocal rounded to double, *then* to float32
   (two roundings: onednn's ``ideep::scale_t(1, 1.0 / scale)`` in ``qconv.cpp`` / ``qlinear.cpp``, and the
-  pt2e decomposed quantize ``x * (1.0 / scale)`` whose Python-float factor torch casts to float32).
+  pt2e decomposed quantize ``x * (1.0 / scale)`` whose Python-float factor torch casts to float32);
+* :func:`product_to_f32` — ``fl32(fl64(a * b))`` (qnnpack's bias scale ``weight.q_scale() * input_scale``,
+  ``QuantUtils.h`` ``QuantizeBias``, quantized with the float cast of that double);
+* :func:`words_from_f32` — the (exact) double of a float32.
 
 For a float32-valued ``d`` the double reciprocal rounded to float32 equals the float32 division
 ``fl32(1.0f / d)`` (Figueroa: double has more than ``2 * 24 + 2`` bits), so code holding only float32
@@ -30,8 +33,9 @@ from jax import lax
 
 from . import float32 as f32x
 
-__all__ = ["words", "from_words", "words_if_not_f32", "round_to_f32", "reciprocal_to_f32", "round_to_f32_numpy",
-           "reciprocal_to_f32_numpy", "reciprocal_f32"]
+__all__ = ["words", "from_words", "words_if_not_f32", "round_to_f32", "reciprocal_to_f32", "product_to_f32",
+           "words_from_f32", "round_to_f32_numpy", "reciprocal_to_f32_numpy", "product_to_f32_numpy", "reciprocal_f32",
+           "product_f32"]
 
 _U32 = jnp.uint32
 
@@ -73,6 +77,11 @@ def round_to_f32_numpy(w) -> np.ndarray:
 def reciprocal_to_f32_numpy(w) -> np.ndarray:
     """``fl32(fl64(1.0 / d))`` (numpy twin of :func:`reciprocal_to_f32`)."""
     return (np.float64(1.0) / from_words(w)).astype(np.float32)
+
+
+def product_to_f32_numpy(wa, wb) -> np.ndarray:
+    """``fl32(fl64(a * b))`` (numpy twin of :func:`product_to_f32`)."""
+    return (from_words(wa) * from_words(wb)).astype(np.float32)
 
 
 # -- traced side (jax.lax, integers only) -------------------------------------------------------------
@@ -159,3 +168,72 @@ def reciprocal_f32(scale_f32, scale64=None):
     if scale64 is None:
         return f32x.div_rn(1.0, jnp.asarray(scale_f32, jnp.float32))
     return reciprocal_to_f32(scale64)
+
+
+def words_from_f32(f):
+    """The words of the double equal to float32 ``f`` (normal floats; exact)."""
+    b = lax.bitcast_convert_type(jnp.asarray(f, jnp.float32), _U32)
+    e = (b >> 23) & _u(0xFF)
+    m = b & _u(0x7FFFFF)
+    hi = (b & _u(0x80000000)) | ((e + _u(1023 - 127)) << 20) | (m >> 3)
+    return jnp.stack([hi, (m & _u(7)) << 29], axis=-1)
+
+
+_LIMB = 11  # 53-bit significands as five 11-bit limbs: limb products < 2**22, column sums < 2**25
+
+
+def _limbs(mh, lo):
+    m = [lo & _u(0x7FF), (lo >> 11) & _u(0x7FF), ((lo >> 22) | (mh << 10)) & _u(0x7FF), (mh >> 1) & _u(0x7FF),
+         (mh >> 12) & _u(0x7FF)]
+    return m
+
+
+def product_to_f32(wa, wb):
+    """``fl32(fl64(a * b))`` for doubles given as words (broadcasting) -> float32.
+
+    The 106-bit product of the significands is formed exactly from 11-bit limbs (column sums fit uint32),
+    packed into four 32-bit words, rounded to 53 bits half to even (guard bit and sticky bits below it),
+    then to float32 by :func:`_round53_to_f32`.
+    """
+    wa, wb = jnp.broadcast_arrays(jnp.asarray(wa, _U32), jnp.asarray(wb, _U32))
+    ea, ah, al = _split(wa)
+    eb, bh, bl = _split(wb)
+    a, b = _limbs(ah, al), _limbs(bh, bl)
+    cols = [sum(a[i] * b[k - i] for i in range(max(0, k - 4), min(k, 4) + 1)) for k in range(9)]
+    limbs, carry = [], jnp.zeros_like(ah)
+    for c in cols:
+        t = c + carry
+        limbs.append(t & _u(0x7FF))
+        carry = t >> _LIMB
+    limbs += [carry & _u(0x7FF), carry >> _LIMB]  # P < 2**106: limbs 0..9 (the 11th is 0)
+    w = [jnp.zeros_like(ah) for _ in range(4)]
+    for i, limb in enumerate(limbs[:10]):
+        idx, sh = divmod(_LIMB * i, 32)
+        w[idx] = w[idx] | (limb << sh)
+        if sh + _LIMB > 32:
+            w[idx + 1] = w[idx + 1] | (limb >> (32 - sh))
+    w0, w1, w2, w3 = w
+    top = ((w3 >> 9) & _u(1)) == 1  # bit 105 set: P in [2**105, 2**106), else [2**104, 2**105)
+    # q53 = P >> s with s = 53 (top) or 52
+    lo53 = jnp.where(top, (w1 >> 21) | (w2 << 11), (w1 >> 20) | (w2 << 12))
+    hi53 = jnp.where(top, (w2 >> 21) | (w3 << 11), (w2 >> 20) | (w3 << 12)) & _u(0x1FFFFF)
+    guard = jnp.where(top, (w1 >> 20) & _u(1), (w1 >> 19) & _u(1))
+    sticky = (w0 != 0) | ((w1 & jnp.where(top, _u(0xFFFFF), _u(0x7FFFF))) != 0)
+    up = (guard == 1) & (sticky | ((lo53 & _u(1)) == 1))
+    lo2 = lo53 + up.astype(_U32)
+    hi53 = hi53 + (lo2 < lo53).astype(_U32)
+    ovf = (hi53 >> 21) == 1
+    hi53 = jnp.where(ovf, _u(0x100000), hi53)
+    lo2 = jnp.where(ovf, _u(0), lo2)
+    exp = ea + eb - 2046 + top.astype(jnp.int32) + ovf.astype(jnp.int32)
+    return _round53_to_f32(hi53, lo2, exp)
+
+
+def product_f32(a_f32, a64, b_f32, b64):
+    """``fl32(fl64(a * b))`` of two scales each held as float32 plus optional words (None: float32-valued,
+    where the double product of two float32s is exact and this is the correctly rounded float32 product)."""
+    if a64 is None and b64 is None:
+        return f32x.mul_rn(jnp.asarray(a_f32, jnp.float32), jnp.asarray(b_f32, jnp.float32))
+    a64 = words_from_f32(a_f32) if a64 is None else a64
+    b64 = words_from_f32(b_f32) if b64 is None else b64
+    return product_to_f32(a64, b64)

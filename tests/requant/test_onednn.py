@@ -15,7 +15,7 @@ import pytest
 import qjax
 
 from .. import torch_ref
-from ..helpers import assert_same, operands, qjax_conv, torch_conv
+from ..helpers import assert_same, operands, qjax_conv, qjax_linear, torch_conv, torch_linear
 
 pytestmark = pytest.mark.torch
 F32 = np.float32
@@ -125,3 +125,112 @@ def test_zero_point_add_is_not_contracted():
     want = check(case)
     assert (fused_reference(case, False, False) == want).all()
     assert (fused_reference(case, False, True) != want).sum() >= O // 8
+
+
+# -- torch's double scales (qjax.float64) -------------------------------------------------------------
+# torch inverts the activation and output scales (and linear's per-tensor weight scale) in double before
+# rounding to float32; these cases put every output channel on a near-tie of the double rule's epilogue,
+# with double scales whose float32-first factors differ, so the float32-first rule must mismatch torch.
+
+G = 96  # depthwise groups (<= 100: torch's x86 engine sends the conv to oneDNN too)
+
+
+def _r64(d):
+    return (np.float64(1.0) / np.asarray(d, np.float64)).astype(F32)  # fl32(fl64(1/d))
+
+
+def _r32(d):
+    return inv(np.asarray(d, np.float64).astype(F32))  # the float32-first rule: fl32(1/fl32(d))
+
+
+def double_factors(dx, sw, dy, op, per_channel, recip=_r64):
+    a_src = inv(recip(dx))
+    if op == "conv":
+        a_wei = np.asarray(sw, np.float64).astype(F32)
+    elif per_channel:
+        a_wei = inv(inv(np.asarray(sw, np.float64).astype(F32)))
+    else:
+        a_wei = inv(recip(sw))
+    return a_src, a_wei, inv(inv(recip(dy)))
+
+
+def epilogue(acc, bias, zy, factors):
+    a_src, a_wei, a_dinv = factors
+    v = ((acc.astype(F32) * a_src).astype(F32) * a_wei).astype(F32)
+    v = ((v + bias).astype(F32) * a_dinv).astype(F32)
+    return np.rint(np.clip((v + F32(zy)).astype(F32), 0, 255)).astype(np.int64)
+
+
+def _nudge(b, ulps):
+    for _ in range(int(np.abs(ulps).max())):
+        b = np.where(ulps > 0, np.nextafter(b, F32(np.inf)), np.where(ulps < 0, np.nextafter(b, F32(-np.inf)), b))
+        ulps = ulps - np.sign(ulps)
+    return b.astype(F32)
+
+
+def double_tie_case(rng, op, per_channel):
+    """A depthwise 3x3 conv on a 3x3 input (one output per channel) or a linear layer, O = 96, with double
+    scales ``dx``, ``dy`` (and a double per-tensor linear weight scale) and per-channel biases that put the
+    double rule's ``v * a_dinv + zy`` within a few float32 ulps of a half-integer."""
+    while True:  # double scales whose float32-first factors differ from torch's
+        dx, dy = rng.uniform(0.004, 0.04), rng.uniform(0.004, 0.08)
+        sw = (rng.uniform(0.002, 0.02, G).astype(F32).astype(np.float64) if per_channel
+              else float(F32(rng.uniform(0.002, 0.02))) if op == "conv" else rng.uniform(0.002, 0.02))
+        fd, ff = double_factors(dx, sw, dy, op, per_channel), double_factors(dx, sw, dy, op, per_channel, _r32)
+        if fd[0] != ff[0] or fd[2] != ff[2] or np.any(fd[1] != ff[1]):
+            break
+    zx, zy = int(rng.integers(100, 156)), int(rng.integers(0, 256))
+    if op == "conv":
+        x = rng.integers(0, 256, (1, G, 3, 3)).astype(np.uint8)
+        w = rng.integers(-128, 128, (G, 1, 3, 3)).astype(np.int8)
+        acc = ((x[0].reshape(G, 9).astype(np.int64) - zx) * w.reshape(G, 9)).sum(1)
+    else:
+        x = rng.integers(0, 256, (1, 16)).astype(np.uint8)
+        w = rng.integers(-128, 128, (G, 16)).astype(np.int8)
+        acc = ((x.astype(np.int64) - zx) @ w.T.astype(np.int64))[0]
+    a_src, a_wei, a_dinv = fd
+    u = ((acc.astype(F32) * a_src).astype(F32) * a_wei).astype(F32)
+    target = (rng.integers(1, 254, G) + 0.5 - zy) / np.float64(a_dinv)
+    bias = _nudge((target - u).astype(F32), rng.integers(-3, 4, G))
+    return dict(kind=f"double scales {op}", x=x, w=w, sx=dx, zx=zx, sw=sw, zw=np.zeros(G, np.int64) if per_channel
+                else 0, per_channel=per_channel, bias=bias, sy=dy, zy=zy, stride=(1, 1), padding=(0, 0),
+                dilation=(1, 1), groups=G, relu=False, acc=acc, out_channels=G)
+
+
+def _run(case, op, engine):
+    if op == "conv":
+        return qjax_conv(case, engine=engine).reshape(-1), torch_conv(case).reshape(-1)
+    return qjax_linear(case, engine=engine).reshape(-1), torch_linear(case).reshape(-1)
+
+
+@pytest.mark.parametrize("engine", ["onednn", "x86"])
+@pytest.mark.parametrize("op", ["conv", "linear"])
+def test_double_scales_on_near_ties(engine, op):
+    """torch's double scales on onednn / x86, conv / linear, per tensor and per channel: 0 mismatches, while
+    the float32-first rule (qjax before qjax.float64) mismatches torch on the same near-ties."""
+    torch_ref.set_engine(engine)
+    rng = np.random.default_rng([3, len(engine), len(op)])
+    outputs = wrong32 = 0
+    for per_channel in (False, True):
+        case = double_tie_case(rng, op, per_channel)
+        assert operands(case)[0].scale64 is not None  # the double reached the QArray
+        got, want = _run(case, op, qjax.engines.resolve(engine))
+        assert_same(got, want, f"{engine} {op} double scales per_channel={per_channel}")
+        outputs += want.size
+        if engine == "onednn" or op == "conv":  # torch's x86 engine runs linear on fbgemm
+            f = double_factors(case["sx"], case["sw"], case["sy"], op, per_channel)
+            assert (epilogue(case["acc"], case["bias"], case["zy"], f) == want).all()
+            f32 = double_factors(case["sx"], case["sw"], case["sy"], op, per_channel, _r32)
+            wrong32 += int((epilogue(case["acc"], case["bias"], case["zy"], f32) != want).sum())
+    if engine == "onednn" or op == "conv":
+        assert wrong32 >= outputs // 20, f"the float32-first rule mismatches only {wrong32} of {outputs}"
+
+
+def test_double_scales_traced():
+    """The input's double scale as a jit argument (the QArray's scale64 leaf): torch's integers."""
+    torch_ref.set_engine("onednn")
+    case = double_tie_case(np.random.default_rng(11), "conv", True)
+    x, w = operands(case)
+    f = jax.jit(lambda x, w: qjax.conv(x, w, case["bias"], scale=case["sy"], zero_point=case["zy"], groups=G,
+                                       engine="onednn").values)
+    assert_same(np.asarray(f(x, w)).reshape(-1), torch_conv(case).reshape(-1), "onednn double scales traced")

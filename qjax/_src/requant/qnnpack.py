@@ -9,9 +9,12 @@ Sources: ``aten/src/ATen/native/quantized/cpu/qconv.cpp`` / ``qlinear.cpp``
     rs[o] = fl32(fl32(sw[o] * sx) * fl32(1 / sy))                 # a multiplication by 1/sy, not a division
     q     = clamp(rne(fl32(fl32(acc) * rs[o])) + zy, relu ? zy : 0, 255)   (|.| >= 2**31 -> INT32_MIN)
 
-Unlike fbgemm the bias is rounded to an integer *before* accumulation.  torch forms
-``sx * sw`` in double; with float32 scales (qjax's representation) the double product is
-exact, so ``fl32`` of it is the correctly rounded float32 product used here.
+Unlike fbgemm the bias is rounded to an integer *before* accumulation.  torch forms the bias
+scale ``sx * sw`` in double (``QuantUtils.h`` ``QuantizeBias``: ``weight.q_scale() * input_scale``, or
+the double ``q_per_channel_scales() * input_scale``) and quantizes with its float cast, so it is
+``fl32(fl64(dx * dw))`` of torch's doubles (:func:`qjax.float64.product_f32`; for float32-valued scales
+the double product is exact and this is the correctly rounded float32 product).  The multiplier ``rs``
+takes float scales (``generate_requantization_scales``), ``fl32`` of the doubles.
 """
 
 from __future__ import annotations
@@ -19,15 +22,20 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from .. import float32 as f32x
+from ..float64 import product_f32
 from ..quantize import quantize_unfused
 from .fbgemm import round_to_int32_cvtps2dq
 
 __all__ = ["quantize_bias_qnnpack", "requantize_qnnpack", "qnnpack_multiplier"]
 
 
-def quantize_bias_qnnpack(bias, x_scale, w_scale):
-    """``quantize_per_tensor/channel(bias, sx*sw, 0, qint32)``: the scalar rule, two roundings."""
-    sb = f32x.mul_rn(jnp.asarray(x_scale, jnp.float32), jnp.asarray(w_scale, jnp.float32))
+def quantize_bias_qnnpack(bias, x_scale, w_scale, scales64=None):
+    """``quantize_per_tensor/channel(bias, sx*sw, 0, qint32)``: the scalar rule, two roundings.
+
+    ``scales64``: ``(x, w, out)`` double words of the scales (each None where float32-valued), or None.
+    """
+    x64, w64, _ = scales64 if scales64 is not None else (None, None, None)
+    sb = product_f32(x_scale, x64, w_scale, w64)
     inv = f32x.div_rn(1.0, sb)
     return quantize_unfused(jnp.asarray(bias, jnp.float32), inv, jnp.int32(0), -(2**31), 2**31 - 1, jnp.int32)
 
@@ -38,10 +46,10 @@ def qnnpack_multiplier(x_scale, w_scale, out_scale):
                        f32x.div_rn(1.0, out_scale))
 
 
-def requantize_qnnpack(acc, *, x_scale, w_scale, bias, out_scale, out_zero_point, relu=False):
+def requantize_qnnpack(acc, *, x_scale, w_scale, bias, out_scale, out_zero_point, relu=False, scales64=None):
     """int32 accumulator (channels last) -> quint8 values as int32 (see the module docstring)."""
     if bias is not None:
-        acc = acc + quantize_bias_qnnpack(bias, x_scale, w_scale)
+        acc = acc + quantize_bias_qnnpack(bias, x_scale, w_scale, scales64)
     rs = qnnpack_multiplier(x_scale, w_scale, out_scale)
     r = round_to_int32_cvtps2dq(f32x.mul_rn(acc.astype(jnp.float32), rs))
     zy = jnp.asarray(out_zero_point, jnp.int32)
