@@ -155,6 +155,18 @@ class Engine(Protocol):
 
     def mean(self, x, dims, keepdim, *, memory_format="contiguous"): ...
 
+    # -- float-output ops: dynamic quantization, quantized embeddings --------------------------------
+    def linear_dynamic(self, x, w, w_scale, w_zero_point, w_per_channel, bias, *, relu=False, reduce_range=True):
+        """``quantized::linear_dynamic``: float32 ``x (..., K)`` quantized per call, int8 ``w (O, K)``,
+        float32 ``(..., O)`` out (:mod:`qjax._src.qops.dynamic`)."""
+
+    def embedding_bag(self, values, row_scale, row_bias, indices, offsets, per_sample_weights=None):
+        """``quantized::embedding_bag_byte`` / ``_4bit`` (sum): uint8 ``values (R, D)``, float32 row scale /
+        bias ``(R,)``, ``indices (n,)``, bag starts ``offsets (B,)`` -> float32 ``(B, D)``."""
+
+    def embedding(self, values, row_scale, row_bias, indices):
+        """``quantized::embedding_byte`` / ``_4bit``: float32 ``indices.shape + (D,)``."""
+
     # -- explanation -----------------------------------------------------------------------------
     def describe(self, op, x_taps, w_taps, x_scale, x_zero_point, w_scale, w_zero_point, per_channel, bias,
                  out_scale, out_zero_point, relu, **shape) -> dict:

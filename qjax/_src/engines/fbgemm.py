@@ -13,6 +13,7 @@ from ..kernels.conv import conv_accumulate
 from ..kernels.conv_transpose import conv_transpose_accumulate, fbgemm_direct_conv_transpose, fbgemm_direct_path
 from ..kernels.fbgemm_paths import ISAS, fbgemm_conv_path, host_isa
 from ..kernels.linear import linear_accumulate
+from ..qops.dynamic import float_output_fbgemm, linear_dynamic
 from ..requant.fbgemm import requantize_fbgemm
 from .base import ConvGeometry, ConvTransposeGeometry
 from .torch_cpu import TorchCpuOps
@@ -114,6 +115,12 @@ class Fbgemm(TorchCpuOps):
         )
 
 
+
+    def linear_dynamic(self, x, w, w_scale, w_zero_point, w_per_channel, bias, *, relu=False, reduce_range=True):
+        """``qlinear_dynamic.cpp`` ``PackedLinearWeight::apply_dynamic_impl`` (:mod:`qjax._src.qops.dynamic`);
+        the GEMM is the static linear's, with its int16 pair saturation without VNNI."""
+        return linear_dynamic(x, w, w_scale, w_zero_point, bias, relu=relu, reduce_range=reduce_range,
+                              saturation=None if self.vnni else "gemm_pairs", float_output=float_output_fbgemm)
 
     def describe(self, op, x_taps, w_taps, x_scale, x_zero_point, w_scale, w_zero_point, per_channel, bias,
                  out_scale, out_zero_point, relu, *, in_channels=None, out_channels=None, kernel=None,

@@ -18,6 +18,7 @@ from ..qarray import QArray
 from ..qops import elementwise as ew
 from ..qops.batchnorm import batch_norm
 from ..qops.concat import cat
+from ..qops.embedding import embedding_bag_sum, embedding_lookup
 from ..qops.mean import float_mean_channels_last
 from ..qops.paths import CHANNELS_LAST, CONTIGUOUS
 from ..qops.pooling import adaptive_avg_pool, avg_pool, max_pool
@@ -111,6 +112,18 @@ class TorchCpuOps:
 
     def batch_norm(self, x, weight, bias, mean, var, eps, scale, zero_point, *, relu=False, in_scale=None):
         return batch_norm(x, weight, bias, mean, var, eps, scale, zero_point, relu=relu, in_scale=in_scale)
+
+    # -- float-output ops --------------------------------------------------------------------------
+    def linear_dynamic(self, x, w, w_scale, w_zero_point, w_per_channel, bias, *, relu=False, reduce_range=True):
+        refuse(self, "dynamic-quantization linear (quantized::linear_dynamic)",
+               "qjax models fbgemm's and qnnpack's kernels (x86 runs fbgemm's)")
+
+    def embedding_bag(self, values, row_scale, row_bias, indices, offsets, per_sample_weights=None):
+        """FBGEMM's ``EmbeddingSpMDM`` (``qembeddingbag.cpp`` calls it on every torch engine)."""
+        return embedding_bag_sum(values, row_scale, row_bias, indices, offsets, per_sample_weights)
+
+    def embedding(self, values, row_scale, row_bias, indices):
+        return embedding_lookup(values, row_scale, row_bias, indices)
 
     def mean(self, x, dims, keepdim, *, memory_format=CONTIGUOUS, threads=1):
         """``quantized::mean`` (``ReduceOps.cpp``, ``mean_out_quantized_cpu``): over the trailing dims of a

@@ -67,3 +67,8 @@ class X86(TorchCpuOps):
         # torch's x86 engine prepacks every linear layer for fbgemm, which casts the scales to float first
         return Fbgemm(isa=self.isa).linear(x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias,
                                            out_scale, out_zero_point, relu)
+
+    def linear_dynamic(self, x, w, w_scale, w_zero_point, w_per_channel, bias, *, relu=False, reduce_range=True):
+        # torch's x86 engine prepacks linear layers for fbgemm, dynamic ones included
+        return Fbgemm(isa=self.isa).linear_dynamic(x, w, w_scale, w_zero_point, w_per_channel, bias, relu=relu,
+                                                   reduce_range=reduce_range)
