@@ -70,8 +70,8 @@ def _conv_jit(x, sx, zx, w, ws, b, accum, *, geo, post):
 
 
 @functools.partial(jax.jit, static_argnames=("post",))
-def _linear_jit(x, sx, zx, w, ws, b, *, post):
-    return ENGINE.pointwise_linear(x, sx, zx, w, ws, b, post)
+def _linear_jit(x, sx, zx, w, ws, b, accum=None, *, post):
+    return ENGINE.pointwise_linear(x, sx, zx, w, ws, b, post, accum=accum)
 
 
 def _qjax_conv(c, post, accum=None):
@@ -159,10 +159,10 @@ def test_pointwise_conv_sum_post_op():
     relu or none) and a float32 one (float32 output)."""
     rng = np.random.default_rng(2)
     bad = total = 0
-    for t in range(6):
+    for t in range(4):
         c = _conv_case(rng, 16, 16, 3, N=2, H=6)
         attr = "relu" if t % 2 == 0 else "none"
-        if t < 4:
+        if t < 2:
             sa, za = float(F(rng.uniform(0.01, 0.1))), int(rng.integers(0, 256))
             sy, zy = float(F(rng.uniform(0.01, 0.1))), int(rng.integers(0, 256))
             accum = torch.from_numpy(rng.integers(0, 256, (2, 16, 6, 6)).astype(np.uint8)).contiguous(
@@ -180,6 +180,37 @@ def test_pointwise_conv_sum_post_op():
             bad += int((_bits(got) != _bits(y)).sum())
         total += y.size
     assert bad == 0, f"{bad} of {total} outputs differ"
+
+
+def test_pointwise_linear_binary():
+    """``qlinear_pointwise.binary``: 'sum' with a uint8 operand (its scale / zero point) into uint8, with a
+    float32 one into float32; 'add' adds the operand as it is (a uint8 one's scale / zero point unused)."""
+    rng = np.random.default_rng(4)
+    K, O, N = 32, 16, 8
+    wq = torch.from_numpy(rng.integers(-127, 128, (O, K)).astype(np.int8))
+    wsc = torch.from_numpy(rng.uniform(0.0005, 0.003, O).astype(F))
+    b = torch.from_numpy(rng.normal(0, 0.5, O).astype(F))
+    sx, zx = float(F(0.0123)), 77
+    x = torch.from_numpy(rng.integers(0, 256, (N, K)).astype(np.uint8))
+    packed = torch.ops.onednn.qlinear_prepack(wq, x.shape)
+    bad = 0
+    for binary, u8_other, u8_out, attr in [("sum", True, True, "relu"), ("sum", False, False, "none"),
+                                           ("add", True, True, "none"), ("add", False, True, "relu")]:
+        if u8_other:
+            other, osc, ozp = torch.from_numpy(rng.integers(0, 256, (N, O)).astype(np.uint8)), 0.05, 100
+        else:
+            other, osc, ozp = torch.from_numpy(rng.normal(0, 2, (N, O)).astype(F)), 1.0, 0
+        sy, zy = (0.05, 90) if u8_out else (1.0, 0)
+        y = torch.ops.onednn.qlinear_pointwise.binary(x, sx, zx, packed, wsc, torch.zeros(O, dtype=torch.int64),
+                                                      other.clone(), b, sy, zy, torch.uint8 if u8_out else torch.float32,
+                                                      osc, ozp, binary, 1.0, attr, [], "").numpy()
+        scale, zp = (osc, ozp) if binary == "sum" else (1.0, 0)  # what the importer stores for 'add'
+        post = PostOps(out_dtype="uint8" if u8_out else "float32", output_scale=sy, output_zero_point=zy, unary=attr,
+                       binary="sum", accum_scale=scale, accum_zero_point=zp)
+        got = np.asarray(_linear_jit(jnp.asarray(x.numpy()), F(sx), zx, jnp.asarray(wq.numpy()), wsc.numpy(),
+                                     b.numpy(), jnp.asarray(other.numpy()), post=post))
+        bad += int((got != y).sum()) if u8_out else int((_bits(got) != _bits(y)).sum())
+    assert bad == 0
 
 
 def test_pointwise_linear_outputs():
@@ -273,7 +304,9 @@ class _Net(torch.nn.Module):
     """Every pattern the lowering emits for CNNs: a stem conv-bn-relu and max pooling; a ResNet basic
     block (functional relus; a uint8 'sum' into the block input); a conv + add + relu whose operand is
     the conv's own input (a float32 'sum'); MobileNet's relu6 / hardtanh (float32 outputs, ATen clamps),
-    a depthwise conv and a residual add without relu; a linear head (uint8 and float32 outputs)."""
+    a depthwise conv and a residual add without relu; global average pooling (a float32 mean of a
+    channels-last tensor); a linear head with residuals (qlinear 'sum' with a float32 operand, 'add'),
+    uint8 and float32 outputs."""
 
     def __init__(self):
         super().__init__()
@@ -283,7 +316,7 @@ class _Net(torch.nn.Module):
         self.bn1, self.bn2 = torch.nn.BatchNorm2d(16), torch.nn.BatchNorm2d(16)
         self.c = conv(16, 16, 3, padding=1)
         self.expand, self.dw, self.project = conv(16, 32, 1), conv(32, 32, 3, padding=1, groups=32), conv(32, 16, 1)
-        self.fc, self.fc2 = torch.nn.Linear(16, 12), torch.nn.Linear(12, 5)
+        self.fc, self.fc2, self.fc3 = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16), torch.nn.Linear(16, 5)
         for bn in (self.stem_bn, self.bn1, self.bn2):
             bn.running_mean.normal_(0, 0.2)
             bn.running_var.uniform_(0.5, 2.0)
@@ -296,8 +329,9 @@ class _Net(torch.nn.Module):
         h = torch.nn.functional.hardtanh(self.expand(y), 0.0, 6.0)
         h = torch.nn.functional.relu6(self.dw(h))
         y = self.project(h) + y
-        y = torch.nn.functional.max_pool2d(y, 8)
-        return self.fc2(torch.relu(self.fc(torch.flatten(y, 1))))
+        y = torch.nn.functional.adaptive_avg_pool2d(y, 1).flatten(1)
+        z = torch.relu(self.fc(y) + y)
+        return self.fc3(self.fc2(z) + z)
 
 
 def test_lowered_model_bit_exact():
@@ -306,8 +340,8 @@ def test_lowered_model_bit_exact():
     shape = (2, 3, 8, 8)
     calib = [torch.randn(shape) for _ in range(3)]
     counts = {"onednn.qconv2d_pointwise.binary": 3, "onednn.qconv_pointwise.default": 4,
-              "onednn.qlinear_pointwise.default": 2, "aten.max_pool2d_with_indices.default": 2,
-              "aten.hardtanh.default": 2}
+              "onednn.qlinear_pointwise.binary": 2, "onednn.qlinear_pointwise.default": 1,
+              "aten.max_pool2d_with_indices.default": 1, "aten.hardtanh.default": 2, "aten.mean.dim": 1}
     _check(_lowered(_Net(), calib[0], calib), shape, seed=5, counts=counts)
 
 

@@ -186,9 +186,18 @@ class _Lowering:
             post.update(binary)
         return PostOps(**post)
 
-    def _binary(self, what, accum, accum_scale, accum_zp, attr, alpha):
+    def _binary(self, what, accum, accum_scale, accum_zp, attr, alpha, linear=False):
+        if attr == "add" and linear:
+            # qlinear's 'add' adds the other operand as it is (its scale / zero point unused): measured
+            # against torch with a uint8 operand (scale 0.05, zero point 100) and a float32 one
+            if str(self.values[accum.name].dtype) not in ("torch.uint8", "torch.float32"):
+                raise TorchImportError(f"{what}: add operand dtype {self.values[accum.name].dtype}")
+            if alpha is not None and float(alpha) != 1.0:
+                raise TorchImportError(f"{what}: binary alpha {alpha} (only 1.0 is reproduced)")
+            return self.ref(accum, what + " other"), dict(binary="sum", accum_scale=1.0, accum_zero_point=0)
         if attr != "sum":
-            raise TorchImportError(f"{what}: binary post-op {attr!r} is not reproduced (only 'sum')")
+            raise TorchImportError(f"{what}: binary post-op {attr!r} is not reproduced (only 'sum', and 'add' "
+                                   "for linear)")
         if alpha is not None and float(alpha) != 1.0:
             raise TorchImportError(f"{what}: binary alpha {alpha} (only 1.0 is reproduced)")
         order = {m: i for i, m in enumerate(self.gm.graph.nodes)}
@@ -233,7 +242,7 @@ class _Lowering:
         if binary:
             out_scale, out_zp, out_dtype = a[8:11]
             if a[6] is not None and a[13] != "none":
-                accum, bin_cfg = self._binary(what, a[6], a[11], a[12], a[13], a[14])
+                accum, bin_cfg = self._binary(what, a[6], a[11], a[12], a[13], a[14], linear=True)
             unary, scalars = a[15], a[16]
         else:
             out_scale, out_zp, out_dtype, unary, scalars = a[7:12]
