@@ -9,7 +9,8 @@ divide) and add the zero point *before* rounding half to even, but they round a 
 times: per-tensor ``quint8`` / ``qint8`` is FBGEMM's ``QuantizeAvx2<T, LEGACY=true>`` (one rounding,
 ``_mm256_fmadd_ps``), per-channel and ``qint32`` the scalar ``fbgemm::Quantize<T, LEGACY=true>`` (two);
 see :mod:`qjax.quantize` for the details.  Dequantize is ``fl32(float(int32(q - zp)) * scale)`` per
-tensor and ``fl32(fl32(float(q) - float(zp)) * scale)`` per channel.
+tensor and ``fl32(fl32(float(q) - float(zp)) * scale)`` per channel, where torch's double scale makes the
+product ``fl32(fl64(k * d))`` (:mod:`qjax.float64`, for scales that are not float32-valued).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import float32 as f32x
+from . import float64 as f64
 from .dtypes import QDType, qint32
 
 __all__ = ["reciprocal", "round_half_even", "clamp_to_int", "quantize_fused", "quantize_unfused", "channel_shape",
@@ -107,13 +109,20 @@ def quantize_values(x, scale, zero_point, dtype, axis):
 
 
 @functools.partial(jax.jit, static_argnames=("axis",))
-def dequantize_values(values, scale, zero_point, axis):
-    """Float32 ``(values - zero_point) * scale`` rounded as torch rounds it (float32 scale(s), int32 zero point(s))."""
+def dequantize_values(values, scale, zero_point, axis, scale64=None):
+    """Float32 ``(values - zero_point) * scale`` rounded as torch rounds it (float32 scale(s), int32 zero point(s);
+    ``scale64`` the per-channel scales' double words, None where they are float32-valued)."""
     if axis is None:
         # ATen dequantize_val: scale * float(int32(q - zp)); the int32 difference is
         # exact for qint32 too, where float(q) - float(zp) would round twice
         return (values.astype(jnp.int32) - zero_point).astype(jnp.float32) * scale
-    # per-channel: float(q) - float(zp), then times the (float32-valued) scale
+    # per-channel (QuantizedOpKernels.cpp dequantize_per_channel_affine_kernel):
+    # (static_cast<float>(q) - zp) * scales_data[c] with double scales, stored as float: fl32(fl64(k * d));
+    # for a float32-valued d the double product is exact and this is the float32 product
     shp = channel_shape(values.ndim, axis)
     v = values.astype(jnp.float32) - zero_point.astype(jnp.float32).reshape(shp)
-    return v * scale.reshape(shp)
+    if scale64 is None:
+        return v * scale.reshape(shp)
+    d = jnp.broadcast_to(scale64.reshape(shp + (2,)), v.shape + (2,))
+    p = f64.product_to_f32(f64.words_from_f32(jnp.abs(v)), d)
+    return jnp.where(v == 0, jnp.float32(0), jnp.where(v < 0, -p, p))

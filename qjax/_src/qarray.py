@@ -113,7 +113,8 @@ class QArray:
         return self.values
 
     def dequantize(self):
-        return dequantize_values(self.values, self.scale, self.zero_point, self.axis)
+        return dequantize_values(self.values, self.scale, self.zero_point, self.axis,
+                                 self.scale64 if self.axis is not None else None)
 
     def __repr__(self) -> str:
         if self.axis is None and is_concrete(self.scale):

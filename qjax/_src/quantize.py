@@ -17,10 +17,10 @@ contract ``x * inv + zp`` into an FMA or not depending on fusion, so both rules 
 
 Dequantize is ``fl32(float(int32(q - zp)) * scale)`` per tensor and
 ``fl32(fl32(float(q) - float(zp)) * scale)`` per channel (they differ for qint32 only).
-torch multiplies per-channel values by its *double* scales; qjax multiplies by the
-float32 scales, which is the same whenever the scales are float32 values — as every torch
-observer produces them.  Per-tensor kernels round the scale to float32 anyway.  A
-non-float32-valued double scale is kept on the QArray (``scale64``, :mod:`qjax.float64`).
+torch multiplies per-channel values by its *double* scales (``fl32(fl64(k * d))``): qjax does too
+with the double kept on the QArray (``scale64``, :mod:`qjax.float64`) when a scale is not
+float32-valued, and multiplies by the float32 scale otherwise (the same value).  Per-tensor
+kernels round the scale to float32.
 
 The rules on raw arrays (and the zero-point rounding of float zero points) live in
 :mod:`qjax.affine`, below :class:`~qjax.QArray`; this module is their QArray-level API.
@@ -95,4 +95,4 @@ def dequantize(q: QArray):
     """Float32 values of ``q``: ``(q - zero_point) * scale``, rounded as torch rounds it."""
     if not isinstance(q, QArray):
         raise TypeError(f"dequantize expects a QArray, got {type(q).__name__}")
-    return dequantize_values(q.values, q.scale, q.zero_point, q.axis)
+    return q.dequantize()
