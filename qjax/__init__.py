@@ -3,7 +3,8 @@
 The public surface (implementation lives in the private ``qjax._src``):
 
 * this module — :class:`QArray` and the quantized dtypes, :func:`quantize` / :func:`dequantize`, the
-  integer ops :func:`conv` / :func:`conv_transpose` / :func:`linear`, imported models (:func:`from_torch`,
+  integer ops :func:`conv` / :func:`conv_transpose` / :func:`linear`, the float-output ops
+  :func:`linear_dynamic` / :func:`embedding` / :func:`embedding_bag`, imported models (:func:`from_torch`,
   :func:`from_torchscript`, :class:`QModel`), :func:`verify` and :func:`explain`;
 * :mod:`qjax.engines` — the arithmetic of every op, one engine per runtime (fbgemm, qnnpack, onednn,
   x86, reference, integer-only hardware specs) and the protocol for your own;
@@ -24,7 +25,7 @@ from ._src.explain import explain
 from ._src.graph import GraphError, QModel
 from ._src.interop import from_torch, from_torchscript
 from ._src.interop.torch_common import TorchImportError
-from ._src.ops import conv, conv_transpose, linear
+from ._src.ops import conv, conv_transpose, embedding, embedding_bag, linear, linear_dynamic
 from ._src.qarray import QArray
 from ._src.quantize import dequantize, quantize
 from ._src.verify import VerifyError, verify
@@ -33,7 +34,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "QArray", "QDType", "quint8", "qint8", "qint32", "QuantizationError", "GraphError", "TorchImportError",
-    "VerifyError", "quantize", "dequantize", "conv", "conv_transpose", "linear", "explain", "QModel",
+    "VerifyError", "quantize", "dequantize", "conv", "conv_transpose", "linear", "linear_dynamic", "embedding",
+    "embedding_bag", "explain", "QModel",
     "from_torch", "from_torchscript", "verify", "Fbgemm", "HardwareSpec", "engines", "hardware", "ste",
     "observers", "float32",
 ]

@@ -34,9 +34,10 @@ from .kernels.conv_transpose import conv_transpose_output_size
 from .kernels.conv import output_spatial
 from .layout import channels_to_first, channels_to_last, weight_to_last
 from .qarray import QArray, as_f32, as_i32, scale_words
+from .qops.embedding import row_params_traced
 
 __all__ = ["conv", "conv_transpose", "linear", "conv_geometry", "check_conv_shapes", "check_accumulator",
-           "accumulator_bound"]
+           "accumulator_bound", "linear_dynamic", "embedding", "embedding_bag"]
 
 
 def _tuple(v, n, argname):
@@ -355,3 +356,148 @@ def _scales64(xq, wq, scale):
 
 def _doubles(s64):
     return {} if s64 is None else {"scales64": s64}
+
+
+# -- float-output ops: dynamic quantization and quantized embeddings ------------------------------------
+
+def linear_dynamic(x, wq, bias=None, *, relu=False, reduce_range=True, engine="fbgemm"):
+    """Dynamically quantized linear layer (``nnqd.Linear``, ``quantized::linear_dynamic``), bit-exact.
+
+    The float input is quantized per call to quint8 with qparams chosen from its own min / max (torch's
+    ``ChooseQuantizationParams``, in double; ``reduce_range`` halves the range to 0..127, as
+    ``nnqd.Linear`` asks on fbgemm / x86; qnnpack ignores it, as torch does), multiplied by the int8
+    weights exactly and returned as float32 by the engine's output rule (:mod:`qjax._src.qops.dynamic`).
+
+    Args:
+      x: float ``(..., K)``, not empty.
+      wq: qint8 QArray ``(O, K)``, per tensor or per output channel (``axis=0``).
+      bias: float ``(O,)`` or None.
+      relu: fuse ReLU (``nniqd.LinearReLU``).
+      engine: ``"fbgemm"``, ``"x86"`` or ``"qnnpack"`` (others refuse), or an engine instance.
+
+    Returns:
+      float32 ``(..., O)``.
+    """
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise TypeError(f"x must be a float array, got dtype {jnp.result_type(x)}")
+    if np.ndim(x) < 1 or np.size(x) == 0:
+        raise QuantizationError(f"x must be a non-empty (..., in_features) array, got shape {np.shape(x)}")
+    _check_weight(wq, 0)
+    if wq.ndim != 2:
+        raise QuantizationError(f"wq must be (out_features, in_features), got shape {wq.shape}")
+    o, k = wq.shape
+    if np.shape(x)[-1] != k:
+        raise QuantizationError(f"x has {np.shape(x)[-1]} features but wq expects in_features={k}")
+    b = _check_bias(bias, o)
+    check_accumulator(k, 0, wq.zero_point)  # the input zero point is chosen per call: |x - zx| <= 255
+    eng = resolve(engine)
+    return _linear_dynamic_values(jnp.asarray(x, jnp.float32), wq.values, wq.scale, wq.zero_point, b,
+                                  engine=eng, relu=bool(relu), reduce_range=bool(reduce_range),
+                                  per_channel=wq.axis is not None)
+
+
+@functools.partial(jax.jit, static_argnames=("engine", "relu", "reduce_range", "per_channel"))
+def _linear_dynamic_values(x, w, sw, zw, bias, *, engine, relu, reduce_range, per_channel):
+    return engine.linear_dynamic(x, w, sw, zw, per_channel, bias, relu=relu, reduce_range=reduce_range)
+
+
+def _embedding_rows(weight, scale, zero_point, bits):
+    if bits not in (4, 8):
+        raise QuantizationError(f"bits={bits!r}; quantized embeddings are 8-bit (quint8) or 4-bit (quint4x2)")
+    v = jnp.asarray(weight)
+    if v.ndim != 2 or v.dtype != jnp.uint8:
+        raise QuantizationError(f"weight must be the uint8 values (num_embeddings, dim), got {v.dtype} {v.shape}")
+    r = v.shape[0]
+    if np.shape(scale) != (r,) or np.shape(zero_point) != (r,):
+        raise QuantizationError(f"scale and zero_point must be one float per row, shape ({r},); got "
+                                f"{np.shape(scale)} and {np.shape(zero_point)}")
+    if bits == 4 and is_concrete(v) and np.any(np.asarray(v) > 15):
+        raise QuantizationError("bits=4 weight values must be in 0..15 (unpacked quint4x2)")
+    return v, jnp.asarray(scale, jnp.float32), jnp.asarray(zero_point, jnp.float32)
+
+
+def _check_indices(indices, rows, name="indices"):
+    if not jnp.issubdtype(jnp.result_type(indices), jnp.integer):
+        raise TypeError(f"{name} must be an integer array, got dtype {jnp.result_type(indices)}")
+    if is_concrete(indices) and np.size(indices) and (np.min(indices) < 0 or np.max(indices) >= rows):
+        raise QuantizationError(f"{name} must lie in [0, {rows}) (num_embeddings)")
+
+
+def embedding(weight, indices, *, scale, zero_point, bits=8, engine="fbgemm"):
+    """Quantized embedding lookup (``nnq.Embedding``: ``quantized::embedding_byte`` / ``_4bit``), bit-exact.
+
+    Args:
+      weight: uint8 values ``(R, D)`` of a rowwise (``per_channel_affine_float_qparams``) weight; for
+        ``bits=4`` the unpacked 4-bit values (0..15).
+      indices: int array of any shape.
+      scale, zero_point: the float qparams, one per row ``(R,)``.
+      bits: 8 (quint8) or 4 (quint4x2: torch stores the row scale and bias as float16).
+      engine: any torch engine (they all run FBGEMM's kernel).
+
+    Returns:
+      float32 ``indices.shape + (D,)``: ``fma(scale, q, bias)`` with ``bias = -fl32(zero_point * scale)``.
+    """
+    v, s, z = _embedding_rows(weight, scale, zero_point, bits)
+    _check_indices(indices, v.shape[0])
+    return _embedding_values(v, s, z, jnp.asarray(indices, jnp.int32), engine=resolve(engine), bits=bits)
+
+
+@functools.partial(jax.jit, static_argnames=("engine", "bits"))
+def _embedding_values(v, s, z, idx, *, engine, bits):
+    return engine.embedding(v, *row_params_traced(s, z, bits), idx)
+
+
+@functools.partial(jax.jit, static_argnames=("engine", "bits"))
+def _embedding_bag_values(v, s, z, idx, offs, psw, *, engine, bits):
+    return engine.embedding_bag(v, *row_params_traced(s, z, bits), idx, offs, psw)
+
+
+def embedding_bag(weight, indices, offsets=None, *, scale, zero_point, per_sample_weights=None, bits=8,
+                  include_last_offset=False, mode="sum", engine="fbgemm"):
+    """Quantized embedding bag (``nnq.EmbeddingBag``: ``quantized::embedding_bag_byte`` / ``_4bit``), bit-exact.
+
+    Each bag's rows are folded in index order, ``acc = fma(s, q, acc + b)`` (per-sample weights scale
+    ``s`` and ``b`` first), see :mod:`qjax._src.qops.embedding`.
+
+    Args:
+      weight, scale, zero_point, bits: as for :func:`embedding`.
+      indices: int ``(n,)`` with ``offsets``, or ``(B, L)`` without (each row one bag of ``L``).
+      offsets: int ``(B,)`` bag starts (``offsets[0] == 0``, non-decreasing), ``(B + 1,)`` with
+        ``include_last_offset`` (the last one ``n``), or None.
+      per_sample_weights: float ``indices.shape`` or None.
+      mode: ``"sum"`` only: torch 2.13's quantized kernels return the sums for ``"mean"`` and ``"max"``
+        too (its ``mode`` argument is not used), which qjax will not call a mean or a max.
+
+    Returns:
+      float32 ``(B, D)``.
+    """
+    if mode != "sum":
+        raise QuantizationError(f"mode={mode!r}: torch's quantized embedding_bag kernels compute sums whatever "
+                                "the mode says; qjax offers mode='sum' only")
+    v, s, z = _embedding_rows(weight, scale, zero_point, bits)
+    idx = jnp.asarray(indices)
+    _check_indices(idx, v.shape[0])
+    if offsets is None:
+        if idx.ndim != 2:
+            raise QuantizationError(f"indices must be (bags, length) when offsets is None, got shape {idx.shape}")
+        bags, length = idx.shape
+        offs = jnp.arange(bags, dtype=jnp.int32) * length
+        idx = idx.reshape(-1)
+    else:
+        if idx.ndim != 1 or np.ndim(offsets) != 1:
+            raise QuantizationError("indices and offsets must be 1-d when offsets are given")
+        _check_indices(offsets, idx.shape[0] + 1, "offsets")
+        offs = jnp.asarray(offsets, jnp.int32)
+        if include_last_offset:
+            if offs.shape[0] < 1:
+                raise QuantizationError("include_last_offset needs at least one offset")
+            offs = offs[:-1]
+        if is_concrete(offsets) and np.size(offsets) and (
+                np.asarray(offsets)[0] != 0 or np.any(np.diff(np.asarray(offsets)) < 0)):
+            raise QuantizationError("offsets must start at 0 and be non-decreasing")
+    psw = None
+    if per_sample_weights is not None:
+        if np.shape(per_sample_weights) != tuple(np.shape(indices)):
+            raise QuantizationError(f"per_sample_weights must have the indices' shape {tuple(np.shape(indices))}")
+        psw = jnp.asarray(per_sample_weights, jnp.float32).reshape(-1)
+    return _embedding_bag_values(v, s, z, idx.astype(jnp.int32), offs, psw, engine=resolve(engine), bits=bits)

@@ -27,7 +27,7 @@ from jax import lax
 
 from .. import float32 as f32x
 
-__all__ = ["row_params", "unpack_4bit", "embedding_lookup", "embedding_bag_sum", "bag_ids"]
+__all__ = ["row_params", "row_params_traced", "unpack_4bit", "embedding_lookup", "embedding_bag_sum", "bag_ids"]
 
 
 def row_params(scale, zero_point, bits: int = 8):
@@ -43,6 +43,16 @@ def row_params(scale, zero_point, bits: int = 8):
         return s.astype(np.float16).astype(np.float32), bias.astype(np.float16).astype(np.float32)
     if bits != 8:
         raise ValueError(f"bits={bits!r}; the quantized embeddings are 8-bit (quint8) or 4-bit (quint4x2)")
+    return s, bias
+
+
+def row_params_traced(scale, zero_point, bits: int = 8):
+    """:func:`row_params` in jax (traceable): ``-fl32(zero_point * scale)`` by :func:`qjax.float32.mul_rn`,
+    float16 rounding by XLA's convert (round half to even)."""
+    s = jnp.asarray(scale, jnp.float32)
+    bias = -f32x.mul_rn(jnp.asarray(zero_point, jnp.float32), s)
+    if bits == 4:
+        return s.astype(jnp.float16).astype(jnp.float32), bias.astype(jnp.float16).astype(jnp.float32)
     return s, bias
 
 
