@@ -11,6 +11,7 @@ from .model import (OPS, GraphError, Node, QModel, Ref, Static, freeze, node_arg
 from . import ops_inductor  # noqa: F401  (registers the inductor-lowering node ops)
 from .ops import UNARY_KINDS  # importing ops registers the node ops
 from . import ops_pt2e  # noqa: F401,E402 - registers the torch.export / pt2e node ops
+from . import ops_dynamic  # noqa: F401,E402 - registers the dynamic-linear / embedding node ops
 
 __all__ = ["Ref", "Node", "QModel", "register_op", "OPS", "Static", "GraphError", "substitute", "freeze", "thaw",
            "refs", "node_args", "UNARY_KINDS"]
