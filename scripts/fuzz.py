@@ -1,6 +1,6 @@
 """Long randomized comparison of qjax.conv / qjax.linear against torch 2.13's quantized kernels.
 
-    python scripts/fuzz.py --outputs 10000000 --seed 0 [--engine fbgemm|qnnpack|onednn|x86]
+    python scripts/fuzz.py --outputs 10000000 --seed 0 [--engine fbgemm|qnnpack|onednn|x86] [--double-scales]
 
 Draws random layers (conv1d/2d/3d: generic, grouped, depthwise fast-path and not,
 GConv-shaped, pointwise; linear), random qparams (per-tensor/per-channel, symmetric
@@ -11,6 +11,12 @@ qjax engine that models it (fbgemm and x86 at this machine's ISA); onednn draws 
 weights (its prepack requires them) and, with x86, skips the two shape families for which
 oneDNN 3.12 returns uninitialised memory (``tests/engines/test_engines_torch.py``).  qjax
 runs on JAX's default device (a GPU where jaxlib has one), torch on the CPU.
+
+``--double-scales``: torch's scales are doubles; every case then gets double scales that are not
+float32-valued (the drawn ones moved by up to 1e-3 relative), and every other case is a near-tie
+case of the double arithmetic (``tests/requant/test_onednn.py`` ``double_tie_case`` for onednn / x86
+/ fbgemm, ``tests/requant/test_qnnpack.py`` ``bias_tie_case`` for qnnpack); the tie cases also count
+how many outputs the float32-first rule would get wrong there (``float32-first-would-mismatch``).
 """
 
 from __future__ import annotations
@@ -98,12 +104,46 @@ def random_case(rng):
                     relu=bool(rng.random() < 0.3))
 
 
+def with_double_scales(rng, case):
+    """The case with its scales replaced by nearby doubles that are not float32-valued."""
+    def move(v):
+        return np.asarray(v, np.float64) * (1 + rng.uniform(-1e-3, 1e-3, np.shape(v)))
+    case = dict(case, sx=float(move(case["sx"])), sy=float(move(case["sy"])))
+    case["sw"] = move(case["sw"]) if case["per_channel"] else float(move(case["sw"]))
+    return case
+
+
+def double_tie_case(rng, engine, stats):
+    """A near-tie case of torch's double arithmetic for ``engine`` (see the module docstring)."""
+    from tests.requant import test_onednn as tie_onednn
+    from tests.requant import test_qnnpack as tie_qnnpack
+
+    if engine == "qnnpack":
+        case = tie_qnnpack.bias_tie_case(rng, bool(rng.random() < 0.5))
+        case.update(kind="linear", in_channels=case["x"].shape[-1])
+        case["_float32_first"] = tie_qnnpack.model(case, double=False)
+        return case
+    op = "linear" if rng.random() < 0.5 else "conv"
+    case = tie_onednn.double_tie_case(rng, op, bool(rng.random() < 0.5))
+    if op == "linear":
+        case.update(kind="linear", in_channels=case["x"].shape[-1])
+    else:
+        case.update(kind="depthwise_other", nd=2, in_channels=tie_onednn.G, kernel=(3, 3),
+                    x_shape=case["x"].shape, w_shape=case["w"].shape)
+    if engine == "onednn" or (engine == "x86" and op == "conv"):  # oneDNN's epilogue (x86: G = 96 <= 100)
+        f32 = tie_onednn.double_factors(case["sx"], case["sw"], case["sy"], op, case["per_channel"],
+                                        tie_onednn._r32)
+        case["_float32_first"] = tie_onednn.epilogue(case["acc"], case["bias"], case["zy"], f32)
+    return case
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--outputs", type=int, default=1_000_000, help="stop after this many compared outputs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-minutes", type=float, default=600.0)
     ap.add_argument("--engine", choices=sorted(ENGINES), default="fbgemm")
+    ap.add_argument("--double-scales", action="store_true", help="torch-style double scales and near-tie cases")
     args = ap.parse_args(argv)
     torch_ref.set_engine(args.engine)
     engine = ENGINES[args.engine]()
@@ -112,7 +152,12 @@ def main(argv=None):
     total = mism = cases = 0
     t0 = time.time()
     while total < args.outputs and time.time() - t0 < args.max_minutes * 60:
-        case = random_case(rng)
+        if args.double_scales and cases % 2 == 1:
+            case = double_tie_case(rng, args.engine, stats)
+        else:
+            case = random_case(rng)
+            if args.double_scales:
+                case = with_double_scales(rng, case)
         if args.engine == "onednn":
             case["zw"] = np.zeros_like(case["zw"])  # torch's onednn prepack requires symmetric weights
         if case["kind"] != "linear" and uses_onednn(engine, case) and onednn_garbage(case):
@@ -127,6 +172,13 @@ def main(argv=None):
                else helpers.qjax_conv(case, engine=engine))
         bad = int((got.astype(np.int64) != want.astype(np.int64)).sum())
         key = f"{case['kind']}{'' if case['kind'] == 'linear' else str(case['nd']) + 'd'}"
+        if "acc" in case:
+            key = "double-tie-" + key
+        if "_float32_first" in case:
+            w32 = stats["float32-first-would-mismatch"]
+            w32[0] += int((case["_float32_first"].reshape(-1) != want.reshape(-1)).sum())
+            w32[1] += want.size
+            w32[2] += 1
         s = stats[key]
         s[0] += bad
         s[1] += want.size
@@ -136,14 +188,15 @@ def main(argv=None):
         cases += 1
         if bad:
             print(f"MISMATCH case {cases}: {bad} of {want.size}: "
-                  f"{ {k: v for k, v in case.items() if k not in ('x', 'w', 'bias', 'sw', 'zw')} }", flush=True)
+                  f"{ {k: v for k, v in case.items() if k not in ('x', 'w', 'bias', 'sw', 'zw', 'acc', '_float32_first')} }",
+                  flush=True)
         if cases % 50 == 0:
             print(f"[{time.time() - t0:7.0f}s] {cases} cases, {mism} mismatches of {total} outputs", flush=True)
     for k in sorted(stats):
         s = stats[k]
         print(f"  {k:24s} {s[0]} mismatches of {s[1]} outputs ({s[2]} cases)")
     print(f"{mism} mismatches of {total} outputs ({cases} cases, {time.time() - t0:.0f}s, seed {args.seed}, "
-          f"engine {args.engine}, qjax on {jax.devices()[0].platform})")
+          f"engine {args.engine}{', double scales' if args.double_scales else ''}, qjax on {jax.devices()[0].platform})")
     return 1 if mism else 0
 
 
