@@ -155,6 +155,13 @@ class Engine(Protocol):
 
     def mean(self, x, dims, keepdim, *, memory_format="contiguous"): ...
 
+    def layer_norm(self, x, normalized_shape, weight, bias, eps, scale, zero_point): ...
+
+    def group_norm(self, x, num_groups, weight, bias, eps, scale, zero_point, *, memory_format="contiguous",
+                   threads=1): ...
+
+    def instance_norm(self, x, weight, bias, eps, scale, zero_point, *, memory_format="contiguous", threads=1): ...
+
     # -- float-output ops: dynamic quantization, quantized embeddings --------------------------------
     def linear_dynamic(self, x, w, w_scale, w_zero_point, w_per_channel, bias, *, relu=False, reduce_range=True):
         """``quantized::linear_dynamic``: float32 ``x (..., K)`` quantized per call, int8 ``w (O, K)``,

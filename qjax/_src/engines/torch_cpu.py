@@ -20,6 +20,7 @@ from ..qops.batchnorm import batch_norm
 from ..qops.concat import cat
 from ..qops.embedding import embedding_bag_sum, embedding_lookup
 from ..qops.mean import float_mean_channels_last
+from ..qops.normalization import group_norm, instance_norm, layer_norm
 from ..qops.paths import CHANNELS_LAST, CONTIGUOUS
 from ..qops.pooling import adaptive_avg_pool, avg_pool, max_pool
 from ..qops.resize import interpolate
@@ -112,6 +113,17 @@ class TorchCpuOps:
 
     def batch_norm(self, x, weight, bias, mean, var, eps, scale, zero_point, *, relu=False, in_scale=None):
         return batch_norm(x, weight, bias, mean, var, eps, scale, zero_point, relu=relu, in_scale=in_scale)
+
+    def layer_norm(self, x, normalized_shape, weight, bias, eps, scale, zero_point):
+        return layer_norm(x, normalized_shape, weight, bias, eps, scale, zero_point)
+
+    def group_norm(self, x, num_groups, weight, bias, eps, scale, zero_point, *, memory_format=CONTIGUOUS,
+                   threads=1):
+        return group_norm(x, num_groups, weight, bias, eps, scale, zero_point, memory_format=memory_format,
+                          threads=threads)
+
+    def instance_norm(self, x, weight, bias, eps, scale, zero_point, *, memory_format=CONTIGUOUS, threads=1):
+        return instance_norm(x, weight, bias, eps, scale, zero_point, memory_format=memory_format, threads=threads)
 
     # -- float-output ops --------------------------------------------------------------------------
     def linear_dynamic(self, x, w, w_scale, w_zero_point, w_per_channel, bias, *, relu=False, reduce_range=True):
