@@ -33,7 +33,7 @@ from .engines import ConvGeometry, ConvTransposeGeometry, layer_engine, resolve
 from .kernels.conv_transpose import conv_transpose_output_size
 from .kernels.conv import output_spatial
 from .layout import channels_to_first, channels_to_last, weight_to_last
-from .qarray import QArray, as_f32, as_i32, scale_words
+from .qarray import QArray, as_f32, as_i32, as_words, check_scale64, scale_words
 from .qops.embedding import row_params_traced
 
 __all__ = ["conv", "conv_transpose", "linear", "conv_geometry", "check_conv_shapes", "check_accumulator",
@@ -169,7 +169,7 @@ def check_conv_shapes(channels, spatial, out_channels, group_channels, kernel, g
 
 
 def conv(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0, dilation=1, groups=1, relu=False,
-         engine="fbgemm", channels_last=False, key=None) -> QArray:
+         engine="fbgemm", channels_last=False, key=None, scale64=None) -> QArray:
     """Quantized convolution, bit-exact to the engine (see the module docstring for shapes).
 
     Args:
@@ -185,6 +185,8 @@ def conv(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0, dilation=
       engine: ``"fbgemm"``, any registered name, or an engine instance (see :mod:`qjax.engines`).
       channels_last: operands in ``(N, *spatial, C)`` / ``(*kernel, C//groups, O)`` layout.
       key: PRNG key for an engine that rounds stochastically (a hardware spec's ``stochastic``).
+      scale64: the output scale as a double's words (:func:`qjax.float64.words`, e.g. a graph parameter,
+        traced or not) where ``scale`` is its float32; default: kept from a Python-float / float64 ``scale``.
 
     Returns:
       quint8 per-tensor QArray with the output ``scale`` and ``zero_point``.
@@ -208,7 +210,7 @@ def conv(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0, dilation=
     _check_out(scale, zero_point)
     check_accumulator(taps, xq.zero_point, wq.zero_point)
     eng = layer_engine(resolve(engine), wq.zero_point, geom.groups)
-    s64 = _scales64(xq, wq, scale)
+    s64 = _scales64(xq, wq, scale, scale64)
     values = _conv_values(
         xq.values, xq.scale, xq.zero_point, wq.values, wq.scale, wq.zero_point, b,
         as_f32(scale), as_i32(zero_point), key, s64,
@@ -244,7 +246,7 @@ _DEPTHWISE_OWN_BUFFER_MAX_PIXELS = 196
 
 
 def conv_transpose(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0, output_padding=0, dilation=1,
-                   groups=1, engine="fbgemm") -> QArray:
+                   groups=1, engine="fbgemm", scale64=None) -> QArray:
     """Quantized transposed convolution (torch's ``ConvTranspose{1,2,3}d``), torch layout.
 
     Args:
@@ -257,6 +259,7 @@ def conv_transpose(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0,
       groups: feature groups.
       engine: ``"fbgemm"`` or an engine instance (``Fbgemm(torch_bugs=False)`` for the correct math
         where torch's fbgemm computes a wrong result).
+      scale64: the output scale's double words, as for :func:`conv`.
 
     Returns:
       quint8 per-tensor QArray ``(N, C_out, *out)``.
@@ -290,7 +293,7 @@ def conv_transpose(xq, wq, bias=None, *, scale, zero_point, stride=1, padding=0,
     check_accumulator(c // g * math.prod(kernel), xq.zero_point, wq.zero_point)
     eng = layer_engine(resolve(engine), wq.zero_point, g, opad)
     geom = ConvTransposeGeometry(strides, pads, opad, dil, g)
-    s64 = _scales64(xq, wq, scale)
+    s64 = _scales64(xq, wq, scale, scale64)
     values = _conv_transpose_values(
         xq.values, xq.scale, xq.zero_point, wq.values, wq.scale, wq.zero_point, b, as_f32(scale), as_i32(zero_point),
         s64, engine=eng, geometry=geom, per_channel=wq.axis is not None)
@@ -305,7 +308,7 @@ def _conv_transpose_values(x, sx, zx, w, sw, zw, bias, sy, zy, s64, *, engine, g
     return channels_to_first(out).astype(jnp.uint8)
 
 
-def linear(xq, wq, bias=None, *, scale, zero_point, relu=False, engine="fbgemm", key=None) -> QArray:
+def linear(xq, wq, bias=None, *, scale, zero_point, relu=False, engine="fbgemm", key=None, scale64=None) -> QArray:
     """Quantized linear layer ``y = x @ w.T + b``, bit-exact to the engine.
 
     Args:
@@ -316,6 +319,7 @@ def linear(xq, wq, bias=None, *, scale, zero_point, relu=False, engine="fbgemm",
       relu: fuse ReLU (torch's ``LinearReLU``).
       engine: ``"fbgemm"``, any registered name, or an engine instance.
       key: PRNG key for an engine that rounds stochastically.
+      scale64: the output scale's double words, as for :func:`conv`.
 
     Returns:
       quint8 per-tensor QArray ``(..., O)``.
@@ -333,7 +337,7 @@ def linear(xq, wq, bias=None, *, scale, zero_point, relu=False, engine="fbgemm",
     _check_out(scale, zero_point)
     check_accumulator(k, xq.zero_point, wq.zero_point)
     eng = resolve(engine)
-    s64 = _scales64(xq, wq, scale)
+    s64 = _scales64(xq, wq, scale, scale64)
     values = _linear_values(
         xq.values, xq.scale, xq.zero_point, wq.values, wq.scale, wq.zero_point, b,
         as_f32(scale), as_i32(zero_point), key, s64, engine=eng, relu=bool(relu), per_channel=wq.axis is not None,
@@ -347,10 +351,12 @@ def _linear_values(x, sx, zx, w, sw, zw, bias, sy, zy, key, s64, *, engine, relu
     return engine.linear(x, sx, zx, w, sw, zw, per_channel, bias, sy, zy, relu, key, **_doubles(s64)).astype(jnp.uint8)
 
 
-def _scales64(xq, wq, scale):
+def _scales64(xq, wq, scale, scale64=None):
     """``(x, w, out)`` double words of the scales (torch's doubles: a Python-float ``scale=`` is one), or
     None when all three are float32-valued (:mod:`qjax.float64`; engines that need them take ``scales64``)."""
-    s64 = (xq.scale64, wq.scale64, scale_words(scale))
+    if scale64 is not None:
+        check_scale64(scale64, scale, "scale64")
+    s64 = (xq.scale64, wq.scale64, scale_words(scale) if scale64 is None else as_words(scale64))
     return None if all(s is None for s in s64) else s64
 
 
