@@ -33,6 +33,7 @@ from ..qops.paths import CHANNELS_LAST, CONTIGUOUS, STRIDED
 from .torch_common import (ENGINE_OPS, TorchImportError, check_mean, import_engine, import_settings,
                            memory_format_of, qarray_from_torch, tensor_qparams, torch_engine, torch_engine_of)
 from .pt2e import ARITHMETICS, from_pt2e, is_exported, load_model_file
+from .torch_dynamic import module_node
 from .torchscript import from_torchscript
 
 __all__ = ["from_torch", "trace", "record", "TorchImportError", "qarray_from_torch", "memory_format_of",
@@ -174,6 +175,13 @@ class _Converter:
                      dict(scale=jnp.float32(m.scale.item()), zero_point=jnp.int32(m.zero_point.item())), src)
         elif isinstance(m, nnq.DeQuantize):
             self.add(n, "dequantize", n.args, source=src)
+        elif (float_out := module_node(m, src, self.engine)) is not None:  # dynamic linear, embeddings
+            args = list(n.args)
+            for i, k in enumerate(("offsets", "per_sample_weights"), start=1):  # EmbeddingBag's keywords
+                if k in n.kwargs:
+                    args += [None] * (i + 1 - len(args))
+                    args[i] = n.kwargs[k]
+            self.add(n, float_out[0], tuple(args), float_out[1], float_out[2], src)
         elif isinstance(m, (nnq.Conv1d, nnq.Conv2d, nnq.Conv3d)):
             if m.padding_mode != "zeros":
                 raise TorchImportError(f"{src}: padding_mode={m.padding_mode!r} is not supported (zeros only)")
