@@ -23,7 +23,7 @@ from jax import lax
 
 from .. import float32 as f32x
 from ..quantize import quantize_fused
-from .base import ConvGeometry, ConvTransposeGeometry
+from .base import ConvGeometry, ConvTransposeGeometry, refuse
 from .torch_cpu import TorchCpuOps
 
 __all__ = ["Reference"]
@@ -109,3 +109,11 @@ class Reference(TorchCpuOps):
         if bias is not None:
             y = y + bias
         return self._requantize(y, out_scale, out_zero_point, relu)
+
+    # torch's reference Embedding / EmbeddingBag dequantize the weight and run the float op, which is not
+    # FBGEMM's fused fold the torch engines inherit (pt2e graphs import it as dequantize + embedding nodes)
+    def embedding(self, values, row_scale, row_bias, indices):
+        refuse(self, "quantized embedding", "torch's reference Embedding dequantizes the weight first")
+
+    def embedding_bag(self, values, row_scale, row_bias, indices, offsets, per_sample_weights=None):
+        refuse(self, "quantized embedding_bag", "torch's reference EmbeddingBag dequantizes the weight first")
