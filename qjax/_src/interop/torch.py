@@ -30,6 +30,7 @@ from ..dtypes import as_qdtype
 from ..engines import layer_engine
 from ..graph import GraphError, Node, QModel, Ref, Static
 from ..qops.paths import CHANNELS_LAST, CONTIGUOUS, STRIDED
+from .torch_norm import norm_params, norm_static
 from .torch_common import (ENGINE_OPS, TorchImportError, check_mean, import_engine, import_settings,
                            memory_format_of, qarray_from_torch, tensor_qparams, torch_engine, torch_engine_of)
 from .pt2e import ARITHMETICS, from_pt2e, is_exported, load_model_file
@@ -221,6 +222,8 @@ class _Converter:
                           mean=Static(m.running_mean.detach().numpy()), var=Static(m.running_var.detach().numpy()),
                           eps=float(m.eps), scale=float(m.scale), zero_point=int(m.zero_point), relu=relu,
                           in_scale=self.in_scale(n.args[0])), None, src)
+        elif isinstance(m, (nnq.LayerNorm, nnq.GroupNorm, nnq.InstanceNorm1d, nnq.InstanceNorm2d, nnq.InstanceNorm3d)):
+            self.add(n, "norm", n.args[:1], norm_static(m, self.fmt(n.args[0]), self.threads), norm_params(m), src)
         elif isinstance(m, nnq.Hardswish):
             self.add(n, "unary", n.args, dict(kind="hardswish", **self.layout_static(n, n.args[0])),
                      dict(scale=jnp.float32(m.scale), zero_point=jnp.int32(m.zero_point)), src)

@@ -22,7 +22,7 @@ __all__ = ["TorchImportError", "qarray_from_torch", "memory_format_of", "tensor_
 
 #: the QModel ops that compute quantized arithmetic: importers store the engine on each of their nodes
 ENGINE_OPS = frozenset({"quantize", "dequantize", "conv", "conv_transpose", "linear", "batch_norm", "binary", "scalar",
-                        "unary", "pool", "interpolate", "cat", "mean"})
+                        "unary", "pool", "interpolate", "cat", "mean", "norm"})
 
 
 class TorchImportError(GraphError):

@@ -459,7 +459,10 @@ def group_norm(x: QArray, num_groups: int, weight=None, bias=None, eps=1e-5, sca
     b_ = _affine(bias, (C,), 0.0, "bias", "group_norm")
     yi, zo = _inv_out_scale(scale), as_i32(zero_point)
     qmin, qmax = x.dtype.qmin, x.dtype.qmax
-    if memory_format == CHANNELS_LAST and x.ndim == 4:  # qx.is_contiguous(ChannelsLast): the NHWC kernel
+    # qx.is_contiguous(ChannelsLast) picks the NHWC kernel; a dense 4-d tensor with C == 1 or H*W == 1 is that too
+    nhwc = x.ndim == 4 and (memory_format == CHANNELS_LAST or (memory_format == CONTIGUOUS and
+                                                              (C == 1 or x.shape[2] * x.shape[3] == 1)))
+    if nhwc:
         if x.shape[2] * x.shape[3] >= NHWC_FEATURE_MAP_THRESHOLD and threads != 1:
             raise QuantizationError(
                 f"group_norm of a channels-last input with H*W >= {NHWC_FEATURE_MAP_THRESHOLD} on {threads} "
