@@ -223,3 +223,14 @@ def test_double_scales_on_near_ties(engine, op):
         f32 = double_factors(case["sx"], case["sw"], case["sy"], op, per_channel, _r32)
         wrong32 += int((epilogue(case["acc"], case["bias"], case["zy"], f32) != want).sum())
     assert wrong32 >= outputs // 20, f"the float32-first rule mismatches only {wrong32} of {outputs}"
+
+
+def test_double_output_scale_as_traced_words():
+    """``scale64=``: the output scale's double words as a jit argument (how graph parameters carry it)."""
+    torch_ref.set_engine("onednn")
+    case = double_tie_case(np.random.default_rng(11), "linear", False)
+    x, w = operands(case)
+    f = jax.jit(lambda x, w, sy, sy64: qjax.linear(x, w, case["bias"], scale=sy, zero_point=case["zy"],
+                                                   engine="onednn", scale64=sy64).values)
+    got = f(x, w, np.float32(case["sy"]), qjax.QArray(np.uint8(0), case["sy"], 0, qjax.quint8).scale64)
+    assert_same(np.asarray(got).reshape(-1), torch_linear(case).reshape(-1), "onednn double output scale traced")
