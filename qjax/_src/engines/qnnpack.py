@@ -30,25 +30,25 @@ class Qnnpack(TorchCpuOps):
     torch_engine = "qnnpack"  # torch.backends.quantized.engine whose kernels this reproduces
 
     def conv(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-             out_zero_point, geometry: ConvGeometry, relu: bool, key=None):
+             out_zero_point, geometry: ConvGeometry, relu: bool, key=None, scales64=None):
         acc = conv_accumulate(x, x_zero_point, w, w_zero_point, strides=geometry.strides, padding=geometry.padding,
                               dilation=geometry.dilation, groups=geometry.groups)
         return requantize_qnnpack(acc, x_scale=x_scale, w_scale=w_scale, bias=bias, out_scale=out_scale,
-                                  out_zero_point=out_zero_point, relu=relu)
+                                  out_zero_point=out_zero_point, relu=relu, scales64=scales64)
 
     def conv_transpose(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-                       out_zero_point, geometry: ConvTransposeGeometry, key=None):
+                       out_zero_point, geometry: ConvTransposeGeometry, key=None, scales64=None):
         acc = conv_transpose_accumulate(x, x_zero_point, w, w_zero_point, strides=geometry.strides,
                                         padding=geometry.padding, output_padding=geometry.output_padding,
                                         dilation=geometry.dilation, groups=geometry.groups)
         return requantize_qnnpack(acc, x_scale=x_scale, w_scale=w_scale, bias=bias, out_scale=out_scale,
-                                  out_zero_point=out_zero_point)
+                                  out_zero_point=out_zero_point, scales64=scales64)
 
     def linear(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, w_per_channel, bias, out_scale,
-               out_zero_point, relu: bool, key=None):
+               out_zero_point, relu: bool, key=None, scales64=None):
         acc = linear_accumulate(x, x_zero_point, w, w_zero_point)
         return requantize_qnnpack(acc, x_scale=x_scale, w_scale=w_scale, bias=bias, out_scale=out_scale,
-                                  out_zero_point=out_zero_point, relu=relu)
+                                  out_zero_point=out_zero_point, relu=relu, scales64=scales64)
 
     # -- QNNPACK's own non-GEMM kernels (aten/src/ATen/native/quantized/cpu/qnnpack/, qadd.cpp, ...) ------
     def add(self, a, b, scale, zero_point, *, relu=False, memory_format=CONTIGUOUS, threads=1, input_formats=None,
