@@ -36,7 +36,8 @@ def _torch():
 
 
 def qarray_from_torch(t) -> QArray:
-    """A torch quantized tensor as a :class:`QArray` (scales rounded to float32, as the kernels use them)."""
+    """A torch quantized tensor as a :class:`QArray`: ``scale`` float32 (as most kernels use it), and torch's
+    double ``q_scale()`` / ``q_per_channel_scales()`` kept as ``scale64`` where not float32-valued."""
     torch = _torch()
     if not t.is_quantized:
         raise TorchImportError(f"expected a quantized tensor, got dtype {t.dtype}")
