@@ -147,7 +147,7 @@ class TorchCpuOps:
         if memory_format == CHANNELS_LAST and x.ndim == 4 and (x.shape[1] == 1 or x.shape[2] * x.shape[3] == 1):
             memory_format = CONTIGUOUS  # a dense channels-last tensor with C == 1 or H*W == 1 is contiguous too
         if memory_format == CHANNELS_LAST and x.ndim == 4 and dims == (2, 3):
-            return float_mean_channels_last(x, keepdim, threads, self.quantize)
+            return float_mean_channels_last(x, keepdim, threads, self)
         if memory_format != CONTIGUOUS or dims != tuple(range(x.ndim - len(dims), x.ndim)):
             refuse(self, f"quantized mean over dims {dims} of a {x.ndim}-d {memory_format} tensor",
                    "torch runs its float dequantize/sum/quantize path there, in an order qjax models only over "

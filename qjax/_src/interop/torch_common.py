@@ -18,7 +18,7 @@ from ..qarray import QArray
 from ..qops.paths import CHANNELS_LAST, CONTIGUOUS, STRIDED, suggest_memory_format
 
 __all__ = ["TorchImportError", "qarray_from_torch", "memory_format_of", "tensor_qparams", "torch_engine",
-           "torch_engine_of", "import_engine", "import_settings", "ENGINE_OPS"]
+           "torch_engine_of", "import_engine", "import_settings", "ENGINE_OPS", "check_mean"]
 
 #: the QModel ops that compute quantized arithmetic: importers store the engine on each of their nodes
 ENGINE_OPS = frozenset({"quantize", "dequantize", "conv", "conv_transpose", "linear", "batch_norm", "binary", "scalar",
@@ -63,6 +63,23 @@ def memory_format_of(t) -> str:
     if t.dim() in (4, 5) and t.is_contiguous(memory_format=torch.channels_last if t.dim() == 4 else torch.channels_last_3d):
         return CHANNELS_LAST
     return STRIDED
+
+
+def check_mean(engine, t, dims, keepdim, layout, threads, node):
+    """Raise :class:`TorchImportError` now for a quantized mean of the recorded tensor ``t`` that ``engine``
+    refuses: the refusal depends on the dtype, shape, layout and dims alone, so tracing shapes suffices."""
+    import jax
+
+    from ..checks import QuantizationError
+
+    if not getattr(t, "is_quantized", False):
+        return
+    x = qarray_from_torch(t)
+    try:
+        jax.eval_shape(lambda v: engine.mean(QArray(v, x.scale, x.zero_point, x.dtype, None, check=False), dims,
+                                             keepdim, memory_format=layout, threads=threads).values, x.values)
+    except QuantizationError as e:
+        raise TorchImportError(f"graph node {node!r}: {e}") from None
 
 
 def tensor_qparams(t):

@@ -21,8 +21,8 @@ from ..engines import layer_engine
 from ..graph import Node, QModel, Ref, Static
 from ..qarray import QArray
 from ..qops.paths import CONTIGUOUS, STRIDED
-from .torch_common import (ENGINE_OPS, TorchImportError, import_engine, import_settings, memory_format_of,
-                           qarray_from_torch, tensor_qparams, torch_engine)
+from .torch_common import (ENGINE_OPS, TorchImportError, check_mean, import_engine, import_settings,
+                           memory_format_of, qarray_from_torch, tensor_qparams, torch_engine)
 
 __all__ = ["from_torchscript", "load", "record", "TorchScriptConverter"]
 
@@ -322,6 +322,13 @@ class TorchScriptConverter:
         elif kind in ("aten::adaptive_avg_pool1d", "aten::adaptive_avg_pool2d", "aten::adaptive_avg_pool3d"):
             name = self.emit(node, "pool", [self.spec(ins[0])], dict(kind="adaptive", output_size=tuple(vals[1]),
                                                                       layout=self.fmt(ins[0])))
+        elif kind == "aten::mean" and len(vals) >= 3 and isinstance(vals[1], (list, tuple)):
+            dims, keepdim = tuple(int(d) for d in vals[1]), bool(vals[2])
+            if len(vals) > 3 and vals[3] is not None:
+                raise TorchImportError(f"aten::mean with dtype={vals[3]} at {node.output().debugName()}")
+            check_mean(self.engine, vals[0], dims, keepdim, self.fmt(ins[0]), self.threads, self.name(node.output()))
+            name = self.emit(node, "mean", [self.spec(ins[0])], dict(dims=dims, keepdim=keepdim,
+                                                                      layout=self.fmt(ins[0]), threads=self.threads))
         elif kind == "aten::flatten":
             name = self.emit(node, "shape", [self.spec(ins[0])], dict(kind="flatten", start=int(vals[1]), end=int(vals[2])))
         elif kind in ("aten::view", "aten::reshape"):

@@ -46,6 +46,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from .. import float32 as f32x
 from ..checks import QuantizationError
@@ -59,41 +60,40 @@ _GRAIN = 32768  # at::internal::GRAIN_SIZE: smaller reductions run on one thread
 _VEC = 8  # Vectorized<float>::size() of the AVX2 kernel
 
 
-def _seq(xs):
-    """``((0 + xs[0]) + xs[1]) + ...`` over a static list of arrays (``0 + x`` is ``x``)."""
-    acc = xs[0]
-    for v in xs[1:]:
-        acc = acc + v
-    return acc
+def _seq(x):
+    """``((0 + x[0]) + x[1]) + ...`` over axis 0 (``0 + v`` is ``v``)."""
+    if x.shape[0] <= 16:  # short sums unrolled (compiles faster than a loop)
+        acc = x[0]
+        for i in range(1, x.shape[0]):
+            acc = acc + x[i]
+        return acc
+    return lax.scan(lambda acc, v: (acc + v, None), x[0], x[1:])[0]
 
 
 def _multi_row_sum(x):
     """SumKernel.cpp ``multi_row_sum`` over axis 0 of ``x`` (static size ``n >= 0``)."""
     n = x.shape[0]
-    if n == 0:
-        return jnp.zeros(x.shape[1:], _F32)
+    rest_shape = x.shape[1:]
     p = max(4, (0 if n <= 1 else int(n - 1).bit_length()) // 4)
     step = 1 << p
     nfull = n // step
-    levels = []  # the partial sum each level holds at the end (None: zero)
+    levels = []  # the partial sum each level holds at the end (None: it holds 0)
     if nfull:
-        chunk = x[: nfull * step].reshape((nfull, step) + x.shape[1:])
-        carries = _seq([chunk[:, k] for k in range(step)])  # level 0 sums, one per full chunk
-        for _ in range(1, 3):  # levels 1 and 2 carry every `step` inputs
-            m = carries.shape[0]
-            g = m // step
+        chunks = x[: nfull * step].reshape((nfull, step) + rest_shape)
+        carries = _seq(jnp.moveaxis(chunks, 1, 0))  # level 0's sum of each full chunk, carried into level 1
+        for _ in (1, 2):  # levels 1 and 2 carry on after `step` carries each; level 3 keeps all of its own
+            g = carries.shape[0] // step
             rest = carries[g * step:]
-            levels.append(_seq([rest[k] for k in range(rest.shape[0])]) if rest.shape[0] else None)
+            levels.append(_seq(rest) if rest.shape[0] else None)
             if not g:
                 carries = None
                 break
-            grp = carries[: g * step].reshape((g, step) + x.shape[1:])
-            carries = _seq([grp[:, k] for k in range(step)])
-        # level 3 keeps every carry of level 2
-        levels.append(_seq([carries[k] for k in range(carries.shape[0])]) if carries is not None else None)
+            grouped = carries[: g * step].reshape((g, step) + rest_shape)
+            carries = _seq(jnp.moveaxis(grouped, 1, 0))
+        levels.append(_seq(carries) if carries is not None else None)
     tail = x[nfull * step:]
-    total = _seq([tail[k] for k in range(tail.shape[0])]) if tail.shape[0] else jnp.zeros(x.shape[1:], _F32)
-    for lv in levels:  # a level that never received a value holds 0, and x + 0 == x
+    total = _seq(tail) if tail.shape[0] else jnp.zeros(rest_shape, _F32)
+    for lv in levels:  # a level that never received a value holds 0, and v + 0 == v
         if lv is not None:
             total = total + lv
     return total
@@ -103,7 +103,10 @@ def _row_sum(x):
     """SumKernel.cpp ``row_sum`` over axis 0 of ``x``: 4 interleaved partial sums (ilp), then the tail."""
     n = x.shape[0]
     size = n // 4
-    part = _multi_row_sum(x[: size * 4].reshape((size, 4) + x.shape[1:]))  # (4, ...)
+    if size:
+        part = _multi_row_sum(x[: size * 4].reshape((size, 4) + x.shape[1:]))  # (4, ...)
+    else:
+        part = jnp.zeros((4,) + x.shape[1:], _F32)
     p0 = part[0]
     for i in range(size * 4, n):
         p0 = p0 + x[i]
@@ -173,29 +176,36 @@ def channels_last_spatial_sum(x, threads: int = 1):
         raise QuantizationError(f"quantized mean of a (1, 1, {h}, {w}) channels_last tensor on {threads} threads: "
                                 "torch's two-pass parallel sum is not modelled (threads=1 is)")
     th = threads if numel >= _GRAIN else 1
-    parts = []
+    # each lane's order depends only on its group's kind, never on the group's width: one multi_row_sum and
+    # one row_sum over all channels, then each channel takes its kind's (two loops to compile, not one per group)
+    multi = np.zeros(c, bool)
     for b, e, kind in sum_groups(c, th, n):
-        seg = rows[:, :, b:e]
-        parts.append(_multi_row_sum(seg) if kind == "multi" else _row_sum(seg))
-    return jnp.concatenate(parts, axis=-1)
+        multi[b:e] = kind == "multi"
+    if multi.all():
+        return _multi_row_sum(rows)
+    if not multi.any():
+        return _row_sum(rows)
+    return jnp.where(multi, _multi_row_sum(rows), _row_sum(rows))
 
 
-def float_mean_channels_last(x: QArray, keepdim: bool, threads: int, quantize) -> QArray:
+def float_mean_channels_last(x: QArray, keepdim: bool, threads: int, engine) -> QArray:
     """ReduceOps.cpp's fallback on a dense channels-last ``x`` ``(N, C, H, W)`` over ``(H, W)``:
     ``quantize(fl32(sum / (H*W)), x.scale, x.zero_point)`` with the cascade sum of the dequantized values
-    (``fl32((q - zp) * s)``, ATen's dequantize); ``quantize`` is the engine's ``quantize_per_tensor``."""
-    n, c, h, w = x.shape
-    deq = f32x.uncontracted((x.values.astype(jnp.int32) - x.zero_point).astype(_F32) * x.scale)
-    s = _sum_jit(deq, threads=threads)
-    m = f32x.div_rn(s, np.float32(h * w))  # div_(dim_prod): a true float32 division
+    (``fl32((q - zp) * s)``, ATen's dequantize); ``engine.quantize`` is the engine's ``quantize_per_tensor``."""
+    if x.ndim != 4 or x.axis is not None:
+        raise QuantizationError("the channels-last float mean takes a per-tensor (N, C, H, W) input")
+    v = _float_mean_values(x.values, x.scale, x.zero_point, threads=threads, engine=engine, dtype=x.dtype)
     if keepdim:
-        m = m.reshape(n, c, 1, 1)
-    return quantize(m, x.scale, x.zero_point, x.dtype)
+        v = v.reshape(v.shape + (1, 1))
+    return QArray(v, x.scale, x.zero_point, x.dtype, None, check=False)
 
 
-@functools.partial(jax.jit, static_argnames=("threads",))
-def _sum_jit(deq, *, threads):
-    return channels_last_spatial_sum(deq, threads)
+@functools.partial(jax.jit, static_argnames=("threads", "engine", "dtype"))
+def _float_mean_values(values, scale, zero_point, *, threads, engine, dtype):
+    n, c, h, w = values.shape
+    deq = f32x.uncontracted((values.astype(jnp.int32) - zero_point).astype(_F32) * scale)
+    m = f32x.div_rn(channels_last_spatial_sum(deq, threads), np.float32(h * w))  # div_(dim_prod): true division
+    return engine.quantize(m, scale, zero_point, dtype).values
 
 
 def global_average_pool(x: QArray, keepdim: bool) -> QArray:
