@@ -223,7 +223,8 @@ def choose_qparams(x_min, x_max, *, reduce_range):
     scale = jnp.where(tiny, np.float32(0.1), jnp.where(small, SMALL_SCALE, s32_exact))
     # the stretched min (QuantUtils.h "Cut off small scale"), float32 ops
     amp = f32x.div_rn(SMALL_SCALE, s32_exact)
-    b_small = jnp.where(a == 0, f32x.mul_rn(SMALL_SCALE, n.astype(jnp.float32)), f32x.mul_rn(b, amp))
+    # plain float products: nothing is added to them, so XLA has no multiply-add to contract
+    b_small = jnp.where(a == 0, SMALL_SCALE * n.astype(jnp.float32), b * amp)
     b_small = jnp.where(b == 0, np.float32(0), b_small)
     b_used = jnp.where(small, b_small, b)
     scale, small, tiny, b_used = lax.optimization_barrier((scale, small, tiny, b_used))
