@@ -4,7 +4,7 @@
         [--engines fbgemm,x86] [--batches 16,1] [--repeat 7] [--markdown out.md] [--json out.json]
     python scripts/bench_torchvision.py --profile --models resnet18 --engines x86 --batches 16
 
-Needs the ``bench`` extra (torchvision 0.28.0; see ``scripts/_torchvision.py`` for how it is
+Needs the ``bench`` extra (torchvision 0.28.0; see ``tests/torchvision_models.py`` for how it is
 imported on torch+cpu).  For each model x engine x batch:
 
 1. the float quantizable model (``torchvision.models.quantization.<name>(weights=None,
@@ -92,7 +92,7 @@ def build_converted(name: str, engine: str, size: int, seed: int = 0, calib_batc
     import torch
     from torch.ao.quantization import convert, get_default_qconfig, prepare
 
-    from _torchvision import import_torchvision
+    from tests.torchvision_models import import_torchvision
 
     import_torchvision()
     import torchvision.models.quantization as tvq
@@ -326,7 +326,7 @@ def main(argv=None):
     setup_threads(args.threads, args.pin)
     import torch  # noqa: F401
 
-    from _torchvision import import_torchvision
+    from tests.torchvision_models import import_torchvision
 
     import_torchvision()  # fail early (with its reason) if torchvision cannot be imported at all
     header = (f"torchvision quantizable models, random weights, eager convert; {machine_line(args.threads, '/'.join(engines))}; "
