@@ -199,3 +199,17 @@ def test_linear_dynamic_wrong_rules_miss():
         yy = fma32_numpy(acc.astype(F32), (s * ws).astype(F32), b)
         bad += int((yy.view(np.int32) != y.view(np.int32)).sum())
     assert bad > 0
+
+
+def test_public_op_errors_name_the_argument():
+    import qjax
+
+    wq = qjax.quantize(np.ones((3, 4), F32), 0.1, 0, qjax.qint8)
+    with pytest.raises(qjax.QuantizationError, match="x must be a non-empty"):
+        qjax.linear_dynamic(np.zeros((0, 4), F32), wq)
+    with pytest.raises(qjax.QuantizationError, match="in_features=4"):
+        qjax.linear_dynamic(np.zeros((2, 5), F32), wq)
+    with pytest.raises(TypeError, match="x must be a float array"):
+        qjax.linear_dynamic(np.zeros((2, 4), np.int32), wq)
+    with pytest.raises(qjax.engines.EngineRefusal, match="onednn"):
+        qjax.linear_dynamic(np.zeros((2, 4), F32), wq, engine="onednn")
