@@ -373,14 +373,52 @@ def layer_norm(x: QArray, normalized_shape, weight=None, bias=None, eps=1e-5, sc
     return _out(x, out.reshape(x.shape), scale, zero_point)
 
 
-@functools.partial(jax.jit, static_argnums=(8, 9))
 def _layer_norm_apply(q2, mean, inv, g, b, zx, yi, zo, qmin, qmax):
     n = q2.shape[-1]
     d = (q2.astype(_I32) - jnp.asarray(zx).astype(_I32)).astype(jnp.float32) - mean[:, None]
-    # ``(dq - mean) * inv * gamma + beta``: the second product fused with the add (vfmadd)
-    y = f32x.fma(f32x.mul_rn(d, inv[:, None]), g, b)
     vec = np.arange(n) < n // INT_VLEN * INT_VLEN
+    return _elementwise(_scaled_affine_quantize, (qmin, qmax), d, inv[:, None], g, b, vec, yi, zo)
+
+
+# -- elementwise kernels on flat arrays padded to a few sizes (one compilation serves every shape) --------
+
+_FLAT = 4096
+
+
+def _elementwise(fn, static, *args):
+    """``fn(*args, *static)`` elementwise on the broadcast ``args``, flattened and zero-padded to a power of
+    two (at least ``_FLAT``) so that the jitted ``fn`` compiles once per size class, not per shape."""
+    shape = tuple(np.broadcast_shapes(*(np.shape(a) for a in args)))
+    size = int(np.prod(shape))
+    bucket = max(_FLAT, 1 << max(size - 1, 0).bit_length())
+    flat = [jnp.pad(jnp.broadcast_to(jnp.asarray(a), shape).reshape(-1), (0, bucket - size)) for a in args]
+    return fn(*flat, *static)[:size].reshape(shape)
+
+
+def _quantize_either(y, vec, yi, zo, qmin, qmax):
     return jnp.where(vec, quantize_vec(y, yi, zo, qmin, qmax), quantize_scalar(y, yi, zo, qmin, qmax))
+
+
+@functools.partial(jax.jit, static_argnums=(7, 8))
+def _scaled_affine_quantize(d, inv, g, b, vec, yi, zo, qmin, qmax):
+    # ``(dq - mean) * inv * gamma + beta``: the second product fused with the add (vfmadd)
+    return _quantize_either(f32x.fma(f32x.mul_rn(d, inv), g, b), vec, yi, zo, qmin, qmax)
+
+
+@functools.partial(jax.jit, static_argnums=(6, 7))
+def _affine_quantize(d, g, b, vec, yi, zo, qmin, qmax):
+    # ``dq * scale + bias``, fused
+    return _quantize_either(f32x.fma(d, g, b), vec, yi, zo, qmin, qmax)
+
+
+@jax.jit
+def _fma_flat(a, b, c):
+    return f32x.fma(a, b, c)
+
+
+@jax.jit
+def _mul_flat(a, b):
+    return f32x.mul_rn(a, b)
 
 
 def _sequential_sum(v, axis):
@@ -406,7 +444,6 @@ def _nhwc_sums(x_values, G):
     return _sequential_sum(sum_c, 2), _sequential_sum(sq_c, 2)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 9, 10))
 def _nhwc_apply(x_values, G, mean, inv, gamma, beta, zx, yi, zo, qmin, qmax):
     B, C, H, W = x_values.shape
     cpg, hw = C // G, H * W
@@ -415,24 +452,25 @@ def _nhwc_apply(x_values, G, mean, inv, gamma, beta, zx, yi, zo, qmin, qmax):
         vec = np.broadcast_to(np.arange(cpg) < cpg // INT_VLEN * INT_VLEN, (G, cpg))
     else:  # vectors over all C channels of a position, scalar tail
         vec = (np.arange(G)[:, None] * cpg + np.arange(cpg)[None]) < C // INT_VLEN * INT_VLEN
-    sc = f32x.mul_rn(inv[..., None], gamma.reshape(G, cpg))  # scale_ptr[d] = rstd * gamma
-    bi = f32x.fma(-sc, mean[..., None], beta.reshape(G, cpg))  # bias_ptr[d] = -scale * mean + beta (contracted)
+    sc = _elementwise(_mul_flat, (), inv[..., None], gamma.reshape(G, cpg))  # scale_ptr[d] = rstd * gamma
+    # bias_ptr[d] = -scale * mean + beta (contracted)
+    bi = _elementwise(_fma_flat, (), -sc, mean[..., None], beta.reshape(G, cpg))
     d = (q - jnp.asarray(zx).astype(_I32)).astype(jnp.float32)
-    y = f32x.fma(d, sc[:, None], bi[:, None])  # dq * scale + bias, fused; (B, hw, G, cpg)
-    out = jnp.where(vec, quantize_vec(y, yi, zo, qmin, qmax), quantize_scalar(y, yi, zo, qmin, qmax))
+    out = _elementwise(_affine_quantize, (qmin, qmax), d, sc[:, None], bi[:, None], vec, yi, zo)  # (B, hw, G, cpg)
     return jnp.moveaxis(out.reshape(B, H, W, C), -1, 1)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 9, 10))
 def _contiguous_apply(x_values, G, mean, inv, gamma, beta, zx, yi, zo, qmin, qmax):
     B, C = x_values.shape[:2]
     cpg = C // G
     q = x_values.reshape(B, G, cpg, -1).astype(_I32)
-    gp = f32x.mul_rn(inv[..., None], gamma.reshape(G, cpg))  # gamma_p = scale_x / std * gamma
+    gp = _elementwise(_mul_flat, (), inv[..., None], gamma.reshape(G, cpg))  # gamma_p = scale_x / std * gamma
     d = (q - jnp.asarray(zx).astype(_I32)).astype(jnp.float32) - mean[..., None, None]
-    y = f32x.fma(d, gp[..., None], beta.reshape(G, cpg)[..., None])  # (dq - mean) * gamma_p + beta, fused
-    # every element, the partial last vector of each channel included, takes the vector rule
-    return quantize_vec(y, yi, zo, qmin, qmax).reshape(x_values.shape)
+    # (dq - mean) * gamma_p + beta, fused; every element, the partial last vector of each channel
+    # included, takes the vector rule
+    out = _elementwise(_affine_quantize, (qmin, qmax), d, gp[..., None], beta.reshape(G, cpg)[..., None], True, yi,
+                       zo)
+    return out.reshape(x_values.shape)
 
 
 def group_norm(x: QArray, num_groups: int, weight=None, bias=None, eps=1e-5, scale=1.0, zero_point=0, *,
