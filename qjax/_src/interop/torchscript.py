@@ -21,6 +21,7 @@ from ..engines import layer_engine
 from ..graph import Node, QModel, Ref, Static
 from ..qarray import QArray
 from ..qops.paths import CONTIGUOUS, STRIDED
+from .torch_norm import norm_from_op
 from .torch_common import (ENGINE_OPS, TorchImportError, check_mean, import_engine, import_settings,
                            memory_format_of, qarray_from_torch, tensor_qparams, torch_engine)
 
@@ -55,6 +56,7 @@ class TorchScriptConverter:
         self.names: dict = {}
         self.torch_values: dict = {}
         self.specs: dict = {}
+        self.size_scalars: set = set()  # ids of 0-d tensors that hold a size (traced size arithmetic)
         self.record: dict = {}
         self.inputs: list = []  # the QModel's input names, after convert
         self.output = None  # the QModel's output spec, after convert
@@ -196,9 +198,36 @@ class TorchScriptConverter:
                 int(t.item()) if kind in ("aten::IntImplicit", "aten::Int") else t.item())
             self.set(node.output(), v, v)
             return
+        if kind in ("prim::NumToTensor", "aten::floor_divide", "aten::Int") and self._size_arithmetic(node, kind, ins):
+            return
         if kind == "prim::GetAttr":
             raise TorchImportError("prim::GetAttr in a frozen graph: freeze the module before importing")
         self.op(node, kind, ins)
+
+    def _size_arithmetic(self, node, kind, ins):
+        """Traced size arithmetic (torchvision's ``channel_shuffle``: ``size -> NumToTensor -> floor_divide ->
+        Int -> view``): 0-d tensors that only hold sizes become Python ints (``pyfunc`` nodes, or constants when
+        every input is one).  Returns False (not handled) for anything else."""
+        torch = _torch()
+        if not ins or not all(i.unique() in self.size_scalars or isinstance(self.tv(i), int) for i in ins):
+            return False
+        if kind != "prim::NumToTensor" and ins[0].unique() not in self.size_scalars:
+            return False
+        ints = [int(self.tv(i)) for i in ins]
+        value = ints[0] // ints[1] if kind == "aten::floor_divide" else ints[0]
+        out = node.output()
+        if kind == "aten::Int":
+            torch_value = value
+        else:
+            torch_value = torch.tensor(value)
+            self.size_scalars.add(out.unique())
+        self.torch_values[out.unique()] = torch_value
+        if all(not isinstance(self.spec(i), (Ref, list, tuple)) for i in ins):
+            self.set(out, torch_value, value)
+        else:
+            py = "floordiv" if kind == "aten::floor_divide" else "int"
+            self.set(out, torch_value, Ref(self.emit(node, "pyfunc", [self.spec(i) for i in ins], dict(kind=py))))
+        return True
 
     def op(self, node, kind, ins):
         torch = _torch()
@@ -252,6 +281,9 @@ class TorchScriptConverter:
                 params["bias"] = jnp.asarray(b.detach().numpy(), jnp.float32)
             name = self.emit(node, "linear", [self.spec(ins[0])], dict(relu=kind.endswith("relu")), params,
                              layer=_layer_name(ins[1]))
+        elif kind in ("quantized::layer_norm", "quantized::group_norm", "quantized::instance_norm"):
+            name = self.emit(node, "norm", [self.spec(ins[0])], *norm_from_op(kind, vals, self.fmt(ins[0]),
+                                                                              self.threads))
         elif kind in ("quantized::add", "quantized::add_relu", "quantized::mul", "quantized::mul_relu"):
             name = self.emit(node, "binary", [self.spec(ins[0]), self.spec(ins[1])],
                              dict(kind="add" if "add" in kind else "mul", relu=kind.endswith("relu"),
