@@ -24,7 +24,8 @@ import numpy as np
 from .. import float32 as f32x
 from ..checks import QuantizationError, check_scale, check_zero_point, is_concrete
 from ..dtypes import qint8, quint8
-from ..qarray import QArray, as_f32, as_i32
+from ..float64 import from_words
+from ..qarray import QArray, as_f32, as_i32, scale_words
 from . import transcendental as tr
 from .arith import (
     dequantize_scalar,
@@ -91,7 +92,9 @@ def _concrete(v, what):
 
 
 def _wrap(q, values, scale, zero_point):
-    return QArray(values.astype(q.dtype.storage), as_f32(scale), as_i32(zero_point), q.dtype, None, check=False)
+    # a Python-float output scale is torch's double (mul_scalar's c * s, add_scalar's derived scale): keep it
+    return QArray(values.astype(q.dtype.storage), as_f32(scale), as_i32(zero_point), q.dtype, None, check=False,
+                  scale64=scale_words(scale))
 
 
 def _mask(shape, memory_format, threads, operands=None):
@@ -194,7 +197,7 @@ def add_scalar(a: QArray, c: float, *, relu=False, memory_format=CONTIGUOUS, thr
     of the data unless the zero point would leave the dtype's range, then it requantizes with
     ``m = fl32(fl32(s) * fl32(1/fl32(s')))``)."""
     check_8bit(a, "a")
-    s, z = _input_qparams(a, in_qparams)
+    s, z = _input_qparams_double(a, in_qparams)
     so, zo, c_q, requant = add_scalar_qparams(s, z, float(c), a.dtype)
     if not requant:
         v = a.values.astype(jnp.int32)
@@ -211,7 +214,7 @@ def add_scalar(a: QArray, c: float, *, relu=False, memory_format=CONTIGUOUS, thr
 def mul_scalar(a: QArray, c: float, *, relu=False, in_qparams=None) -> QArray:
     """``quantized::mul_scalar``: no data rounding — positive ``c`` rescales, 0 zeroes, negative mirrors."""
     check_8bit(a, "a")
-    s, z = _input_qparams(a, in_qparams)
+    s, z = _input_qparams_double(a, in_qparams)
     c = float(c)
     v = a.values.astype(jnp.int32)
     if c > 0:
@@ -344,6 +347,15 @@ def _input_qparams(a, in_qparams):
         return float(in_qparams[0]), int(in_qparams[1])
     return float(_concrete(a.scale, "a.scale (pass in_qparams= inside jit)")), int(
         _concrete(a.zero_point, "a.zero_point (pass in_qparams= inside jit)"))
+
+
+def _input_qparams_double(a, in_qparams):
+    """:func:`_input_qparams` with torch's double ``q_scale()`` where ``a`` carries it (``scale64``):
+    ``BinaryOps.cpp`` derives add_scalar / mul_scalar's output qparams from it in double."""
+    if in_qparams is None and a.scale64 is not None:
+        return float(from_words(_concrete(a.scale64, "a.scale64 (pass in_qparams= inside jit)"))), int(
+            _concrete(a.zero_point, "a.zero_point (pass in_qparams= inside jit)"))
+    return _input_qparams(a, in_qparams)
 
 
 def sigmoid(a: QArray, scale=None, zero_point=None, *, memory_format=CONTIGUOUS, threads=1, in_qparams=None) -> QArray:
