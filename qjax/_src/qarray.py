@@ -108,6 +108,14 @@ class QArray:
     def per_channel(self) -> bool:
         return self.axis is not None
 
+    def with_values(self, values, dtype=None):
+        """A QArray of new ``values`` with these quantization parameters (``scale64`` included): what ops that
+        keep their input's qparams (pooling, reshapes, clamps) should return."""
+        out = object.__new__(QArray)
+        out.values, out.scale, out.zero_point, out.scale64 = values, self.scale, self.zero_point, self.scale64
+        out.dtype, out.axis = (self.dtype if dtype is None else as_qdtype(dtype)), self.axis
+        return out
+
     def int_repr(self):
         """The integer values (like torch's ``int_repr()``)."""
         return self.values
