@@ -2,7 +2,10 @@
 imported with arithmetic "inductor" (torchao's ``lower_pt2e_quantized_to_x86``) and compared with the lowered
 module itself on random and tie-seeking inputs.  Prints mismatch counts (float32 outputs compared bit for bit).
 
-    python scripts/check_pt2e.py [--size 224] [--batches 3] [--models resnet18,mobilenet_v2]
+    python scripts/check_pt2e.py [--size 224] [--batches 2] [--models resnet18,mobilenet_v2]
+
+Other torchvision models (float ``torchvision.models``) work too: ``--models mobilenet_v3_small,googlenet,
+shufflenet_v2_x0_5`` (resnet-style models get their ReLU modules made functional).
 """
 
 from __future__ import annotations
@@ -69,7 +72,8 @@ def main():
     rng = np.random.default_rng(0)
     shape = (args.batch, 3, args.size, args.size)
     for name in args.models.split(","):
-        m = getattr(tv.models, name)(weights=None).eval()
+        kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
+        m = getattr(tv.models, name)(weights=None, **kwargs).eval()
         for mod in m.modules():  # randomized BN statistics (weights=None leaves mean 0 / var 1)
             if isinstance(mod, torch.nn.BatchNorm2d):
                 mod.running_mean.normal_(0, 0.1)

@@ -9,7 +9,10 @@ arrays for quantized tensors, float32 for float ones.
   ``qlinear_pointwise``, computed by the node's engine (``cfg["engine"].pointwise_conv`` /
   ``pointwise_linear``, channels last inside);
 * ``exact_op`` — ATen ops whose float32 / integer result does not depend on evaluation order
-  (max pooling, relu / hardtanh clamps, reshapes, cat, clone);
+  (max pooling, relu / hardtanh clamps, reshapes, transposes, split, cat, clone; float32 mul / add,
+  one rounding each; ``hardswish`` ``fl32(fl32(x * clamp(x + 3, 0, 6)) / 6)`` and ``hardsigmoid``
+  ``fl32(clamp(x + 3, 0, 6) / 6)`` — ATen's vectorized and scalar paths compute exactly these roundings;
+  multiplying by ``1/6`` instead differs on ~30% of values);
 * ``float_mean`` — ``aten.mean.dim`` over ``(H, W)`` of a dense channels-last float32 tensor (the
   global average pool before a classifier): ``fl32(sum / (H*W))`` with SumKernel.cpp's cascade sum in
   torch's order (:func:`qjax.qops.mean.channels_last_spatial_sum`) and a true float32 division
@@ -80,6 +83,12 @@ def _max_pool(x, kernel, stride, padding, dilation, ceil_mode):
                              window_dilation=(1, 1) + tuple(dilation)) if nd else x
 
 
+def _clamp06(x):
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise GraphError("hardswish / hardsigmoid of an integer tensor")
+    return jnp.clip(x + np.float32(3), np.float32(0), np.float32(6))
+
+
 @register_op("exact_op")
 def exact_op_node(cfg, p, x, *rest):
     kind = cfg["kind"]
@@ -91,8 +100,21 @@ def exact_op_node(cfg, p, x, *rest):
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise GraphError(f"hardtanh of an integer tensor (node {cfg['node']})")
         return jnp.clip(x, np.float32(cfg["min_val"]), np.float32(cfg["max_val"]))
+    if kind == "hardswish":  # ATen's hardswish_kernel: x * min(max(x + 3, 0), 6) / 6, a true division
+        return f32x.div_rn(f32x.uncontracted(x * _clamp06(x)), np.float32(6))
+    if kind == "hardsigmoid":  # hardsigmoid_kernel: min(max(x + 3, 0), 6) / 6
+        return f32x.div_rn(_clamp06(x), np.float32(6))
+    if kind == "mul":  # float32 tensors (broadcasting): one correctly rounded product, kept out of FMAs
+        return f32x.uncontracted(x * rest[0])
+    if kind == "add":
+        return f32x.uncontracted(x) + f32x.uncontracted(rest[0])
     if kind == "reshape":
         return x.reshape(cfg["shape"])
+    if kind == "permute":
+        return jnp.transpose(x, cfg["dims"])
+    if kind == "split":
+        bounds = np.cumsum((0,) + tuple(cfg["sizes"]))
+        return tuple(lax.slice_in_dim(x, int(b), int(e), axis=cfg["dim"]) for b, e in zip(bounds[:-1], bounds[1:]))
     if kind == "identity":
         return x
     if kind == "cat":

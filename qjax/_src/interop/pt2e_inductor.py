@@ -285,15 +285,42 @@ class _Lowering:
             if t == aten._to_copy.default and self.values[n.name].dtype != self.values[a[0].name].dtype:
                 raise TorchImportError(f"{what}: a dtype conversion is not supported")
             return self.exact(n, "identity", [x])
+        if t in (aten.hardswish.default, aten.hardswish_.default, aten.hardsigmoid.default,
+                 aten.hardsigmoid_.default):
+            self._float_only(what, a[:1])
+            return self.exact(n, "hardswish" if "hardswish" in str(t) else "hardsigmoid", [x])
+        if t in (aten.mul.Tensor, aten.add.Tensor):
+            self._float_only(what, a[:2])
+            if t == aten.add.Tensor and float(n.kwargs.get("alpha", 1)) != 1.0:
+                raise TorchImportError(f"{what}: add with alpha {n.kwargs['alpha']} is not supported")
+            return self.exact(n, "mul" if t == aten.mul.Tensor else "add", [x, self.ref(a[1], what)])
+        if t in (aten.transpose.int, aten.permute.default):
+            nd = self.values[a[0].name].dim()
+            if t == aten.transpose.int:
+                dims = list(range(nd))
+                i, j = int(a[1]) % nd, int(a[2]) % nd
+                dims[i], dims[j] = dims[j], dims[i]
+            else:
+                dims = [int(d) % nd for d in a[1]]
+            return self.exact(n, "permute", [x], dims=tuple(dims))
+        if t in (aten.split.Tensor, aten.split_with_sizes.default):
+            parts = self.values[n.name]
+            dim = int(a[2]) if len(a) > 2 else int(n.kwargs.get("dim", 0))
+            dim %= self.values[a[0].name].dim()
+            return self.exact(n, "split", [x], sizes=tuple(int(v.shape[dim]) for v in parts), dim=dim)
         if t == aten.mean.dim:
             return self.mean(n, what, x, a)
         if t == aten.cat.default:
             xs = [self.ref(v, what) for v in a[0]]
             dim = int(a[1]) if len(a) > 1 else 0
             return self.exact(n, "cat", xs, dim=dim % self.values[n.name].dim())
-        raise TorchImportError(f"{what}: qjax does not reproduce this op of the lowered graph exactly (float "
-                               "reductions, averages and transcendental activations run in an order torch "
-                               "does not pin down here)")
+        raise TorchImportError(f"{what}: qjax does not reproduce this op of the lowered graph exactly")
+
+    def _float_only(self, what, args):
+        torch = self.torch
+        for v in args:
+            if not isinstance(v, torch.fx.Node) or self.values[v.name].dtype != torch.float32:
+                raise TorchImportError(f"{what}: only float32 tensor operands are reproduced")
 
     def mean(self, n, what, x, a):
         torch = self.torch

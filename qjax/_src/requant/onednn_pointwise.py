@@ -9,8 +9,10 @@ fp32 outputs compared bit for bit, where the double inversion differs on ~60% of
     a_src  = fl32(x_scale)                   x_scale a Python float (double) or a float32 tensor
     a_wei  = fl32(w_scale[o])                conv and linear alike
     v = fl32(acc); v = fl32(v * a_src); v = fl32(v * a_wei); v = fl32(v + bias[o])     (no FMA)
-    binary "sum" (the accumulator, u8 with accum scale / zero point, or fp32 with scale 1):
-        v = fl32(v + fl32(fl32(accum - accum_zp) * fl32(accum_scale)))
+    binary "sum" (the accumulator, u8 with accum scale / zero point, or fp32 with scale 1), one FMA
+    (before the unary op and the output scale; the unfused product, or adding after the output scale,
+    differ at ties — measured, e.g. a ResNet-50 bottleneck):
+        v = fl32((accum - accum_zp) * fl32(accum_scale) + v)
     unary: relu max(v, 0); hardtanh clip(v, lo, hi)
     fp32 output (output scale 1.0, zero point 0): v itself
     u8 / s8 output: v = fl32(fl32(v * a_dinv) + zy); q = rne(clamp(v, qmin, qmax))
@@ -76,8 +78,8 @@ def _epilogue(acc, a_src, a_wei, bias, accum, accum_scale, accum_zp, a_dinv, zy,
     if bias is not None:
         v = v + bias
     if accum is not None:
-        term = accum.astype(jnp.float32) - accum_zp
-        v = v + nc(term * accum_scale)
+        # oneDNN's sum post-op is one vfmadd231ps: fl32((accum - zp) * scale + v), a single rounding
+        v = f32x.fma(accum.astype(jnp.float32) - accum_zp, accum_scale, v)
     if unary == "relu":
         v = jnp.maximum(v, jnp.float32(0.0))
     elif unary == "hardtanh":
