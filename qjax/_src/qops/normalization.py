@@ -88,22 +88,18 @@ def _shr32(x, k):
     return jnp.where(k >= 32, _u(0), x >> jnp.clip(k, 0, 31).astype(_U32))
 
 
-def _shl64(h, l, k):
-    """(h, l) << k for 0 <= k < 64 (bits beyond 64 dropped)."""
-    k = jnp.asarray(k, _I32)
-    small_h = _shl32(h, k) | jnp.where(k == 0, _u(0), _shr32(l, 32 - k))
-    return (jnp.where(k < 32, small_h, _shl32(l, k - 32)), jnp.where(k < 32, _shl32(l, k), _u(0)))
-
-
 def _shr64(h, l, k):
     """((h, l) >> k, sticky) for k >= 0; sticky says whether a set bit was shifted out."""
     k = jnp.asarray(k, _I32)
-    kk = jnp.minimum(k, 64)
-    small_l = _shr32(l, kk) | jnp.where(kk == 0, _u(0), _shl32(h, 32 - kk))
-    nh = jnp.where(kk < 32, _shr32(h, kk), _u(0))
-    nl = jnp.where(kk < 32, small_l, _shr32(h, kk - 32))
-    bh, bl = _shl64(nh, nl, jnp.minimum(kk, 63))  # the bits kept, shifted back
-    lost = jnp.where(kk >= 64, (h | l) != 0, (bh != h) | (bl != l))
+    k1 = jnp.clip(k, 1, 31).astype(_U32)  # the shift within a word (k < 32), or of h into l (32 <= k < 64)
+    k2 = jnp.clip(k - 32, 0, 31).astype(_U32)
+    lt32 = k < 32
+    nh = jnp.where(lt32, jnp.where(k == 0, h, h >> k1), _u(0))
+    nl_small = jnp.where(k == 0, l, (l >> k1) | (h << (_u(32) - k1)))
+    nl = jnp.where(lt32, nl_small, jnp.where(k < 64, h >> k2, _u(0)))
+    lost_small = jnp.where(k == 0, False, (l & ((_u(1) << k1) - _u(1))) != 0)
+    lost_big = (l != 0) | ((h & ((_u(1) << k2) - _u(1))) != 0)
+    lost = jnp.where(lt32, lost_small, jnp.where(k < 64, lost_big, (h | l) != 0))
     return nh, nl, lost
 
 
@@ -121,9 +117,9 @@ def _ge64(a, b):
     return (a[0] > b[0]) | ((a[0] == b[0]) & (a[1] >= b[1]))
 
 
-def _round_drop(h, l, drop, sticky):
-    """Round (h, l) >> drop to nearest even (drop in 1..31), with extra sticky bits below."""
-    nh, nl, _ = _shr64(h, l, drop)
+def _round_drop(h, l, drop: int, sticky):
+    """Round (h, l) >> drop to nearest even (a constant drop in 1..31), with extra sticky bits below."""
+    nh, nl = h >> _u(drop), (l >> _u(drop)) | (h << _u(32 - drop))
     rem = l & ((_u(1) << _u(drop)) - _u(1))
     half = _u(1) << _u(drop - 1)
     up = (rem > half) | ((rem == half) & (sticky | ((nl & _u(1)) == 1)))
@@ -141,7 +137,7 @@ def _add_rn(m32, e32, eps_h, eps_l, eps_e):
     with bit 63 of the uint32 pair set."""
     # both as 64-bit significands with bit 63 set: value = M * 2**E
     lz = lax.clz(m32).astype(_I32)
-    bh, bl = _shl64(m32, jnp.zeros_like(m32), jnp.minimum(lz, 31))  # the float's bits on top of hi
+    bh, bl = m32 << jnp.minimum(lz, 31).astype(_U32), jnp.zeros_like(m32)  # the float's bits on top of hi
     eb = e32 - 32 - lz  # m32 * 2**e32 == (bh, bl) * 2**eb
     ah = jnp.broadcast_to(eps_h, m32.shape)
     al = jnp.broadcast_to(eps_l, m32.shape)
@@ -154,7 +150,7 @@ def _add_rn(m32, e32, eps_h, eps_l, eps_e):
     sh, sl, sticky = _shr64(small[0], small[1], k)
     s = _add64(big, (sh, sl))
     carry = _ge64(big, s) & ((sh | sl) != 0)  # wrapped past 2**64
-    ch, cl, lost = _shr64(s[0], s[1], 1)
+    ch, cl, lost = s[0] >> _u(1), (s[1] >> _u(1)) | (s[0] << _u(31)), (s[1] & _u(1)) != 0
     s = (jnp.where(carry, ch | _u(0x80000000), s[0]), jnp.where(carry, cl, s[1]))
     sticky = sticky | (carry & lost)
     e = e + carry.astype(_I32)
