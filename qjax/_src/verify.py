@@ -205,7 +205,8 @@ def load_torch_model(spec: str, arithmetic=None):
     try:
         model = load_model_file(spec)
     except (RuntimeError, TorchImportError) as e:  # e.g. a state dict saved with torch.save
-        raise VerifyError("model", f"{spec!r}: {_one_line(e)}; save the converted model with "
+        raise VerifyError("model", f"{spec!r} is not a TorchScript archive or a torch.export .pt2 archive qjax loads "
+                                   f"({_one_line(e)}); save the converted model with "
                                    "torch.jit.save(torch.jit.script(model)) or torch.export.save, or give a "
                                    "factory") from None
     return _exported_for(model, None, arithmetic)
@@ -230,13 +231,15 @@ def _exported_for(model, example, arithmetic):
     model = without_guards(model)
     if example is None:
         example = example_inputs_of(model)[0].numpy()
+    fixed = int(np.shape(example)[0])
     if arithmetic == "inductor":
         from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
 
         with torch.no_grad():
-            model = lower_pt2e_quantized_to_x86(model, (torch.as_tensor(np.asarray(example)),))
+            model = without_guards(lower_pt2e_quantized_to_x86(model, (torch.as_tensor(np.asarray(example)),)))
     elif arithmetic not in (None, "converted"):
         raise VerifyError("arithmetic", f"{arithmetic!r}; use converted or inductor")
+    model.qjax_fixed_batch = fixed  # static shapes: verify batches (zero-padded) at this size, torch and qjax alike
     return model, example
 
 
@@ -423,8 +426,11 @@ def _output_step(qmodel: QModel):
 def _torch_forward(model, x):
     import torch
 
+    m, fixed = len(x), getattr(model, "qjax_fixed_batch", None)
+    if fixed and m < fixed:  # a torch.export graph runs at the batch size it was exported with: zero rows added
+        x = np.concatenate([x, np.zeros((fixed - m,) + x.shape[1:], x.dtype)])
     with torch.no_grad():
-        y = model(torch.from_numpy(np.ascontiguousarray(x)))
+        y = model(torch.from_numpy(np.ascontiguousarray(x)))[:m]
     return y.int_repr().numpy() if getattr(y, "is_quantized", False) else y.numpy()
 
 
@@ -747,6 +753,8 @@ def verify(model, *, n=1000, batch_size=64, seed=0, inputs=None, example_input=N
             src = _RandomInputs(n, input_shape, seed)
         n = src.n
         batch_size = min(int(batch_size), n)
+        # a torch.export graph's shapes (a flatten's view sizes) hold the batch size it was exported with
+        batch_size = getattr(model, "qjax_fixed_batch", None) or batch_size
         num_batches = -(-n // batch_size)
         devices = jax.local_devices() if shard else jax.local_devices()[:1]
         nd = len(devices)

@@ -338,13 +338,17 @@ def _ntuple(v, nd):
 
 
 def without_guards(gm):
-    """``gm`` without torch.export's input-shape guards (the ``_guards_fn`` call): it runs at any batch size."""
+    """``gm`` without torch.export's input-shape guards (the ``_guards_fn`` call in the graph, the
+    ``_check_input_constraints_pre_hook`` forward pre-hook): it runs at any batch size, as its QModel does."""
     guards = [n for n in gm.graph.nodes if n.op == "call_module" and str(n.target).startswith("_guards_fn")]
     for n in guards:
         if not n.users:
             gm.graph.erase_node(n)
     if guards:
         gm.recompile()
+    for key, hook in list(gm._forward_pre_hooks.items()):
+        if getattr(hook, "__name__", "") == "_check_input_constraints_pre_hook":
+            del gm._forward_pre_hooks[key]
     return gm
 
 
