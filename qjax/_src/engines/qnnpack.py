@@ -9,6 +9,7 @@ from ..kernels.conv_transpose import conv_transpose_accumulate
 from ..kernels.linear import linear_accumulate
 from ..requant.qnnpack import requantize_qnnpack
 from ..qops import qnnpack as qq
+from ..qops.mean import global_average_pool
 from ..qops.paths import CHANNELS_LAST, CONTIGUOUS
 from .base import ConvGeometry, ConvTransposeGeometry
 from .torch_cpu import TorchCpuOps
@@ -107,3 +108,10 @@ class Qnnpack(TorchCpuOps):
                 k = (h // oh, w // ow)
                 return qq.avg_pool2d(x, k, k, 0)
         return super().adaptive_avg_pool(x, output_size, memory_format=memory_format)
+
+    def mean(self, x, dims, keepdim, *, memory_format=CONTIGUOUS, threads=1):
+        # ReduceOps.cpp mean_out_quantized_cpu: on the qnnpack engine a quint8 4-d mean with dim written
+        # [2, 3] is qnnpack_mean (QNNPACK's global average pooling, any input layout); the rest is ATen's
+        if x.dtype.name == "quint8" and x.ndim == 4 and tuple(dims) == (2, 3):
+            return global_average_pool(x, keepdim)
+        return super().mean(x, dims, keepdim, memory_format=memory_format, threads=threads)
