@@ -22,7 +22,7 @@ from ..graph import ops_inductor, ops_pt2e  # noqa: F401  (register the node ops
 from ..requant.onednn_pointwise import UNARY_POST_OPS
 from .torch_common import TorchImportError
 
-__all__ = ["import_lowered", "record_lowered", "is_lowered"]
+__all__ = ["import_lowered", "record_lowered"]
 
 _DTYPES = {"torch.uint8": "uint8", "torch.int8": "int8", "torch.float32": "float32"}
 
@@ -38,11 +38,6 @@ def _dtype_name(dt, what):
     if name is None:
         raise TorchImportError(f"{what}: dtype {dt} is not supported (uint8, int8 or float32)")
     return name
-
-
-def is_lowered(gm) -> bool:
-    """Whether ``gm`` (a GraphModule) calls any ``onednn::`` pointwise op (an inductor-lowered pt2e graph)."""
-    return any(n.op == "call_function" and str(n.target).startswith("onednn.") for n in gm.graph.nodes)
 
 
 def record_lowered(gm, example_inputs) -> dict:
