@@ -157,7 +157,7 @@ def test_layer_norm_data_catches_wrong_rules():
 def test_layer_norm_multi_dim_and_no_affine():
     torch.set_num_threads(1)
     rng = np.random.default_rng(3)
-    q = rng.integers(-128, 128, (2, 3, 15)).astype(np.int8)
+    q = rng.integers(-128, 128, (4, 3, 15)).astype(np.int8)  # 45 elements per row, as LN_SHAPE
     got = qn.layer_norm(qjax.QArray(q, 0.02, -5, qjax.qint8), (3, 15), None, None, 1e-5, 0.01, 3)
     want = _torch_layer_norm(q, 0.02, -5, None, None, 1e-5, 0.01, 3, shape=(3, 15))
     np.testing.assert_array_equal(np.asarray(got.values), want)
@@ -206,7 +206,7 @@ def _qjax_group_norm(q, groups, fmt, dt, xs, zx, g, b, eps, ys, zy):
 
 
 @pytest.mark.parametrize("shape,groups,fmt,dt", GN_CASES)
-@settings(max_examples=3)
+@settings(max_examples=2)
 @given(seed=st.integers(0, 2**31 - 1))
 def test_group_and_instance_norm_match_torch(shape, groups, fmt, dt, seed):
     torch.set_num_threads(1)

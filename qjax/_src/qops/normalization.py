@@ -53,7 +53,7 @@ from jax import lax
 from .. import float32 as f32x
 from ..checks import QuantizationError
 from ..qarray import QArray, as_f32, as_i32
-from .arith import quantize_scalar, quantize_vec
+from .arith import quantize_vec
 from .elementwise import check_8bit, check_output_qparams
 from .paths import CHANNELS_LAST, CONTIGUOUS
 
@@ -373,12 +373,13 @@ def _layer_norm_apply(q2, mean, inv, g, b, zx, yi, zo, qmin, qmax):
     n = q2.shape[-1]
     d = (q2.astype(_I32) - jnp.asarray(zx).astype(_I32)).astype(jnp.float32) - mean[:, None]
     vec = np.arange(n) < n // INT_VLEN * INT_VLEN
-    return _elementwise(_scaled_affine_quantize, (qmin, qmax), d, inv[:, None], g, b, vec, yi, zo)
+    return _elementwise(_scaled_affine_quantize, (), d, inv[:, None], g, b, vec, yi, zo, np.int32(qmin),
+                        np.int32(qmax))
 
 
 # -- elementwise kernels on flat arrays padded to a few sizes (one compilation serves every shape) --------
 
-_FLAT = 4096
+_FLAT = 1 << 15  # one size class serves every tensor up to 32768 elements
 
 
 def _elementwise(fn, static, *args):
@@ -392,16 +393,21 @@ def _elementwise(fn, static, *args):
 
 
 def _quantize_either(y, vec, yi, zo, qmin, qmax):
-    return jnp.where(vec, quantize_vec(y, yi, zo, qmin, qmax), quantize_scalar(y, yi, zo, qmin, qmax))
+    """The vector rule where ``vec``, else ``quantize_val`` (8-bit, bounds traced: one compilation per kernel
+    serves quint8 and qint8): ``clamp(rne(fl32(fl32(y * inv) + zy)))``, NaN giving 0."""
+    v = f32x.uncontracted(y * yi) + zo.astype(jnp.float32)  # the product cannot be contracted with the add
+    scalar = jnp.where(jnp.isnan(v), 0, jnp.clip(jnp.round(v), qmin.astype(jnp.float32),
+                                                 qmax.astype(jnp.float32)).astype(_I32))
+    return jnp.where(vec, quantize_vec(y, yi, zo, qmin, qmax), scalar)
 
 
-@functools.partial(jax.jit, static_argnums=(7, 8))
+@jax.jit
 def _scaled_affine_quantize(d, inv, g, b, vec, yi, zo, qmin, qmax):
     # ``(dq - mean) * inv * gamma + beta``: the second product fused with the add (vfmadd)
     return _quantize_either(f32x.fma(f32x.mul_rn(d, inv), g, b), vec, yi, zo, qmin, qmax)
 
 
-@functools.partial(jax.jit, static_argnums=(6, 7))
+@jax.jit
 def _affine_quantize(d, g, b, vec, yi, zo, qmin, qmax):
     # ``dq * scale + bias``, fused
     return _quantize_either(f32x.fma(d, g, b), vec, yi, zo, qmin, qmax)
@@ -452,7 +458,8 @@ def _nhwc_apply(x_values, G, mean, inv, gamma, beta, zx, yi, zo, qmin, qmax):
     # bias_ptr[d] = -scale * mean + beta (contracted)
     bi = _elementwise(_fma_flat, (), -sc, mean[..., None], beta.reshape(G, cpg))
     d = (q - jnp.asarray(zx).astype(_I32)).astype(jnp.float32)
-    out = _elementwise(_affine_quantize, (qmin, qmax), d, sc[:, None], bi[:, None], vec, yi, zo)  # (B, hw, G, cpg)
+    out = _elementwise(_affine_quantize, (), d, sc[:, None], bi[:, None], vec, yi, zo, np.int32(qmin),
+                      np.int32(qmax))  # (B, hw, G, cpg)
     return jnp.moveaxis(out.reshape(B, H, W, C), -1, 1)
 
 
@@ -464,8 +471,8 @@ def _contiguous_apply(x_values, G, mean, inv, gamma, beta, zx, yi, zo, qmin, qma
     d = (q - jnp.asarray(zx).astype(_I32)).astype(jnp.float32) - mean[..., None, None]
     # (dq - mean) * gamma_p + beta, fused; every element, the partial last vector of each channel
     # included, takes the vector rule
-    out = _elementwise(_affine_quantize, (qmin, qmax), d, gp[..., None], beta.reshape(G, cpg)[..., None], True, yi,
-                       zo)
+    out = _elementwise(_affine_quantize, (), d, gp[..., None], beta.reshape(G, cpg)[..., None], True, yi, zo,
+                       np.int32(qmin), np.int32(qmax))
     return out.reshape(x_values.shape)
 
 
