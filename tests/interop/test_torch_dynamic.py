@@ -58,7 +58,7 @@ def _inputs(rng, ties):
     return torch.from_numpy(x.astype(F32)), torch.from_numpy(idx), torch.from_numpy(offsets)
 
 
-@pytest.mark.parametrize("engine,per_channel", [("fbgemm", False)])
+@pytest.mark.parametrize("engine,per_channel", [("fbgemm", False), ("qnnpack", True)])
 def test_dynamic_and_embedding_model_is_bit_exact(engine, per_channel):
     torch.backends.quantized.engine = engine
     model = _model(per_channel, 0)

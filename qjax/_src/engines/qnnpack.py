@@ -9,6 +9,7 @@ from ..kernels.conv_transpose import conv_transpose_accumulate
 from ..kernels.linear import linear_accumulate
 from ..requant.qnnpack import requantize_qnnpack
 from ..qops import qnnpack as qq
+from ..qops.dynamic import float_output_qnnpack, linear_dynamic
 from ..qops.mean import global_average_pool
 from ..qops.paths import CHANNELS_LAST, CONTIGUOUS
 from .base import ConvGeometry, ConvTransposeGeometry
@@ -115,3 +116,10 @@ class Qnnpack(TorchCpuOps):
         if x.dtype.name == "quint8" and x.ndim == 4 and tuple(dims) == (2, 3):
             return global_average_pool(x, keepdim)
         return super().mean(x, dims, keepdim, memory_format=memory_format, threads=threads)
+
+    def linear_dynamic(self, x, w, w_scale, w_zero_point, w_per_channel, bias, *, relu=False, reduce_range=True):
+        """``qlinear_dynamic.cpp`` ``PackedLinearWeightsQnnp::apply_dynamic_impl``: the input's qparams over the
+        full 0..255 range (torch warns "qnnpack incorrectly ignores reduce_range"), ``at::quantize_per_tensor``,
+        exact accumulation, QNNPACK's float output (mul, then the bias add)."""
+        return linear_dynamic(x, w, w_scale, w_zero_point, bias, relu=relu, reduce_range=False, saturation=None,
+                              float_output=float_output_qnnpack)
