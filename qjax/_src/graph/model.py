@@ -150,7 +150,7 @@ def _materialize(value):
     if not isinstance(value, QArray):
         return value
     v = own_buffer(value.values, value.scale)
-    return QArray(v, value.scale, value.zero_point, value.dtype, value.axis, check=False)
+    return value.with_values(v)
 
 
 def _live(nodes, output):

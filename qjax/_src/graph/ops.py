@@ -205,7 +205,7 @@ def _map_values(x, fn):
     if isinstance(x, QArray):
         if x.axis is not None:
             raise GraphError("shape ops on per-channel quantized activations are not supported")
-        return QArray(fn(x.values), x.scale, x.zero_point, x.dtype, None, check=False)
+        return x.with_values(fn(x.values))
     return fn(x)
 
 

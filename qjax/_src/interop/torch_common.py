@@ -76,7 +76,7 @@ def check_mean(engine, t, dims, keepdim, layout, threads, node):
         return
     x = qarray_from_torch(t)
     try:
-        jax.eval_shape(lambda v: engine.mean(QArray(v, x.scale, x.zero_point, x.dtype, None, check=False), dims,
+        jax.eval_shape(lambda v: engine.mean(x.with_values(v), dims,
                                              keepdim, memory_format=layout, threads=threads).values, x.values)
     except QuantizationError as e:
         raise TorchImportError(f"graph node {node!r}: {e}") from None

@@ -65,12 +65,12 @@ __all__ = ["QAdd", "QMul", "QCat", "Hardswish", "ReLU", "ReLU6", "AvgPool", "Glo
 def _to_torch(q: QArray) -> QArray:
     """NHWC (Flax) -> NCHW (torch's logical order); the memory format says how torch stores it."""
     v = jnp.moveaxis(q.values, -1, 1) if q.ndim >= 3 else q.values
-    return QArray(v, q.scale, q.zero_point, q.dtype, None, check=False)
+    return q.with_values(v)
 
 
 def _from_torch(q: QArray) -> QArray:
     v = jnp.moveaxis(q.values, 1, -1) if q.ndim >= 3 else q.values
-    return QArray(v, q.scale, q.zero_point, q.dtype, None, check=False)
+    return q.with_values(v)
 
 
 def _fmt(memory_format, ndim):
@@ -162,7 +162,7 @@ class _Op(QuantizedModule):
             else:
                 y = int_op(qs)
             yq = own_buffer(y.values, y.scale)
-            return dequantize(QArray(yq, y.scale, y.zero_point, y.dtype, None, check=False)), yq
+            return dequantize(y.with_values(yq)), yq
 
         args = [v for x in xs for v in (x.value, x.scale, x.zero_point)]
         if own_qparams:
@@ -342,4 +342,4 @@ class GlobalAvgPool(_Passthrough):
         x = _to_torch(xs[0])
         nd = x.ndim - 2
         y = self.engine.adaptive_avg_pool(x, (1,) * nd, memory_format=_fmt(self.memory_format, x.ndim))
-        return QArray(y.values.reshape(y.shape[:2]), y.scale, y.zero_point, y.dtype, None, check=False)
+        return y.with_values(y.values.reshape(y.shape[:2]))

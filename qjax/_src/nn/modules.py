@@ -222,7 +222,7 @@ class Flatten(nnx.Module):
 
     def __call__(self, x):
         if isinstance(x, QArray):
-            return QArray(x.values.reshape(x.shape[0], -1), x.scale, x.zero_point, x.dtype, None, check=False)
+            return x.with_values(x.values.reshape(x.shape[0], -1))
         if isinstance(x, QFloat):
             q = None if x.integers is None else x.integers.reshape(x.shape[0], -1)
             return QFloat(x.value.reshape(x.shape[0], -1), x.scale, x.zero_point, q)
@@ -251,7 +251,7 @@ class MaxPool(nnx.Module):
     def __call__(self, x):
         if isinstance(x, QArray):
             v = self._pool(x.values.astype(jnp.int32), jnp.int32(-(2**31))).astype(x.values.dtype)
-            return QArray(v, x.scale, x.zero_point, x.dtype, None, check=False)
+            return x.with_values(v)
         if isinstance(x, QFloat):
             # dequantization is monotone, so the integers' max is the max's integers; pooled as float32 (exact
             # for uint8) because reduce_window's generic (non-float) path fails under JVP even for integers
@@ -303,7 +303,7 @@ class _Weighted(QuantizedModule):
 def _move_channels(x, src, dst):
     """Move the channel axis of a float array, QFloat or QArray (the NCHW layout option)."""
     if isinstance(x, QArray):
-        return QArray(jnp.moveaxis(x.values, src, dst), x.scale, x.zero_point, x.dtype, None, check=False)
+        return x.with_values(jnp.moveaxis(x.values, src, dst))
     if isinstance(x, QFloat):
         q = None if x.integers is None else jnp.moveaxis(x.integers, src, dst)
         return QFloat(jnp.moveaxis(x.value, src, dst), x.scale, x.zero_point, q)

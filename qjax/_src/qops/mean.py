@@ -197,7 +197,7 @@ def float_mean_channels_last(x: QArray, keepdim: bool, threads: int, engine) -> 
     v = _float_mean_values(x.values, x.scale, x.zero_point, threads=threads, engine=engine, dtype=x.dtype)
     if keepdim:
         v = v.reshape(v.shape + (1, 1))
-    return QArray(v, x.scale, x.zero_point, x.dtype, None, check=False)
+    return x.with_values(v)
 
 
 @functools.partial(jax.jit, static_argnames=("threads", "engine", "dtype"))
@@ -216,7 +216,7 @@ def global_average_pool(x: QArray, keepdim: bool) -> QArray:
     v = _gavgpool_values(x.values, x.scale, x.zero_point)
     if keepdim:
         v = v.reshape(v.shape + (1, 1))
-    return QArray(v, x.scale, x.zero_point, quint8, None, check=False)
+    return x.with_values(v, quint8)
 
 
 @jax.jit

@@ -76,7 +76,7 @@ def nhwc_buffer_in_nchw_order(y, in_shape, memory_format):
 
 
 def _out(x, values):
-    return QArray(values.astype(x.dtype.storage), x.scale, x.zero_point, x.dtype, None, check=False)
+    return x.with_values(values.astype(x.dtype.storage))
 
 
 # --------------------------------------------------------------------------------------------- max

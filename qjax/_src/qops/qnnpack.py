@@ -136,7 +136,7 @@ def avg_pool2d(x: QArray, kernel_size, stride=None, padding=0) -> QArray:
     if kh * kw == 1:
         raise QuantizationError("qnnpack rejects 1x1 pooling (torch: '1x1 pooling is meaningless')")
     v = _avg_pool2d_values(x.values, x.scale, x.zero_point, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw)
-    return QArray(v, x.scale, x.zero_point, quint8, None, check=False)
+    return x.with_values(v, quint8)
 
 
 @functools.partial(jax.jit, static_argnames=("kh", "kw", "sh", "sw", "ph", "pw"))
@@ -159,4 +159,4 @@ def clamp_channels_last(x: QArray, lo: float, hi: float) -> QArray:
     _check(x, "x")
     y = ew.hardtanh(x, lo, hi).values
     mem = jnp.moveaxis(y, 1, -1).reshape(-1)
-    return QArray(mem.reshape(x.shape), x.scale, x.zero_point, quint8, None, check=False)
+    return x.with_values(mem.reshape(x.shape), quint8)

@@ -106,7 +106,7 @@ def interpolate(x: QArray, size=None, scale_factor=None, mode="nearest", align_c
             idx = _nearest_index(osz[i], isz[i], scales[i], mode == "nearest-exact")
             v = jnp.take(v, jnp.asarray(idx), axis=2 + i)
         v = nhwc_buffer_in_nchw_order(v, x.shape, memory_format)
-        return QArray(v, x.scale, x.zero_point, x.dtype, None, check=False)
+        return x.with_values(v)
     if mode != "bilinear" or nd != 2:
         raise QuantizationError(f"quantized interpolate supports nearest, nearest-exact and 2-d bilinear, not {mode!r} on {nd}-d")
     nhwc = uses_nhwc_kernel(x.shape, memory_format)
@@ -118,7 +118,7 @@ def interpolate(x: QArray, size=None, scale_factor=None, mode="nearest", align_c
     v = _bilinear_values(x.values, x.zero_point, *(jnp.asarray(a) for a in (h1, h1p, h0l, h1l, w1, w1p, w0l, w1l)),
                          nhwc=bool(nhwc))
     v = jnp.clip(v, x.dtype.qmin, x.dtype.qmax).astype(x.dtype.storage)
-    return QArray(nhwc_buffer_in_nchw_order(v, x.shape, memory_format), x.scale, x.zero_point, x.dtype, None, check=False)
+    return x.with_values(nhwc_buffer_in_nchw_order(v, x.shape, memory_format))
 
 
 @functools.partial(jax.jit, static_argnames=("nhwc",))
