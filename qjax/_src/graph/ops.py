@@ -40,8 +40,14 @@ def _out_qparams(p, x):
 
 @register_op("quantize")
 def quantize_node(cfg, p, x):
-    """float ``x`` -> QArray of ``cfg["dtype"]`` with the node's scale / zero point."""
-    return cfg["engine"].quantize(x, p["scale"], p["zero_point"], cfg["dtype"])
+    """float ``x`` -> QArray of ``cfg["dtype"]`` with the node's scale / zero point.
+
+    torch quantizes with the float32 scale; a double scale that is not float32-valued (``p["scale64"]``)
+    stays on the result for the kernels that compute with the double (onednn)."""
+    q = cfg["engine"].quantize(x, p["scale"], p["zero_point"], cfg["dtype"])
+    if p.get("scale64") is None:
+        return q
+    return QArray(q.values, q.scale, q.zero_point, q.dtype, q.axis, check=False, scale64=p["scale64"])
 
 
 @register_op("dequantize")
@@ -57,20 +63,21 @@ def dequantize_node(cfg, p, x):
 def conv_node(cfg, p, x):
     return conv(x, p["weight"], p.get("bias"), scale=p["scale"], zero_point=p["zero_point"], stride=cfg["stride"],
                 padding=cfg["padding"], dilation=cfg["dilation"], groups=cfg["groups"], relu=cfg["relu"],
-                engine=cfg["engine"])
+                engine=cfg["engine"], scale64=p.get("scale64"))
 
 
 @register_op("conv_transpose")
 def conv_transpose_node(cfg, p, x):
     return conv_transpose(x, p["weight"], p.get("bias"), scale=p["scale"], zero_point=p["zero_point"],
                           stride=cfg["stride"], padding=cfg["padding"], output_padding=cfg["output_padding"],
-                          dilation=cfg["dilation"], groups=cfg["groups"], engine=cfg["engine"])
+                          dilation=cfg["dilation"], groups=cfg["groups"], engine=cfg["engine"],
+                          scale64=p.get("scale64"))
 
 
 @register_op("linear")
 def linear_node(cfg, p, x):
     return linear(x, p["weight"], p.get("bias"), scale=p["scale"], zero_point=p["zero_point"], relu=cfg["relu"],
-                  engine=cfg["engine"])
+                  engine=cfg["engine"], scale64=p.get("scale64"))
 
 
 # -- non-GEMM quantized ops (the engine's, in torch's logical order) ------------------------------------------

@@ -32,7 +32,7 @@ from ..graph import GraphError, Node, QModel, Ref, Static
 from ..qops.paths import CHANNELS_LAST, CONTIGUOUS, STRIDED
 from .torch_norm import norm_params, norm_static
 from .torch_common import (ENGINE_OPS, TorchImportError, check_mean, import_engine, import_settings,
-                           memory_format_of, qarray_from_torch, tensor_qparams, torch_engine, torch_engine_of)
+                           memory_format_of, qarray_from_torch, scale_params, tensor_qparams, torch_engine, torch_engine_of)
 from .pt2e import ARITHMETICS, from_pt2e, is_exported, load_model_file
 from .torch_dynamic import module_node
 from .torchscript import from_torchscript
@@ -173,7 +173,7 @@ class _Converter:
         if isinstance(m, nnq.Quantize):
             dt = as_qdtype(m.dtype)
             self.add(n, "quantize", n.args, dict(dtype=dt),
-                     dict(scale=jnp.float32(m.scale.item()), zero_point=jnp.int32(m.zero_point.item())), src)
+                     scale_params(m.scale.item(), m.zero_point.item()), src)
         elif isinstance(m, nnq.DeQuantize):
             self.add(n, "dequantize", n.args, source=src)
         elif (float_out := module_node(m, src, self.engine)) is not None:  # dynamic linear, embeddings
@@ -187,8 +187,7 @@ class _Converter:
             if m.padding_mode != "zeros":
                 raise TorchImportError(f"{src}: padding_mode={m.padding_mode!r} is not supported (zeros only)")
             relu = isinstance(m, (nniq.ConvReLU1d, nniq.ConvReLU2d, nniq.ConvReLU3d))
-            params = dict(weight=qarray_from_torch(m.weight()), scale=jnp.float32(m.scale),
-                          zero_point=jnp.int32(m.zero_point))
+            params = dict(weight=qarray_from_torch(m.weight()), **scale_params(m.scale, m.zero_point))
             if m.bias() is not None:
                 params["bias"] = jnp.asarray(m.bias().detach().numpy(), jnp.float32)
             pad = m.padding
@@ -199,8 +198,7 @@ class _Converter:
                                              engine=self.layer(params["weight"], m.groups)),
                      params, src)
         elif isinstance(m, (nnq.ConvTranspose1d, nnq.ConvTranspose2d, nnq.ConvTranspose3d)):
-            params = dict(weight=qarray_from_torch(m.weight()), scale=jnp.float32(m.scale),
-                          zero_point=jnp.int32(m.zero_point))
+            params = dict(weight=qarray_from_torch(m.weight()), **scale_params(m.scale, m.zero_point))
             if m.bias() is not None:
                 params["bias"] = jnp.asarray(m.bias().detach().numpy(), jnp.float32)
             self.add(n, "conv_transpose", n.args,
@@ -211,7 +209,7 @@ class _Converter:
         elif isinstance(m, nnq.Linear) and not isinstance(m, torch.ao.nn.quantized.dynamic.Linear):
             relu = isinstance(m, nniq.LinearReLU)
             w, b = m._weight_bias()
-            params = dict(weight=qarray_from_torch(w), scale=jnp.float32(m.scale), zero_point=jnp.int32(m.zero_point))
+            params = dict(weight=qarray_from_torch(w), **scale_params(m.scale, m.zero_point))
             if b is not None:
                 params["bias"] = jnp.asarray(b.detach().numpy(), jnp.float32)
             self.add(n, "linear", n.args, dict(relu=relu), params, src)
@@ -302,7 +300,7 @@ class _Converter:
             zp = _arg(args, kw, 3, "zero_point", self)
             self.add(n, "binary", args[:2], dict(kind=kind, relu=relu, layout=self.fmt(n), threads=self.threads,
                                                  input_formats=(self.fmt(args[0]), self.fmt(args[1]))),
-                     dict(scale=jnp.float32(scale), zero_point=jnp.int32(zp)), src)
+                     scale_params(scale, zp), src)
         elif f in (q.add_scalar, q.add_scalar_relu, q.mul_scalar, q.mul_scalar_relu):
             kind = "add_scalar" if "add" in str(f) else "mul_scalar"
             self.add(n, "scalar", args[:1], dict(kind=kind, c=float(self.spec(args[1])), relu="relu" in str(f),
@@ -384,7 +382,7 @@ class _Converter:
         elif f is torch.quantize_per_tensor:
             scale, zp, dt = (self.spec(a) for a in args[1:4])
             self.add(n, "quantize", args[:1], dict(dtype=as_qdtype(dt)),
-                     dict(scale=jnp.float32(scale), zero_point=jnp.int32(zp)), src)
+                     scale_params(scale, zp), src)
         elif f is torch.flatten:
             self.add(n, "shape", args[:1], dict(kind="flatten", start=_arg(args, kw, 1, "start_dim", self, 0),
                                                 end=_arg(args, kw, 2, "end_dim", self, -1)), None, src)
@@ -411,7 +409,7 @@ class _Converter:
         fmts = [self.fmt(x) for x in xs]
         shapes = [self.shape(x) for x in xs]
         channels_last = all(f == CHANNELS_LAST and len(s) == 4 for f, s in zip(fmts, shapes))
-        params = None if scale is None else dict(scale=jnp.float32(scale), zero_point=jnp.int32(zp))
+        params = None if scale is None else scale_params(scale, zp)
         self.add(n, "cat", [xs], dict(dim=int(self.spec(dim)), relu=relu, channels_last=channels_last), params, src)
 
     def method_mean(self, n, args, kw, src):

@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import warnings
 
+import jax.numpy as jnp
 import numpy as np
 
 from ..dtypes import as_qdtype
 from ..engines import host_engine, resolve
+from ..float64 import words_if_not_f32
 from ..graph import GraphError
 from ..qarray import QArray
 from ..qops.paths import CHANNELS_LAST, CONTIGUOUS, STRIDED, suggest_memory_format
@@ -80,6 +82,17 @@ def check_mean(engine, t, dims, keepdim, layout, threads, node):
                                              keepdim, memory_format=layout, threads=threads).values, x.values)
     except QuantizationError as e:
         raise TorchImportError(f"graph node {node!r}: {e}") from None
+
+
+def scale_params(scale, zero_point) -> dict:
+    """A node's quantization parameters from torch's (double) ``scale`` and ``zero_point``: float32 ``scale``
+    (what every kernel casts to), int32 ``zero_point``, and ``scale64`` (the double's words) when the scale is
+    not float32-valued — torch's onednn paths invert the double itself (see :mod:`qjax.float64`)."""
+    p = dict(scale=jnp.float32(scale), zero_point=jnp.int32(zero_point))
+    words = words_if_not_f32(float(scale))
+    if words is not None:
+        p["scale64"] = jnp.asarray(words)
+    return p
 
 
 def tensor_qparams(t):

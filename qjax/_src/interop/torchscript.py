@@ -23,7 +23,7 @@ from ..qarray import QArray
 from ..qops.paths import CONTIGUOUS, STRIDED
 from .torch_norm import norm_from_op
 from .torch_common import (ENGINE_OPS, TorchImportError, check_mean, import_engine, import_settings,
-                           memory_format_of, qarray_from_torch, tensor_qparams, torch_engine)
+                           memory_format_of, qarray_from_torch, scale_params, tensor_qparams, torch_engine)
 
 __all__ = ["from_torchscript", "load", "record", "TorchScriptConverter"]
 
@@ -242,7 +242,7 @@ class TorchScriptConverter:
         if kind == "aten::quantize_per_tensor":
             scale, zp, dt = vals[1], vals[2], vals[3]
             name = self.emit(node, "quantize", [self.spec(ins[0])], dict(dtype=as_qdtype(_dtype_of_int(dt))),
-                             dict(scale=jnp.float32(scale), zero_point=jnp.int32(zp)))
+                             scale_params(scale, zp))
         elif kind == "aten::dequantize":
             name = self.emit(node, "dequantize", [self.spec(ins[0])])
         elif m:
@@ -254,7 +254,7 @@ class TorchScriptConverter:
             pref = f"conv{'_transpose' if transpose else ''}{pnd}d_"
             w, b = unpack(packed)
             geo = {k: getattr(torch.ops.quantized, pref + k)(packed) for k in ("stride", "padding", "dilation", "groups")}
-            params = dict(weight=qarray_from_torch(w), scale=jnp.float32(vals[2]), zero_point=jnp.int32(vals[3]))
+            params = dict(weight=qarray_from_torch(w), **scale_params(vals[2], vals[3]))
             if b is not None:
                 params["bias"] = jnp.asarray(b.detach().numpy(), jnp.float32)
             opad = tuple(getattr(torch.ops.quantized, pref + "output_padding")(packed)) if transpose else ()
@@ -276,7 +276,7 @@ class TorchScriptConverter:
                 name = self.emit(node, "conv", [self.spec(ins[0])], static, params, layer=_layer_name(ins[1]))
         elif kind in ("quantized::linear", "quantized::linear_relu"):
             w, b = torch.ops.quantized.linear_unpack(vals[1])
-            params = dict(weight=qarray_from_torch(w), scale=jnp.float32(vals[2]), zero_point=jnp.int32(vals[3]))
+            params = dict(weight=qarray_from_torch(w), **scale_params(vals[2], vals[3]))
             if b is not None:
                 params["bias"] = jnp.asarray(b.detach().numpy(), jnp.float32)
             name = self.emit(node, "linear", [self.spec(ins[0])], dict(relu=kind.endswith("relu")), params,
@@ -289,7 +289,7 @@ class TorchScriptConverter:
                              dict(kind="add" if "add" in kind else "mul", relu=kind.endswith("relu"),
                                   layout=self.fmt(out), threads=self.threads,
                                   input_formats=(self.fmt(ins[0]), self.fmt(ins[1]))),
-                             dict(scale=jnp.float32(vals[2]), zero_point=jnp.int32(vals[3])))
+                             scale_params(vals[2], vals[3]))
         elif kind in ("quantized::add_scalar", "quantized::add_scalar_relu", "quantized::mul_scalar",
                       "quantized::mul_scalar_relu"):
             name = self.emit(node, "scalar", [self.spec(ins[0])],
@@ -301,12 +301,12 @@ class TorchScriptConverter:
             cl = all(f == "channels_last" and t.dim() == 4 for f, t in zip(fmts, xs))
             params = None
             if kind != "aten::cat":
-                params = dict(scale=jnp.float32(vals[2]), zero_point=jnp.int32(vals[3]))
+                params = scale_params(vals[2], vals[3])
             name = self.emit(node, "cat", [self.spec(ins[0])], dict(dim=int(vals[1]), relu=kind.endswith("relu"),
                                                                      channels_last=cl), params)
         elif kind == "quantized::hardswish":
             name = self.emit(node, "unary", [self.spec(ins[0])], dict(kind="hardswish", **self.unary_layout(node, ins[0])),
-                             dict(scale=jnp.float32(vals[1]), zero_point=jnp.int32(vals[2])))
+                             scale_params(vals[1], vals[2]))
         elif kind in ("quantized::batch_norm2d", "quantized::batch_norm3d", "quantized::batch_norm2d_relu",
                       "quantized::batch_norm3d_relu"):
             w, b, mean, var = (v.detach().numpy() for v in vals[1:5])
