@@ -11,13 +11,14 @@ The public surface (implementation lives in the private ``qjax._src``):
 * :mod:`qjax.hardware` — integer-only INT8 hardware: specs, model conversion, deviation reports, export;
 * :mod:`qjax.ste` — training with the deployed arithmetic (estimators, fake quantization, conv / linear);
 * :mod:`qjax.nn` — Flax NNX modules and the calibrate / QAT / convert lifecycle (``from qjax import nn``);
-* :mod:`qjax.observers` — torch-identical observers; :mod:`qjax.float32` — exact float32 arithmetic.
+* :mod:`qjax.observers` — torch-identical observers; :mod:`qjax.float32` — exact float32 arithmetic;
+* :mod:`qjax.float64` — torch's double scales as uint32 words, with exact integer arithmetic.
 
 Data flows one way: qparams -> :func:`quantize` -> integer kernel -> requantization, both chosen by
 the *engine* -> :class:`QArray` output -> :func:`dequantize`.  See ``docs/architecture.md``.
 """
 
-from . import engines, float32, hardware, observers, ste
+from . import engines, float32, float64, hardware, observers, ste
 from ._src.checks import QuantizationError
 from ._src.dtypes import QDType, qint8, qint32, quint8
 from ._src.engines import Fbgemm, HardwareSpec
@@ -37,7 +38,7 @@ __all__ = [
     "VerifyError", "quantize", "dequantize", "conv", "conv_transpose", "linear", "linear_dynamic", "embedding",
     "embedding_bag", "explain", "QModel",
     "from_torch", "from_torchscript", "verify", "Fbgemm", "HardwareSpec", "engines", "hardware", "ste",
-    "observers", "float32",
+    "observers", "float32", "float64",
 ]
 
 
