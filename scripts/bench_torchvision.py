@@ -58,70 +58,6 @@ MODELS = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "shuffle
 ENGINES = ("fbgemm", "x86", "qnnpack")
 
 
-# ---------------------------------------------------------------------------------------------- torch side
-
-
-def _randomize_batchnorm(model, gen, shape, stat_batches=1):
-    """Random BN affine parameters, then running statistics measured on random input.
-
-    Drawing running_mean/var independently of the layer's real input (as for a single block)
-    lets activations grow or vanish over 50+ layers; measuring them in training mode (momentum
-    None: the plain average over ``stat_batches`` batches) makes each BN normalize what it
-    actually sees, as a trained network's does.  The affine parameters are drawn first so the
-    statistics include their effect on later layers.
-    """
-    import torch
-    import torch.nn as nn
-
-    bns = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))]
-    with torch.no_grad():
-        for m in bns:
-            c = m.num_features
-            m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-            m.bias.copy_(torch.randn(c, generator=gen) * 0.2)
-            m.reset_running_stats()
-            m.momentum = None
-        model.train()
-        for _ in range(stat_batches):
-            model(torch.randn(shape, generator=gen))
-    model.eval()
-
-
-def build_converted(name: str, engine: str, size: int, seed: int = 0, calib_batches: int = 3, calib_batch: int = 4):
-    """``torchvision.models.quantization.<name>`` converted for ``engine`` (eager mode), eval mode."""
-    import torch
-    from torch.ao.quantization import convert, get_default_qconfig, prepare
-
-    from tests.torchvision_models import import_torchvision
-
-    import_torchvision()
-    import torchvision.models.quantization as tvq
-
-    kwargs = dict(weights=None, quantize=False)
-    if name in ("googlenet", "inception_v3"):
-        # No auxiliary heads (unused in eval mode anyway); explicit init (else a warning).
-        kwargs.update(aux_logits=False, init_weights=True)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = getattr(tvq, name)(**kwargs)
-    shape = (calib_batch, 3, size, size)
-    _randomize_batchnorm(model, gen, shape)
-    model.fuse_model()
-    previous = torch.backends.quantized.engine
-    try:
-        torch.backends.quantized.engine = engine
-        model.qconfig = get_default_qconfig(engine)
-        prepare(model, inplace=True)
-        with torch.no_grad():
-            for _ in range(calib_batches):
-                model(torch.randn(shape, generator=gen))
-        convert(model, inplace=True)
-    finally:
-        torch.backends.quantized.engine = previous
-    return model.eval()
-
-
 # ---------------------------------------------------------------------------------------------- one configuration
 
 
@@ -159,6 +95,7 @@ def run_config(name, engine, batch, size, args, converted_cache):
     import torch
 
     import qjax
+    from tests.torchvision_models import build_quantized
 
     row = Row(name, engine, batch, size)
     stage = "build"
@@ -167,7 +104,8 @@ def run_config(name, engine, batch, size, args, converted_cache):
         if key not in converted_cache:
             converted_cache.clear()  # one converted model alive at a time (memory)
             t0 = time.perf_counter()
-            converted_cache[key] = (build_converted(name, engine, size, seed=args.seed), time.perf_counter() - t0)
+            converted_cache[key] = (build_quantized(name, engine, size, seed=args.seed, calib_batches=3, calib_batch=4),
+                                   time.perf_counter() - t0)
         model, row.convert_s = converted_cache[key]
         x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(args.seed + 1))
         torch.backends.quantized.engine = engine

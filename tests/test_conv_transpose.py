@@ -73,7 +73,7 @@ def run(c, engine=HOST_FBGEMM):
     return np.asarray(got.values), want
 
 
-@settings(max_examples=50)
+@settings(max_examples=30)
 @given(cases())
 def test_conv_transpose_matches_torch(c):
     got, want = run(c)
@@ -81,7 +81,7 @@ def test_conv_transpose_matches_torch(c):
         assert_same(got, want, "conv_transpose")
 
 
-@settings(max_examples=25)
+@settings(max_examples=15)
 @given(cases(direct=True))
 def test_direct_path_reproduces_torch_and_switch_gives_correct_math(c):
     assert fbgemm_direct_path(in_channels=c["cin"], out_channels=c["og"], groups=1, kernel=c["k"], strides=c["s"],
@@ -98,7 +98,7 @@ ENGINES = {"qnnpack": qjax.engines.Qnnpack(), "onednn": qjax.engines.Onednn(), "
 
 
 @pytest.mark.parametrize("engine", sorted(ENGINES))
-@settings(max_examples=25)
+@settings(max_examples=15)
 @given(c=cases())
 def test_conv_transpose_other_engines(engine, c):
     from hypothesis import assume

@@ -16,25 +16,25 @@ def _fbgemm():
     torch_ref.set_engine("fbgemm")
 
 
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(case=conv_cases(nds=(2,)))
 def test_conv2d_matches_torch(case):
     assert_same(qjax_conv(case), torch_conv(case), f"conv2d {case['kind']}")
 
 
-@settings(max_examples=30)
+@settings(max_examples=20)
 @given(case=conv_cases(nds=(1,)))
 def test_conv1d_matches_torch(case):
     assert_same(qjax_conv(case), torch_conv(case), f"conv1d {case['kind']}")
 
 
-@settings(max_examples=30)
+@settings(max_examples=20)
 @given(case=conv_cases(nds=(3,)))
 def test_conv3d_matches_torch(case):
     assert_same(qjax_conv(case), torch_conv(case), f"conv3d {case['kind']}")
 
 
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(case=linear_cases())
 def test_linear_matches_torch(case):
     assert_same(qjax_linear(case), torch_linear(case), "linear")

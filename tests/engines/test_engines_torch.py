@@ -51,7 +51,7 @@ def uses_onednn(engine, case):
 
 
 @pytest.mark.parametrize("engine", sorted(ENGINES))
-@settings(max_examples=25)
+@settings(max_examples=16)
 @given(case=conv_cases())
 def test_conv_matches_torch_engine(engine, case):
     if engine == "onednn":
@@ -65,7 +65,7 @@ def test_conv_matches_torch_engine(engine, case):
 
 
 @pytest.mark.parametrize("engine", sorted(ENGINES))
-@settings(max_examples=25)
+@settings(max_examples=16)
 @given(case=linear_cases())
 def test_linear_matches_torch_engine(engine, case):
     if engine == "onednn":

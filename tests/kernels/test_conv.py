@@ -51,7 +51,7 @@ def run(x, zx, w, zw, stride, padding, dilation, g, saturation):
     return np.moveaxis(np.asarray(acc), -1, 1)
 
 
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(acc_cases())
 def test_exact_accumulator(case):
     got = run(*case, None)
@@ -59,7 +59,7 @@ def test_exact_accumulator(case):
     np.testing.assert_array_equal(got, wrap32(conv_acc(x, zx, w, zw, stride, padding, dilation, g)))
 
 
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(acc_cases(depthwise=True))
 def test_depthwise_pair_saturation(case):
     x, zx, w, zw, stride, padding, dilation, g = case
@@ -68,7 +68,7 @@ def test_depthwise_pair_saturation(case):
     np.testing.assert_array_equal(run(*case, None), conv_acc(x, zx, w, zw, stride, padding, dilation, g))
 
 
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(acc_cases())
 def test_gemm_pair_saturation(case):
     x, zx, w, zw, stride, padding, dilation, g = case
@@ -86,7 +86,7 @@ def test_saturation_actually_happens():
     assert sat[0, 0, 2, 2] == 4 * -32768 + 255 * -128
 
 
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(k=st.integers(1, 200), o=st.integers(1, 20), seed=st.integers(0, 2**32 - 1), sat=st.booleans())
 def test_linear_accumulator(k, o, seed, sat):
     rng = np.random.default_rng(seed)
@@ -156,7 +156,7 @@ def stem_cases(draw, space_to_depth=False):
     return x, zx, w, zw, stride, padding, dilation, 1
 
 
-@settings(max_examples=25)
+@settings(max_examples=16)
 @given(stem_cases())
 def test_exact_accumulator_im2col_stem(case):
     got = run(*case, None)
@@ -164,7 +164,7 @@ def test_exact_accumulator_im2col_stem(case):
     np.testing.assert_array_equal(got, wrap32(conv_acc(x, zx, w, zw, stride, padding, dilation, g)))
 
 
-@settings(max_examples=15)
+@settings(max_examples=10)
 @given(stem_cases(space_to_depth=True))
 def test_exact_accumulator_space_to_depth_stem(case):
     got = run(*case, None)

@@ -53,7 +53,7 @@ def pool_cases(draw):
                 dil=tuple(draw(st.integers(1, 2)) for _ in range(nd)), seed=draw(st.integers(0, 2**31)))
 
 
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(pool_cases())
 def test_max_and_avg_pool(case):
     rng = np.random.default_rng(case["seed"])
@@ -75,7 +75,7 @@ def test_max_and_avg_pool(case):
     assert_same(got, want, "avg_pool")
 
 
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(
     nd=st.sampled_from([1, 2, 2, 3]),
     c=st.sampled_from([1, 3, 8, 9, 16, 24, 33]),
