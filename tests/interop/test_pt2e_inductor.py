@@ -414,3 +414,22 @@ def test_refuses_ops_it_does_not_reproduce():
     assert any("gelu" in str(n.target) for n in low.graph.nodes)
     with pytest.raises(TorchImportError, match="gelu"):
         import_lowered(low, (x,))
+
+
+def test_one_sided_clamp():
+    """``clamp(x, min=0)`` exports as ``clamp.default(x, 0.0)``: no upper bound (it clipped at 1.0 once)."""
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            return torch.clamp(self.c(x), min=-0.25)
+
+    torch.manual_seed(1)
+    shape = (1, 3, 6, 6)
+    calib = [torch.randn(shape) * 2 for _ in range(2)]
+    low = _lowered(M(), calib[0], calib)
+    assert any(str(n.target) == "aten.clamp.default" for n in low.graph.nodes)
+    _check(low, shape, seed=2, counts={"aten.clamp.default": 1})

@@ -244,3 +244,16 @@ def test_refusals():
         qn.layer_norm(qjax.QArray(np.zeros((1, 70000), np.uint8), 0.1, 0, qjax.quint8), (70000,))
     with pytest.raises(qjax.QuantizationError, match="trailing"):
         qn.layer_norm(x, (4, 32))
+
+
+def test_sum_of_squares_is_exact_up_to_the_longest_row():
+    """The exact float32 sum of squares (torch's int64 hsum_sq, then float) at MAX_ROW elements of 255 and of
+    mixed values: its high part times 256 exceeds int32 there (computed in float, where it is exact)."""
+    import jax.numpy as jnp
+
+    from qjax._src.qops.normalization import MAX_ROW, _exact_float_sum_sq
+
+    rng = np.random.default_rng(0)
+    rows = np.stack([np.full(MAX_ROW, 255), rng.integers(180, 256, MAX_ROW)]).astype(np.uint8)
+    want = np.array([np.float32(int((r.astype(np.int64) ** 2).sum())) for r in rows])
+    np.testing.assert_array_equal(np.asarray(_exact_float_sum_sq(jnp.asarray(rows))), want)

@@ -11,6 +11,8 @@ does not reproduce (float means, averages, transcendental activations) are refus
 
 from __future__ import annotations
 
+import math
+
 import operator
 
 import numpy as np
@@ -266,12 +268,16 @@ class _Lowering:
             return out
         if t in (aten.relu.default, aten.relu_.default):
             return self.exact(n, "relu", [x])
-        if t in (aten.hardtanh.default, aten.hardtanh_.default, aten.clamp.default):
-            lo = a[1] if len(a) > 1 else -1.0
-            hi = a[2] if len(a) > 2 else 1.0
-            if t == aten.clamp.default and (lo is None or hi is None):
-                raise TorchImportError(f"{what}: one-sided clamp is not supported")
+        if t in (aten.hardtanh.default, aten.hardtanh_.default):
+            lo = a[1] if len(a) > 1 else n.kwargs.get("min_val", -1.0)
+            hi = a[2] if len(a) > 2 else n.kwargs.get("max_val", 1.0)
             return self.exact(n, "hardtanh", [x], min_val=float(lo), max_val=float(hi))
+        if t in (aten.clamp.default, aten.clamp_.default):
+            # torch.export writes clamp(x, min=0) as clamp.default(x, 0.0): a missing bound is no bound
+            lo = a[1] if len(a) > 1 else n.kwargs.get("min")
+            hi = a[2] if len(a) > 2 else n.kwargs.get("max")
+            return self.exact(n, "hardtanh", [x], min_val=-math.inf if lo is None else float(lo),
+                              max_val=math.inf if hi is None else float(hi))
         if t in (aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
                  aten.squeeze.dim, aten.squeeze.dims, aten.unsqueeze.default):
             return self.exact(n, "reshape", [x], shape=tuple(self.values[n.name].shape))

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import float32 as f32x
 from ..checks import QuantizationError, is_concrete
-from ..qarray import QArray, as_f32, as_i32
+from ..qarray import QArray, as_f32, as_i32, scale_words
 from ..requant.fbgemm import round_to_int32_cvtps2dq
 from .elementwise import check_8bit, check_output_qparams
 
@@ -73,4 +73,5 @@ def batch_norm(x: QArray, weight, bias, mean, var, eps, scale, zero_point, *, re
     if relu:
         out = jnp.maximum(out, zo)
     out = jnp.clip(out, x.dtype.qmin, x.dtype.qmax)
-    return QArray(out.astype(x.dtype.storage), as_f32(scale), zo, x.dtype, None, check=False)
+    return QArray(out.astype(x.dtype.storage), as_f32(scale), zo, x.dtype, None, check=False,
+                  scale64=scale_words(scale))  # torch's double output scale stays on the result

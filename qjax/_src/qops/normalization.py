@@ -52,7 +52,7 @@ from jax import lax
 
 from .. import float32 as f32x
 from ..checks import QuantizationError
-from ..qarray import QArray, as_f32, as_i32
+from ..qarray import QArray, as_f32, as_i32, scale_words
 from .arith import quantize_vec
 from .elementwise import check_8bit, check_output_qparams
 from .paths import CHANNELS_LAST, CONTIGUOUS
@@ -280,8 +280,9 @@ def _exact_float_sum_sq(q2):
     sq = jnp.square(q2.astype(_I32))
     hi = jnp.sum(sq >> 8, axis=-1)  # each < 2**24 for rows <= MAX_ROW: exact floats
     lo = jnp.sum(sq & 255, axis=-1)
-    # one float add of two exact floats is the correctly rounded sum hi * 256 + lo
-    return (hi * 256).astype(jnp.float32) + lo.astype(jnp.float32)
+    # one float add of two exact floats is the correctly rounded sum hi * 256 + lo; the scaling by 256 is
+    # done in float (exact), as hi * 256 overflows int32 once hi >= 2**23 (rows of ~33k large values)
+    return hi.astype(jnp.float32) * 256.0 + lo.astype(jnp.float32)
 
 
 @jax.jit
@@ -335,7 +336,8 @@ def _affine(v, shape, default, name, op):
 
 
 def _out(x, values, scale, zero_point):
-    return QArray(values.astype(x.dtype.storage), as_f32(scale), as_i32(zero_point), x.dtype, None, check=False)
+    return QArray(values.astype(x.dtype.storage), as_f32(scale), as_i32(zero_point), x.dtype, None, check=False,
+                  scale64=scale_words(scale))  # torch's double output scale stays on the result
 
 
 def _inv_out_scale(scale):
