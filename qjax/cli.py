@@ -246,7 +246,7 @@ def main(argv=None) -> int:
 
     try:
         return args.func(args)
-    except (QuantizationError, FileNotFoundError, ValueError) as e:
+    except (QuantizationError, FileNotFoundError, ValueError, TypeError) as e:  # a model fed inputs it rejects
         print(f"qjax {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
 

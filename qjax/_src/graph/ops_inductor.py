@@ -109,6 +109,10 @@ def exact_op_node(cfg, p, x, *rest):
     if kind == "add":
         return f32x.uncontracted(x) + f32x.uncontracted(rest[0])
     if kind == "reshape":
+        if int(np.prod(cfg["shape"])) != x.size:  # torch.export records static shapes (the example's batch)
+            raise GraphError(f"node {cfg['node']}: reshape to {tuple(cfg['shape'])} of an input of shape "
+                             f"{tuple(x.shape)}; the graph was exported for the example input's shape: call it "
+                             "with that shape")
         return x.reshape(cfg["shape"])
     if kind == "permute":
         return jnp.transpose(x, cfg["dims"])
