@@ -497,6 +497,9 @@ def embedding_bag(weight, indices, offsets=None, *, scale, zero_point, per_sampl
         if include_last_offset:
             if offs.shape[0] < 1:
                 raise QuantizationError("include_last_offset needs at least one offset")
+            if is_concrete(offsets) and int(np.asarray(offsets)[-1]) != idx.shape[0]:
+                raise QuantizationError(f"with include_last_offset the last offset must be the number of indices "
+                                        f"{idx.shape[0]}, got {int(np.asarray(offsets)[-1])}")
             offs = offs[:-1]
         if is_concrete(offsets) and np.size(offsets) and (
                 np.asarray(offsets)[0] != 0 or np.any(np.diff(np.asarray(offsets)) < 0)):

@@ -52,8 +52,9 @@ def module_node(m, src: str, engine):
         params = dict(weight=qarray_from_torch(m.weight()))
         if m.bias() is not None:
             params["bias"] = jnp.asarray(m.bias().detach().numpy(), jnp.float32)
-        # nnqd.Linear.forward: reduce_range=True from module version 4 on, the op's default (False) before
-        reduce_range = not (m.version is None or m.version < 4)
+        # nnqd.Linear.forward: reduce_range=True from module version 4 on, the op's default (False) before;
+        # nniqd.LinearReLU.forward always passes reduce_range=True
+        reduce_range = relu or not (m.version is None or m.version < 4)
         return "linear_dynamic", dict(relu=relu, reduce_range=reduce_range, engine=engine), params
     if isinstance(m, (nnqd.LSTM, nnqd.GRU, nnqd.LSTMCell, nnqd.GRUCell, nnqd.RNNCell)):
         raise TorchImportError(f"{src}: dynamic quantized {type(m).__name__} is not supported: its gates run "
