@@ -34,3 +34,19 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "torch: compares against live torch 2.13 quantized kernels")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _torch_global_state_restored():
+    """A test module that changes torch's thread count or quantized engine leaves them as it found them:
+    torch's kernels pick their paths (vector/scalar splits, summation orders) from the thread count, and other
+    modules read it once (pytest-xdist interleaves modules on one worker)."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    threads, engine = torch.get_num_threads(), torch.backends.quantized.engine
+    yield
+    torch.set_num_threads(threads)
+    torch.backends.quantized.engine = engine
