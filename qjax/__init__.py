@@ -24,7 +24,7 @@ from ._src.dtypes import QDType, qint8, qint32, quint8
 from ._src.engines import Fbgemm, HardwareSpec
 from ._src.explain import explain
 from ._src.graph import GraphError, QModel
-from ._src.interop import from_torch, from_torchscript
+from ._src.interop import from_tflite, from_torch, from_torchscript
 from ._src.interop.torch_common import TorchImportError
 from ._src.ops import conv, conv_transpose, embedding, embedding_bag, linear, linear_dynamic
 from ._src.qarray import QArray
@@ -37,7 +37,7 @@ __all__ = [
     "QArray", "QDType", "quint8", "qint8", "qint32", "QuantizationError", "GraphError", "TorchImportError",
     "VerifyError", "quantize", "dequantize", "conv", "conv_transpose", "linear", "linear_dynamic", "embedding",
     "embedding_bag", "explain", "QModel",
-    "from_torch", "from_torchscript", "verify", "Fbgemm", "HardwareSpec", "engines", "hardware", "ste",
+    "from_torch", "from_torchscript", "from_tflite", "verify", "Fbgemm", "HardwareSpec", "engines", "hardware", "ste",
     "observers", "float32", "float64",
 ]
 

@@ -13,6 +13,7 @@ from .ops import UNARY_KINDS  # importing ops registers the node ops
 from . import ops_pt2e  # noqa: F401,E402 - registers the torch.export / pt2e node ops
 from . import ops_dynamic  # noqa: F401,E402 - registers the dynamic-linear / embedding node ops
 from . import ops_norm  # noqa: F401,E402 - registers the layer / group / instance norm node op
+from . import ops_tflite  # noqa: F401,E402 - registers the LiteRT (TFLite) node ops
 
 __all__ = ["Ref", "Node", "QModel", "register_op", "OPS", "Static", "GraphError", "substitute", "freeze", "thaw",
            "refs", "node_args", "UNARY_KINDS"]

@@ -19,4 +19,11 @@ def from_torchscript(*args, **kwargs):
     return _from_ts(*args, **kwargs)
 
 
-__all__ = ["from_torch", "from_torchscript"]
+def from_tflite(*args, **kwargs):
+    """See :func:`qjax._src.interop.tflite.from_tflite`."""
+    from .tflite import from_tflite as _from_tflite
+
+    return _from_tflite(*args, **kwargs)
+
+
+__all__ = ["from_torch", "from_torchscript", "from_tflite"]

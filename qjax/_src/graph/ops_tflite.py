@@ -1,0 +1,277 @@
+"""The node ops of an imported LiteRT (TFLite) model (:func:`qjax.from_tflite`).
+
+Values are NHWC, as in the flatbuffer: quantized tensors are per-tensor :class:`~qjax.QArray` s (int8,
+or uint8 at a model's edge), float tensors float32 arrays.  Every arithmetic op calls ``cfg["engine"]``
+(a :class:`~qjax.engines.LiteRT`: the importer gives each operator the family that runs it in the
+interpreter) and nothing else; the value-preserving ops (``tfl_shape``: RESHAPE, SQUEEZE, TRANSPOSE, PAD)
+move integers and need no engine.
+
+Quantization parameters are **static**: LiteRT derives its multipliers, shifts and tables from them once,
+at ``Prepare`` time, so the importer records every operand's concrete ``(scale, zero point)`` in the node's
+``cfg`` (``in_qparams``, ``w_scale``, ``out_qparams``) and the ops rebuild their operands' QArrays with
+those before calling the engine (inside ``jit`` the params are tracers; the engines derive their
+constants on the host).  ``p`` mirrors them (``p["scale"]``, ``p["zero_point"]``, the weight QArray's
+scale) for inspection and for :func:`qjax.to_tflite`; a model whose params' qparams were changed must be
+re-bound with :func:`qjax.interop.tflite.with_qparams` (the ops refuse, when the params are concrete, to
+compute with qparams that differ from the static ones).  Integer params (weight values, biases, constant
+operands' values) are ordinary leaves: change or train them freely.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from ..checks import is_concrete
+from ..engines import ConvGeometry
+from ..qarray import QArray
+from ..qops.tflite_common import explicit_padding
+from .model import GraphError, register_op
+
+__all__ = ["TFL_OPS"]
+
+#: the node ops this module registers
+TFL_OPS = ("tfl_input", "tfl_output", "tfl_const", "tfl_conv", "tfl_fully_connected", "tfl_binary", "tfl_pool",
+           "tfl_mean", "tfl_concat", "tfl_unary", "tfl_quantize", "tfl_dequantize", "tfl_shape")
+
+
+# -- static qparams ---------------------------------------------------------------------------------------
+
+
+def _check_same(node, what, param, static):
+    """Refuse params' qparams (when concrete) that are not the node's static ones."""
+    if param is None or not is_concrete(param):
+        return
+    got, want = np.asarray(param), np.asarray(static)
+    if got.shape != want.shape or not np.array_equal(got.astype(want.dtype), want):
+        raise GraphError(f"node {node}: params' {what} differ from the graph's static qparams (LiteRT derives its "
+                         "multipliers from them at Prepare time); re-bind the model with "
+                         "qjax.interop.tflite.with_qparams(model, params)")
+
+
+def _requalified(x, qparams, node):
+    """``x`` (a QArray from the previous node) with the static ``(scale, zero_point)`` its consumer recorded."""
+    if qparams is None:
+        if isinstance(x, QArray):
+            raise GraphError(f"node {node}: a quantized input where the model has a float tensor")
+        return x
+    if not isinstance(x, QArray):
+        raise GraphError(f"node {node}: a float input where the model has a quantized tensor")
+    scale, zp = qparams
+    return QArray(x.values, np.float32(scale), np.int32(zp), x.dtype, check=False)
+
+
+def _out(p, cfg):
+    """The output's static ``(scale, zero point)`` as (np.float32, np.int32), checked against ``p``."""
+    scale, zp = cfg["out_qparams"]
+    if p:
+        _check_same(cfg["node"], "output scale", p.get("scale"), np.float32(scale))
+        _check_same(cfg["node"], "output zero point", p.get("zero_point"), np.int32(zp))
+    return np.float32(scale), np.int32(zp)
+
+
+def _weight(p, cfg):
+    """The weight QArray with its static (per-channel) scale and symmetric zero points."""
+    w = p["weight"]
+    scale = cfg["w_scale"].value
+    _check_same(cfg["node"], "weight scale", w.scale, scale)
+    zp = np.zeros(np.shape(scale), np.int32)
+    return QArray(w.values, scale, zp, w.dtype, w.axis, check=False)
+
+
+def _const(p, key, qparams, node):
+    q = p[key]
+    _check_same(node, f"{key} scale", q.scale, np.float32(qparams[0]))
+    return QArray(q.values, np.float32(qparams[0]), np.int32(qparams[1]), q.dtype, check=False)
+
+
+# -- model edges ------------------------------------------------------------------------------------------
+
+
+@register_op("tfl_input")
+def tfl_input_node(cfg, p, x):
+    """Model input ``cfg["index"]``: an array of the interpreter's input dtype (int8 / uint8 -> a QArray with the
+    tensor's qparams; float32 passes through), NHWC; any batch, the other dims the model's."""
+    dtype, shape = cfg["dtype"], cfg["shape"]
+    got = jnp.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype
+    if np.dtype(got) != np.dtype(dtype):
+        raise TypeError(f"input {cfg['index']}: the model takes {dtype} (as the interpreter does), got {np.dtype(got)}")
+    if len(x.shape) != len(shape) or tuple(x.shape[1:]) != tuple(shape[1:]):
+        raise TypeError(f"input {cfg['index']}: the model takes shape (N, {', '.join(map(str, shape[1:]))}), got "
+                        f"{tuple(x.shape)}")
+    if cfg["qparams"] is None:
+        return jnp.asarray(x)
+    scale, zp = cfg["qparams"]
+    return QArray(jnp.asarray(x), np.float32(scale), np.int32(zp), dtype, check=False)
+
+
+@register_op("tfl_output")
+def tfl_output_node(cfg, p, x):
+    """A model output: a QArray's integers (the interpreter's int8 / uint8 tensor) or the float32 array."""
+    return x.values if isinstance(x, QArray) else x
+
+
+@register_op("tfl_const")
+def tfl_const_node(cfg, p):
+    """A constant quantized tensor read by an op that takes it as an activation (e.g. CONCATENATION)."""
+    return _const(p, "value", cfg["out_qparams"], cfg["node"])
+
+
+# -- GEMM ops ---------------------------------------------------------------------------------------------
+
+
+def _geometry(cfg, x):
+    """The recorded geometry, or TFLite's SAME/VALID padding recomputed for another spatial size."""
+    g = cfg["geometry"]
+    spatial = tuple(x.shape[1:3])
+    if spatial == cfg["in_spatial"]:
+        return g
+    pad = explicit_padding(cfg["padding_mode"], spatial, cfg["kernel"], g.strides, g.dilation)
+    return ConvGeometry(strides=g.strides, padding=pad, dilation=g.dilation, groups=g.groups)
+
+
+@register_op("tfl_conv")
+def tfl_conv_node(cfg, p, x):
+    """CONV_2D / DEPTHWISE_CONV_2D (``cfg["depthwise"]``): ``x`` (N, H, W, C) -> (N, OH, OW, O)."""
+    x = _requalified(x, cfg["in_qparams"][0], cfg["node"])
+    w, (scale, zp) = _weight(p, cfg), _out(p, cfg)
+    fn = cfg["engine"].tfl_depthwise_conv if cfg["depthwise"] else cfg["engine"].tfl_conv
+    return fn(x, w, p.get("bias"), scale, zp, _geometry(cfg, x), cfg["activation"])
+
+
+@register_op("tfl_fully_connected")
+def tfl_fully_connected_node(cfg, p, x):
+    """FULLY_CONNECTED: ``x`` (..., ) flattened to (size / K, K) as TFLite does (K = the weight's columns);
+    the output (rows, O), or ``x.shape[:-1] + (O,)`` with ``keep_num_dims``."""
+    x = _requalified(x, cfg["in_qparams"][0], cfg["node"])
+    w, (scale, zp) = _weight(p, cfg), _out(p, cfg)
+    o, k = w.shape
+    size = math.prod(x.shape)
+    if size % k:
+        raise GraphError(f"node {cfg['node']}: FULLY_CONNECTED input of shape {tuple(x.shape)} does not flatten "
+                         f"into rows of {k}")
+    flat = x.with_values(x.values.reshape(size // k, k))
+    y = cfg["engine"].tfl_fully_connected(flat, w, p.get("bias"), scale, zp, cfg["activation"])
+    if cfg["keep_num_dims"]:
+        y = y.with_values(y.values.reshape(tuple(x.shape[:-1]) + (o,)))
+    return y
+
+
+# -- elementwise ------------------------------------------------------------------------------------------
+
+
+@register_op("tfl_binary")
+def tfl_binary_node(cfg, p, a, b):
+    """ADD / SUB / MUL (``cfg["kind"]``) with numpy broadcasting; a constant operand (``a`` or ``b`` None) is the
+    param ``const_a`` / ``const_b``."""
+    qa, qb = cfg["in_qparams"]
+    a = _const(p, "const_a", qa, cfg["node"]) if a is None else _requalified(a, qa, cfg["node"])
+    b = _const(p, "const_b", qb, cfg["node"]) if b is None else _requalified(b, qb, cfg["node"])
+    scale, zp = _out(p, cfg)
+    fn = {"add": cfg["engine"].tfl_add, "sub": cfg["engine"].tfl_sub, "mul": cfg["engine"].tfl_mul}[cfg["kind"]]
+    return fn(a, b, scale, zp, cfg["activation"])
+
+
+@register_op("tfl_concat")
+def tfl_concat_node(cfg, p, xs):
+    """CONCATENATION along ``cfg["axis"]`` (non-negative)."""
+    xs = [_requalified(x, q, cfg["node"]) for x, q in zip(xs, cfg["in_qparams"])]
+    scale, zp = _out(p, cfg)
+    return cfg["engine"].tfl_concat(xs, cfg["axis"], scale, zp, cfg["activation"])
+
+
+@register_op("tfl_quantize")
+def tfl_quantize_node(cfg, p, x):
+    """QUANTIZE: float32 -> QArray of ``cfg["dtype"]``, or a QArray requantized into the output's qparams."""
+    x = _requalified(x, cfg["in_qparams"][0], cfg["node"])
+    scale, zp = _out(p, cfg)
+    if isinstance(x, QArray):
+        return cfg["engine"].tfl_requantize(x, scale, zp, cfg["dtype"])
+    return cfg["engine"].tfl_quantize(x, scale, zp, cfg["dtype"])
+
+
+@register_op("tfl_dequantize")
+def tfl_dequantize_node(cfg, p, x):
+    """DEQUANTIZE: QArray -> float32."""
+    return cfg["engine"].tfl_dequantize(_requalified(x, cfg["in_qparams"][0], cfg["node"]))
+
+
+@register_op("tfl_unary")
+def tfl_unary_node(cfg, p, x):
+    """HARD_SWISH / LOGISTIC / TANH / SOFTMAX (over the last axis, ``cfg["beta"]``)."""
+    x = _requalified(x, cfg["in_qparams"][0], cfg["node"])
+    scale, zp = _out(p, cfg)
+    eng, kind = cfg["engine"], cfg["kind"]
+    if kind == "softmax":
+        return eng.tfl_softmax(x, cfg["beta"], scale, zp)
+    fn = {"hard_swish": eng.tfl_hard_swish, "logistic": eng.tfl_logistic, "tanh": eng.tfl_tanh}[kind]
+    return fn(x, scale, zp)
+
+
+# -- pooling and reductions -------------------------------------------------------------------------------
+
+
+@register_op("tfl_pool")
+def tfl_pool_node(cfg, p, x):
+    """AVERAGE_POOL_2D / MAX_POOL_2D (``cfg["kind"]`` "avg" / "max"), TFLite's SAME/VALID padding for ``x``'s
+    spatial size."""
+    x = _requalified(x, cfg["in_qparams"][0], cfg["node"])
+    scale, zp = _out(p, cfg)
+    pad = explicit_padding(cfg["padding_mode"], tuple(x.shape[1:3]), cfg["filter"], cfg["strides"])
+    fn = cfg["engine"].tfl_avg_pool if cfg["kind"] == "avg" else cfg["engine"].tfl_max_pool
+    return fn(x, cfg["filter"], cfg["strides"], pad, scale, zp, cfg["activation"])
+
+
+@register_op("tfl_mean")
+def tfl_mean_node(cfg, p, x):
+    """MEAN over ``cfg["axes"]`` (non-negative, sorted, unique)."""
+    x = _requalified(x, cfg["in_qparams"][0], cfg["node"])
+    scale, zp = _out(p, cfg)
+    return cfg["engine"].tfl_mean(x, cfg["axes"], cfg["keep_dims"], scale, zp)
+
+
+# -- value-preserving ops ---------------------------------------------------------------------------------
+
+
+def _reshape_target(cfg, shape):
+    """RESHAPE's output shape for an input of ``shape``: the model's new shape with its one ``-1`` inferred
+    (``kernels/reshape.cc``, ``GetOutputShape``); a fixed shape that does not hold the input is refused, as the
+    interpreter refuses it when an input is resized."""
+    target = list(cfg["shape"])
+    size = math.prod(shape)
+    if -1 in target:
+        rest = math.prod(d for d in target if d != -1)
+        if rest == 0 or size % rest:
+            raise GraphError(f"node {cfg['node']}: RESHAPE of {tuple(shape)} into {tuple(cfg['shape'])}: "
+                             "the sizes do not divide")
+        target[target.index(-1)] = size // rest
+    elif math.prod(target) != size:
+        raise GraphError(f"node {cfg['node']}: RESHAPE into the model's fixed shape {tuple(target)} cannot hold an "
+                         f"input of shape {tuple(shape)} (the model fixes its batch there; LiteRT refuses the "
+                         "resized input too)")
+    return tuple(target)
+
+
+@register_op("tfl_shape")
+def tfl_shape_node(cfg, p, x):
+    """RESHAPE (``shape``), SQUEEZE (``axes``, empty: every size-1 dim), TRANSPOSE (``perm``), PAD / PADV2
+    (``paddings`` per dim; quantized tensors are filled with ``pad_value`` — the output zero point for PAD —,
+    float ones with 0.0): the values moved, the qparams kept."""
+    kind = cfg["kind"]
+    q = x if isinstance(x, QArray) else None
+    v = q.values if q is not None else x
+    if kind == "reshape":
+        v = v.reshape(_reshape_target(cfg, v.shape))
+    elif kind == "squeeze":
+        axes = cfg["axes"] or tuple(i for i, d in enumerate(v.shape) if d == 1)
+        v = jnp.squeeze(v, axis=axes)
+    elif kind == "transpose":
+        v = jnp.transpose(v, cfg["perm"])
+    elif kind == "pad":
+        fill = cfg["pad_value"] if q is not None else 0.0
+        v = jnp.pad(v, cfg["paddings"], constant_values=jnp.asarray(fill, v.dtype))
+    else:
+        raise GraphError(f"unknown shape op {kind} (node {cfg.get('node')})")
+    return q.with_values(v) if q is not None else v
