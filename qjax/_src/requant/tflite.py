@@ -1,0 +1,236 @@
+"""LiteRT's (TFLite's) int8 CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED requantization, per kernel family.
+
+An op's int32 accumulator ``acc = sum (x - zx) * w + bias`` (per output channel ``c``) becomes
+``y = clamp(R_c(acc) + zy, act_min, act_max)``.  The families differ in ``R_c`` and in how its
+parameters come from the float32 scales ``sx``, ``sw_c``, ``sy``:
+
+* **reference** (``OpResolverType.BUILTIN_REF``):
+
+  - CONV_2D, DEPTHWISE_CONV_2D: ``M_c = double(sx) * double(sw_c) / double(sy)`` (``kernel_util.cc``,
+    ``PopulateConvolutionQuantizationParams``; per-tensor weights repeat ``sw_0``), ``(M0_c, shift_c) =
+    QuantizeMultiplier(M_c)`` (``frexp``, ``M0 = round_half_away(q * 2**31)``), and ``R_c`` is
+    ``MultiplyByQuantizedMultiplier`` (``internal/common.h``, double rounding):
+    ``RoundingDivideByPOT(SRDHM(acc * 2**max(shift,0), M0), max(-shift,0))`` — SRDHM's nudge
+    ``2**30`` / ``1 - 2**30`` with truncating division, RDBPOT half away from zero
+    (``reference_integer_ops/conv.h``, ``depthwise_conv.h``).
+  - FULLY_CONNECTED: no fixed point at all since LiteRT commit 9213607 ("Make the fully_connected ref
+    kernel do requant in float", 2025-04, in 2.2.0 and 2.3.0): ``R_c(acc) = (int32) round(double(acc) *
+    M_c)`` with the double ``M_c`` as above (``reference_integer_ops/fully_connected.h``,
+    ``FullyConnected`` / ``FullyConnectedPerChannel`` with scales): one double product, rounded to
+    nearest even, then C ``round`` (half away).  :func:`requantize_double_float` computes it exactly.
+
+* **optimized** (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``): the same ``(M0_c, shift_c)`` except for
+  per-tensor FULLY_CONNECTED, whose multiplier is ``double(fl32(sx * sw)) / double(sy)`` — a float32
+  product (``kernel_util.cc``, ``GetQuantizedConvolutionMultipler``, called by ``fully_connected.cc``'s
+  Prepare when the filter has one scale).  ``R_c`` rounds both steps half up
+  (:func:`requantize_half_up`): ``SRDHM_up(a, b) = floor((a*b + 2**30) / 2**31)`` then
+  ``floor((v + 2**(e-1)) / 2**e)``.  CONV_2D and FULLY_CONNECTED run on ruy's x86 kernels
+  (``cpu_backend_gemm``; ruy's ``kernel_avx2_fma.cc`` / ``kernel_avx512.cc`` round this way);
+  DEPTHWISE_CONV_2D ends in ``optimized_ops::Quantize`` (``optimized_ops.h``), whose NEON code (built on x86
+  through NEON_2_SSE, ``neon_check.h``) does ``vqrdmulhq_s32`` + ``vrshlq_s32`` (both half up) on blocks of
+  8 channels and calls the reference ``MultiplyByQuantizedMultiplier`` on the ``C mod 8`` channels left
+  over — so a depthwise op's last ``C mod 8`` channels round as the reference kernels do.
+
+* **xnnpack** (``AUTO``, the ops XNNPACK delegates): float32 requantization
+  (``src/qs8-gemm``/``qs8-dwconv`` ``fp32`` microkernels, params from ``src/microparams-init.c``):
+  ``scale_c = fl32(fl32(sx * sw_c) / sy)`` (``input_scale * kernel_scale / output_scale``) and
+  ``R_c(acc) = rint(fl32(fl32(acc) * scale_c))`` (``cvtps2dq``: ties to even).  Its clamp bounds come
+  from ``xnn_qs8_quantize(f) = lrintf(clamp(fl32(f / sy) + zy, -128, 127))`` (ties to even; see
+  :func:`xnnpack_output_range`) where the builtin kernels round half away.
+
+All functions take int32 accumulators (any shape, channel last) and return int32.  Multipliers are derived
+on the host (numpy, float64) from concrete scales, as the kernels' Prepare does.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .. import int64 as i64
+from ..float32 import div_rn, mul_rn
+from .fixed_point import multiply_by_quantized_multiplier, quantize_multiplier
+
+__all__ = [
+    "effective_scales",
+    "fixed_point_multipliers",
+    "xnnpack_scales",
+    "fc_reference_scales",
+    "requantize_reference",
+    "requantize_half_up",
+    "requantize_optimized_depthwise",
+    "requantize_double_float",
+    "requantize_xnnpack_fp32",
+    "xnnpack_output_range",
+]
+
+_I32 = jnp.int32
+_U32 = jnp.uint32
+
+
+def _f32(v):
+    return np.asarray(v, np.float32)
+
+
+def effective_scales(sx, sw, sy, n: int, float_product: bool = False) -> np.ndarray:
+    """``M_c`` float64 ``(n,)``: ``double(sx) * double(sw_c) / double(sy)``, or with ``float_product``
+    ``double(fl32(sx * sw)) / double(sy)`` (``GetQuantizedConvolutionMultipler``)."""
+    sx, sw, sy = _f32(sx), np.broadcast_to(_f32(sw), (n,)), _f32(sy)
+    if float_product:
+        prod = (sx * sw).astype(np.float32).astype(np.float64)  # the float32 product, then widened
+    else:
+        prod = sx.astype(np.float64) * sw.astype(np.float64)  # exact: 24 x 24 bits
+    return prod / sy.astype(np.float64)
+
+
+def fixed_point_multipliers(eff) -> tuple[np.ndarray, np.ndarray]:
+    """``QuantizeMultiplier``: ``(M0, shift)`` int32 numpy arrays with ``eff ~= M0 * 2**(shift - 31)``."""
+    eff = np.asarray(eff, np.float64)
+    if np.any(eff <= 0) or np.any(~np.isfinite(eff)):
+        raise ValueError(f"effective scales must be finite and > 0 (sx * sw / sy), got {eff}")
+    m0, shift = quantize_multiplier(eff)
+    if np.any(shift < -31):  # QuantizeMultiplier flushes such multipliers to 0
+        m0, shift = np.where(shift < -31, 0, m0), np.where(shift < -31, 0, shift)
+    if np.any(shift > 30):
+        raise ValueError(f"effective scales {eff} need a left shift > 30: TFLite's kernels overflow there")
+    return m0.astype(np.int32), shift.astype(np.int32)
+
+
+def xnnpack_scales(sx, sw, sy, n: int) -> np.ndarray:
+    """XNNPACK's requantization scales float32 ``(n,)``: ``fl32(fl32(sx * sw_c) / sy)``."""
+    sx, sw, sy = _f32(sx), np.broadcast_to(_f32(sw), (n,)), _f32(sy)
+    return ((sx * sw).astype(np.float32) / sy).astype(np.float32)
+
+
+def requantize_reference(acc, m0, shift):
+    """gemmlowp double rounding (``MultiplyByQuantizedMultiplier``), per channel (last axis)."""
+    return multiply_by_quantized_multiplier(acc, jnp.asarray(m0, _I32), jnp.asarray(shift, _I32))
+
+
+def _srdhm_half_up(a, b):
+    """``vqrdmulhq_s32`` / ruy's high multiply: ``floor((a*b + 2**30) / 2**31)``, ``INT32_MIN**2`` saturated."""
+    a = jnp.asarray(a, _I32)
+    b = jnp.asarray(b, _I32)
+    q = i64.to_int32_wrap(i64.shift_right(i64.add_int32(i64.mul32(a, b), jnp.int32(2**30)), 31))
+    return jnp.where((a == b) & (a == jnp.int32(-(2**31))), jnp.int32(2**31 - 1), q)
+
+
+def _rounding_shift_half_up(x, e):
+    """``vrshlq_s32`` by ``-e``: ``floor((x + 2**(e-1)) / 2**e)`` without intermediate overflow (``e >= 0``)."""
+    e = jnp.asarray(e, _I32)
+    em1 = jnp.maximum(e - 1, 0)
+    return jnp.where(e > 0, (x >> e) + ((x >> em1) & 1), x)
+
+
+def requantize_half_up(acc, m0, shift):
+    """The optimized kernels' double rounding, both steps half up: ``RSHR_up(SRDHM_up(acc << left, M0), right)``.
+
+    ``left = max(shift, 0)`` (a wrapping shift, as ``vshlq_s32`` and ruy), ``right = max(-shift, 0)``."""
+    shift = jnp.asarray(shift, _I32)
+    x = jnp.left_shift(jnp.asarray(acc, _I32), jnp.maximum(shift, 0))
+    return _rounding_shift_half_up(_srdhm_half_up(x, jnp.asarray(m0, _I32)), jnp.maximum(-shift, 0))
+
+
+def requantize_optimized_depthwise(acc, m0, shift):
+    """``optimized_ops::Quantize`` for DEPTHWISE_CONV_2D: half up on channels ``< 8 * (C // 8)``, the
+    reference double rounding on the ``C mod 8`` channels after them (``C = acc.shape[-1]``)."""
+    c = acc.shape[-1]
+    simd = np.arange(c) < 8 * (c // 8)
+    return jnp.where(simd, requantize_half_up(acc, m0, shift), requantize_reference(acc, m0, shift))
+
+
+def fc_reference_scales(eff) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(m_hi, m_lo, e)`` int32 ``(n,)`` for :func:`requantize_double_float`: ``eff = M * 2**(e - 53)``
+    with the 53-bit integer significand ``M = m_hi * 2**31 + m_lo``; needs ``2**-31 <= eff < 1``."""
+    eff = np.asarray(eff, np.float64)
+    q, e = np.frexp(eff)
+    if np.any(e > 0) or np.any(e < -30):
+        raise ValueError(f"FULLY_CONNECTED's reference kernel is reproduced for effective scales sx*sw/sy in "
+                         f"[2**-31, 1); got {eff}")
+    m = (q * 2.0**53).astype(np.int64)  # exact: a double's significand
+    return (m >> 31).astype(np.int32), (m & (2**31 - 1)).astype(np.int32), e.astype(np.int32)
+
+
+def _limbs_u(a):
+    return lax.bitcast_convert_type(jnp.asarray(a, _I32), _U32)
+
+
+def requantize_double_float(acc, m_hi, m_lo, e):
+    """``(int32) round(RN64(double(acc) * eff))`` exactly, ``eff = M * 2**(e - 53)`` (:func:`fc_reference_scales`).
+
+    With ``u = |acc|``, ``p = u * eff`` and ``k = floor(p)``: ``RN64`` (to nearest even) can move ``p`` onto
+    the representable ``k + 1/2`` (and C ``round`` then goes up) iff ``p >= k + 1/2 - h_k``, ``h_k`` half a
+    double ulp just below ``k + 1/2`` (``2**(bitlen(k) - 54)``, ``2**-55`` for ``k = 0``; the midpoint rounds
+    to ``k + 1/2``, whose significand is even).  So ``round = k + [frac(p) >= 1/2 - h_k]``, decided exactly on
+    ``Q = floor(u * M * 2**(e + 2)) = floor(p * 2**55)`` (a 96-bit product of 32-bit limbs): ``k = Q >> 55``,
+    up iff ``Q mod 2**55 >= 2**54 - h_k * 2**55``.  ``|round| >= 256`` is returned as 256 (an int8 output
+    saturates there for every zero point).  ``|acc| = 2**31`` is taken as ``2**31 - 1``.
+    """
+    acc = jnp.asarray(acc, _I32)
+    u = jnp.where(acc < 0, -jnp.maximum(acc, -(2**31 - 1)), acc)  # |acc| as int32
+    # A = u * m_lo (< 2**62), B = u * m_hi (< 2**53): P = B * 2**31 + A as three uint32 limbs
+    ah, al = i64.mul32(u, m_lo)
+    bh, bl = i64.mul32(u, m_hi)
+    ah, bh, bl = _limbs_u(ah), _limbs_u(bh), _limbs_u(bl)
+    b0 = bl << 31
+    b1 = (bl >> 1) | (bh << 31)
+    b2 = bh >> 1
+    l0 = b0 + al
+    c0 = (l0 < al).astype(_U32)
+    s1 = b1 + ah
+    c1 = (s1 < ah).astype(_U32)
+    l1 = s1 + c0
+    c1 = c1 + (l1 < c0).astype(_U32)
+    l2 = b2 + c1
+    # P * 4 (P < 2**84, so it fits), then shift right by -e in [0, 30]
+    l2 = (l2 << 2) | (l1 >> 30)
+    l1 = (l1 << 2) | (l0 >> 30)
+    l0 = l0 << 2
+    s = jnp.asarray(-e, _I32).astype(_U32)
+    back = jnp.where(s == 0, _U32(0), _U32(32) - s)
+
+    def spill(hi):
+        return jnp.where(s == 0, _U32(0), hi << back)
+
+    q0 = (l0 >> s) | spill(l1)
+    q1 = (l1 >> s) | spill(l2)
+    q2 = l2 >> s
+    saturated = (q2 != 0) | (q1 >= _U32(2**31))  # Q >= 2**63: p >= 256
+    k = (q1 >> 23).astype(_I32)
+    r_hi, r_lo = q1 & _U32(2**23 - 1), q0
+    c = jnp.where(k == 0, 0, 33 - lax.clz(k))  # log2(h_k * 2**55): bitlen(k) + 1, or 0 for k = 0
+    thr_lo = _U32(0) - (_U32(1) << c.astype(_U32))  # 2**32 - 2**c
+    up = (r_hi > _U32(2**22 - 1)) | ((r_hi == _U32(2**22 - 1)) & (r_lo >= thr_lo))
+    n = jnp.where(saturated, 256, k + up.astype(_I32))
+    return jnp.where(acc < 0, -n, n)
+
+
+def requantize_xnnpack_fp32(acc, scale):
+    """``rint(fl32(fl32(acc) * scale))`` as int32 (ties to even); ``|value| > 2**24`` saturates to ``±2**24``
+    (beyond every int8 clamp; XNNPACK clamps to ``output_max - zp`` in float before converting)."""
+    v = mul_rn(jnp.asarray(acc, _I32).astype(jnp.float32), jnp.asarray(scale, jnp.float32))
+    v = jnp.clip(v, -(2.0**24), 2.0**24)
+    return jnp.rint(v).astype(_I32)
+
+
+#: the float range XNNPACK's delegate gives each fused activation (``ConvertActivationToOutputRange``)
+_XNN_RANGES = {"NONE": (-np.inf, np.inf), "RELU": (0.0, np.inf), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0)}
+
+
+def xnnpack_output_range(activation: str, scale, zero_point):
+    """``(out_min, out_max)`` int32: ``xnn_qs8_quantize(f, sy, zy) = lrintf(clamp(fl32(f / sy) + zy, -128, 127))``
+    of the activation's float bounds (``src/xnnpack/quantization.h``; ties to even)."""
+    if activation not in _XNN_RANGES:
+        raise ValueError(f"activation={activation!r}; XNNPACK fuses one of {tuple(_XNN_RANGES)}")
+    zp = jnp.asarray(zero_point, jnp.float32)
+    sy = jnp.asarray(scale, jnp.float32)
+
+    def quantize(f):
+        if np.isinf(f):  # inf / sy + zy clamps to the int8 bound
+            return jnp.int32(127 if f > 0 else -128)
+        v = div_rn(jnp.float32(f), sy) + zp  # a division then an add: nothing to contract
+        return jnp.rint(jnp.clip(v, -128.0, 127.0)).astype(_I32)
+
+    lo, hi = _XNN_RANGES[activation]
+    return quantize(lo), quantize(hi)

@@ -1,0 +1,167 @@
+"""Single-op int8 CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED LiteRT models and random / tie-seeking cases.
+
+Shared by ``tests/engines/test_litert_gemm.py`` and ``scripts/check_litert_gemm.py``.  A case is a dict of
+numpy parameters; :func:`build_model` writes its flatbuffer (TFLite layouts: CONV_2D filters OHWI,
+DEPTHWISE ``(1, KH, KW, C*M)``, FULLY_CONNECTED ``(O, K)``), :func:`qjax_output` runs it through
+``LiteRT(kernels)``, :func:`interpreter_outputs` through ``ai-edge-litert`` with each op resolver.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tflite_models import TFLiteBuilder, schema
+
+import qjax
+from qjax._src.engines.base import ConvGeometry
+from qjax._src.engines.litert import LiteRT
+from qjax._src.interop import litert_runtime
+from qjax._src.qops.tflite_common import ACTIVATIONS, explicit_padding, output_size
+
+OPS = ("conv", "dw", "fc")
+CODES = {"conv": "CONV_2D", "dw": "DEPTHWISE_CONV_2D", "fc": "FULLY_CONNECTED"}
+
+
+def _out_shape(case):
+    if case["op"] == "fc":
+        return (case["x"].shape[0], case["w"].shape[0])
+    n, h, w, _ = case["x"].shape
+    kh, kw = case["kernel"]
+    oh = output_size(case["padding"], h, kh, case["stride"][0], case["dilation"][0])
+    ow = output_size(case["padding"], w, kw, case["stride"][1], case["dilation"][1])
+    return (n, oh, ow, case["w"].shape[-1 if case["op"] == "dw" else 0])
+
+
+def build_model(case) -> bytes:
+    """The flatbuffer of one op with int8 input ``x`` (the model input), constant weights and bias."""
+    op, w, sw = case["op"], case["w"], case["sw"]
+    b = TFLiteBuilder()
+    xi = b.tensor(case["x"].shape, np.int8, scale=case["sx"], zero_point=case["zx"])
+    axis = 3 if op == "dw" else 0
+    wi = b.tensor(w.shape, np.int8, scale=sw, zero_point=0, axis=axis, data=w)
+    bias_scale = (np.float32(case["sx"]) * np.asarray(sw, np.float32)).astype(np.float32)
+    bi = b.tensor(case["bias"].shape, np.int32, scale=bias_scale, zero_point=0, data=case["bias"])
+    yi = b.tensor(_out_shape(case), np.int8, scale=case["sy"], zero_point=case["zy"])
+    act = getattr(schema.ActivationFunctionType, case["activation"])
+    pad = getattr(schema.Padding, case.get("padding", "VALID"))
+    if op == "conv":
+        o = schema.Conv2DOptionsT()
+        o.padding, o.fusedActivationFunction = pad, act
+        o.strideH, o.strideW = case["stride"]
+        o.dilationHFactor, o.dilationWFactor = case["dilation"]
+        version = 3
+    elif op == "dw":
+        o = schema.DepthwiseConv2DOptionsT()
+        o.padding, o.fusedActivationFunction = pad, act
+        o.strideH, o.strideW = case["stride"]
+        o.dilationHFactor, o.dilationWFactor = case["dilation"]
+        o.depthMultiplier = w.shape[-1] // case["x"].shape[-1]
+        version = 3
+    else:
+        o = schema.FullyConnectedOptionsT()
+        o.fusedActivationFunction = act
+        version = 4
+    b.op(CODES[op], [xi, wi, bi], [yi], o, version=version)
+    return b.build([xi], [yi])
+
+
+def qjax_output(case, kernels: str) -> np.ndarray:
+    """``LiteRT(kernels)``'s output for the case (HWIO weights, explicit TFLite padding)."""
+    eng = LiteRT(kernels)
+    op, w = case["op"], case["w"]
+    sw = np.asarray(case["sw"], np.float32)
+    per_channel = sw.size > 1
+    x = qjax.QArray(case["x"], np.float32(case["sx"]), np.int32(case["zx"]), qjax.qint8)
+    bias = np.asarray(case["bias"], np.int32)
+    if op == "fc":
+        wq = qjax.QArray(w, sw if per_channel else sw.reshape(()), np.zeros(sw.shape, np.int32).reshape(sw.shape)
+                         if per_channel else np.int32(0), qjax.qint8, axis=0 if per_channel else None)
+        y = eng.tfl_fully_connected(x, wq, bias, np.float32(case["sy"]), np.int32(case["zy"]), case["activation"])
+        return np.asarray(y.values)
+    hwio = w.transpose(1, 2, 3, 0) if op == "conv" else w.transpose(1, 2, 0, 3)
+    wq = qjax.QArray(hwio, sw if per_channel else sw.reshape(()),
+                     np.zeros(sw.shape, np.int32) if per_channel else np.int32(0), qjax.qint8,
+                     axis=3 if per_channel else None)
+    c = case["x"].shape[-1]
+    groups = c if op == "dw" else c // w.shape[-1]
+    pads = explicit_padding(case["padding"], case["x"].shape[1:3], case["kernel"], case["stride"], case["dilation"])
+    geom = ConvGeometry(tuple(case["stride"]), pads, tuple(case["dilation"]), groups)
+    fn = eng.tfl_depthwise_conv if op == "dw" else eng.tfl_conv
+    y = fn(x, wq, bias, np.float32(case["sy"]), np.int32(case["zy"]), geom, case["activation"])
+    return np.asarray(y.values)
+
+
+def interpreter_outputs(case, model=None) -> dict:
+    """``{kernels: output}`` from the interpreter, and ``"xnnpack_delegated"``: whether XNNPACK took the op."""
+    model = build_model(case) if model is None else model
+    out = {k: litert_runtime.run(model, [case["x"]], k)[0] for k in litert_runtime.KERNELS}
+    out["xnnpack_delegated"] = 0 in litert_runtime.delegated_ops(model)
+    return out
+
+
+# -- case generators ------------------------------------------------------------------------------------------
+
+def _log_uniform(rng, lo, hi, size=None):
+    return np.exp(rng.uniform(np.log(lo), np.log(hi), size)).astype(np.float32)
+
+
+def make_case(rng, op, *, shape=None, ties: bool = False, activation=None, per_channel=None) -> dict:
+    """A random case; ``shape`` fixes the geometry (a dict of the keys below), ``ties`` picks power-of-two
+    scales whose effective scale ``2**-k`` or ``3 * 2**-k`` makes many accumulators exact ties."""
+    g = dict(shape or {})
+    if op == "fc":
+        g.setdefault("n", int(rng.integers(1, 5)))
+        g.setdefault("k", int(rng.integers(1, 48)))
+        g.setdefault("o", int(rng.integers(1, 24)))
+        o = g["o"]
+    else:
+        g.setdefault("n", int(rng.integers(1, 3)))
+        g.setdefault("hw", (int(rng.integers(1, 9)), int(rng.integers(1, 9))))
+        g.setdefault("kernel", (int(rng.integers(1, 4)), int(rng.integers(1, 4))))
+        g.setdefault("stride", (int(rng.integers(1, 3)), int(rng.integers(1, 3))))
+        g.setdefault("dilation", (int(rng.integers(1, 3)), int(rng.integers(1, 3))))
+        g.setdefault("padding", str(rng.choice(["SAME", "VALID"])))
+        if g["padding"] == "VALID":  # the window must fit
+            g["hw"] = tuple(max(h, (k - 1) * d + 1) for h, k, d in zip(g["hw"], g["kernel"], g["dilation"]))
+        if op == "dw":
+            g.setdefault("c", int(rng.integers(1, 20)))
+            g.setdefault("m", int(rng.choice([1, 1, 2, 3])))
+            o = g["c"] * g["m"]
+        else:
+            g.setdefault("c", int(rng.integers(1, 12)))
+            g.setdefault("o", int(rng.integers(1, 12)))
+            g.setdefault("groups", 1)
+            o = g["o"]
+    per_channel = bool(rng.integers(0, 2)) if per_channel is None else per_channel
+    nsw = o if per_channel else 1
+    if ties:
+        k = int(rng.integers(2, 7))
+        sx = np.float32(2.0 ** -int(rng.integers(4, 9)))
+        b = rng.integers(4, 9, nsw)
+        sw = ((rng.integers(0, 2, nsw) * 2 + 1) * 2.0 ** -b).astype(np.float32)  # 1 or 3 times 2**-b
+        sy = np.float32(sx * 2.0 ** (k - int(b.min())))  # eff_c = (1 or 3) * 2**(b_min - b_c - k) <= 0.75
+        amp_x, amp_w, amp_b = 6, 4, 40
+    else:
+        sx = _log_uniform(rng, 0.002, 0.1)
+        sw = _log_uniform(rng, 0.0005, 0.05, nsw)
+        sy = np.float32(sx * np.median(sw) * float(_log_uniform(rng, 2, 2000)))
+        amp_x, amp_w, amp_b = 128, 128, 3000
+    zx = int(rng.integers(-128, 128)) if not ties else int(rng.integers(-4, 5))
+    zy = int(rng.integers(-128, 128)) if not ties else int(rng.integers(-20, 21))
+    act = activation or str(rng.choice(ACTIVATIONS))
+    if op == "fc":
+        x = rng.integers(max(-128, zx - amp_x), min(128, zx + amp_x), (g["n"], g["k"]))
+        w = rng.integers(-min(127, amp_w), min(127, amp_w) + 1, (o, g["k"]))
+        case = dict(op=op, x=x.astype(np.int8), w=w.astype(np.int8))
+    else:
+        x = rng.integers(max(-128, zx - amp_x), min(128, zx + amp_x), (g["n"], *g["hw"], g["c"]))
+        kh, kw = g["kernel"]
+        if op == "dw":
+            w = rng.integers(-min(127, amp_w), min(127, amp_w) + 1, (1, kh, kw, o))
+        else:
+            w = rng.integers(-min(127, amp_w), min(127, amp_w) + 1, (o, kh, kw, g["c"] // g["groups"]))
+        case = dict(op=op, x=x.astype(np.int8), w=w.astype(np.int8), kernel=(kh, kw), stride=g["stride"],
+                    dilation=g["dilation"], padding=g["padding"])
+    case.update(sx=np.float32(sx), sw=np.asarray(sw, np.float32).reshape(-1), sy=np.float32(sy), zx=zx, zy=zy,
+                bias=rng.integers(-amp_b, amp_b + 1, o).astype(np.int32), activation=act)
+    return case
