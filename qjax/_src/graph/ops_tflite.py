@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..checks import is_concrete
+from ..dtypes import as_qdtype
 from ..engines import ConvGeometry
 from ..qarray import QArray
 from ..qops.tflite_common import explicit_padding
@@ -51,6 +52,17 @@ def _check_same(node, what, param, static):
                          "qjax.interop.tflite.with_qparams(model, params)")
 
 
+def _static_qarray(values, scale, zero_point, dtype, axis=None):
+    """A QArray whose ``scale`` / ``zero_point`` are host numpy values (float32 / int32), not jax arrays: inside
+    ``jit`` ``jnp.asarray`` of a constant is a tracer (jax >= 0.8), and the engines derive LiteRT's Prepare-time
+    constants from concrete qparams.  The values stay as given (traced or not)."""
+    q = object.__new__(QArray)
+    q.values, q.scale, q.zero_point, q.scale64 = values, np.asarray(scale, np.float32), np.asarray(zero_point,
+                                                                                                  np.int32), None
+    q.dtype, q.axis = as_qdtype(dtype), axis
+    return q
+
+
 def _requalified(x, qparams, node):
     """``x`` (a QArray from the previous node) with the static ``(scale, zero_point)`` its consumer recorded."""
     if qparams is None:
@@ -60,7 +72,7 @@ def _requalified(x, qparams, node):
     if not isinstance(x, QArray):
         raise GraphError(f"node {node}: a float input where the model has a quantized tensor")
     scale, zp = qparams
-    return QArray(x.values, np.float32(scale), np.int32(zp), x.dtype, check=False)
+    return _static_qarray(x.values, scale, zp, x.dtype)
 
 
 def _out(p, cfg):
@@ -77,14 +89,13 @@ def _weight(p, cfg):
     w = p["weight"]
     scale = cfg["w_scale"].value
     _check_same(cfg["node"], "weight scale", w.scale, scale)
-    zp = np.zeros(np.shape(scale), np.int32)
-    return QArray(w.values, scale, zp, w.dtype, w.axis, check=False)
+    return _static_qarray(w.values, scale, np.zeros(np.shape(scale), np.int32), w.dtype, w.axis)
 
 
 def _const(p, key, qparams, node):
     q = p[key]
     _check_same(node, f"{key} scale", q.scale, np.float32(qparams[0]))
-    return QArray(q.values, np.float32(qparams[0]), np.int32(qparams[1]), q.dtype, check=False)
+    return _static_qarray(q.values, qparams[0], qparams[1], q.dtype)
 
 
 # -- model edges ------------------------------------------------------------------------------------------
@@ -104,7 +115,7 @@ def tfl_input_node(cfg, p, x):
     if cfg["qparams"] is None:
         return jnp.asarray(x)
     scale, zp = cfg["qparams"]
-    return QArray(jnp.asarray(x), np.float32(scale), np.int32(zp), dtype, check=False)
+    return _static_qarray(jnp.asarray(x), scale, zp, dtype)
 
 
 @register_op("tfl_output")
