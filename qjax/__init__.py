@@ -26,6 +26,8 @@ from ._src.explain import explain
 from ._src.graph import GraphError, QModel
 from ._src.interop import from_tflite, from_torch, from_torchscript
 from ._src.interop.torch_common import TorchImportError
+from ._src.interop.tflite_train import TFLiteQAT
+from ._src.interop.tflite_write import to_tflite
 from ._src.ops import conv, conv_transpose, embedding, embedding_bag, linear, linear_dynamic
 from ._src.qarray import QArray
 from ._src.quantize import dequantize, quantize
@@ -38,7 +40,7 @@ __all__ = [
     "VerifyError", "quantize", "dequantize", "conv", "conv_transpose", "linear", "linear_dynamic", "embedding",
     "embedding_bag", "explain", "QModel",
     "from_torch", "from_torchscript", "from_tflite", "verify", "Fbgemm", "HardwareSpec", "engines", "hardware", "ste",
-    "observers", "float32", "float64",
+    "observers", "float32", "float64", "to_tflite", "TFLiteQAT",
 ]
 
 

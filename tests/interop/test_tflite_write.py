@@ -1,0 +1,167 @@
+"""qjax.to_tflite: an imported model's params written back into its flatbuffer (LiteRT then computes qjax's integers)."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ai_edge_litert")
+
+import qjax  # noqa: E402
+from qjax._src.graph import QModel  # noqa: E402
+from qjax._src.interop import litert_runtime  # noqa: E402
+from qjax._src.interop.tflite import from_tflite, with_qparams  # noqa: E402
+from qjax._src.interop.tflite_write import to_tflite  # noqa: E402
+from ..tflite_models import CalibratedBuilder, mobilenet_style, schema  # noqa: E402
+
+FAMILIES = ("reference", "optimized", "xnnpack")
+
+
+def _chain(seed=0):
+    """int8 in -> CONV_2D 3x3 (RELU) -> DEPTHWISE_CONV_2D 3x3 /2 (RELU6) -> RESHAPE (-1, K) -> FULLY_CONNECTED -> int8."""
+    calib = np.random.default_rng(seed).uniform(0, 1, (16, 6, 6, 2))
+    m = CalibratedBuilder(seed, calib)
+    x = m.input(np.int8)
+    h = m.conv(x, 4, 3, act="RELU")
+    h = m.conv(h, 0, 3, stride=2, depthwise=True, act="RELU6")
+    h = m.reshape(h, [-1, 36])
+    y = m.fully_connected(h, 5)
+    return m.build([x], [y])
+
+
+_CHAIN = _chain()
+
+
+def _tensor(model_bytes, name_or_index):
+    m = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    ts = m.subgraphs[0].tensors
+    return m, (ts[name_or_index] if isinstance(name_or_index, int) else
+               next(t for t in ts if t.name.decode() == name_or_index))
+
+
+def _inputs(qm, n=6, seed=1):
+    _, shape, dtype = dict(qm.meta)["input_specs"][0]
+    rng = np.random.default_rng(seed)
+    return rng.integers(-128, 128, (n,) + tuple(shape[1:])).astype(dtype)
+
+
+def _node(qm, op):
+    return [n.name for n in qm.nodes if n.op == op]
+
+
+def test_unchanged_model_is_byte_identical():
+    for data in (_CHAIN, mobilenet_style(0, size=8, width=4)):
+        qm = from_tflite(data, kernels="reference")
+        assert to_tflite(qm) == data
+        # a no-op rewrite (the same integers as new arrays) writes nothing either
+        assert to_tflite(qm.with_params({k: dict(v) for k, v in qm.params.items()})) == data
+
+
+def _changed(qm):
+    """``qm`` with new conv / depthwise weights and biases, new FC weight scales and a new depthwise output scale and
+    zero point (re-bound with with_qparams)."""
+    rng = np.random.default_rng(7)
+    params = {k: dict(v) for k, v in qm.params.items()}
+    conv, dw = _node(qm, "tfl_conv")
+    (fc,) = _node(qm, "tfl_fully_connected")
+    w = params[conv]["weight"]
+    params[conv]["weight"] = w.with_values(np.clip(np.asarray(w.values) + rng.integers(-3, 4, w.shape), -127, 127)
+                                           .astype(np.int8))
+    params[conv]["bias"] = np.asarray(params[conv]["bias"]) + rng.integers(-50, 50, params[conv]["bias"].shape) \
+        .astype(np.int32)
+    params[dw]["scale"] = np.float32(np.asarray(params[dw]["scale"]) * 1.37)
+    params[dw]["zero_point"] = np.int32(np.asarray(params[dw]["zero_point"]) + 5)
+    wf = params[fc]["weight"]
+    params[fc]["weight"] = qjax.QArray(np.asarray(wf.values), (np.asarray(wf.scale) * 0.8).astype(np.float32),
+                                       np.zeros(wf.shape[0], np.int32), "qint8", 0)
+    return with_qparams(qm, params), (conv, dw, fc)
+
+
+def test_changed_params_are_written_and_computed_by_litert():
+    x = _inputs(from_tflite(_CHAIN, kernels="reference"))
+    for fam in FAMILIES:
+        qm = from_tflite(_CHAIN, kernels=fam)
+        qm2, (conv, dw, fc) = _changed(qm)
+        out = to_tflite(qm2)
+        back = from_tflite(out, kernels=fam)
+        for name in (conv, dw, fc):  # the re-imported params are the written ones
+            for key in ("weight", "bias", "scale", "zero_point"):
+                a, b = qm2.params[name].get(key), back.params[name].get(key)
+                for attr in (("values", "scale") if key == "weight" else (None,)):
+                    va = np.asarray(getattr(a, attr) if attr else a)
+                    vb = np.asarray(getattr(b, attr) if attr else b)
+                    np.testing.assert_array_equal(va, vb, err_msg=f"{fam} {name} {key} {attr}")
+        # the reshape after the depthwise conv carries its new qparams; the FC's bias scale is s_x * s_w again
+        m, _ = _tensor(out, 0)
+        ts = m.subgraphs[0].tensors
+        fc_op = m.subgraphs[0].operators[dict(qm.node(fc).config())["op_index"]]
+        sx, sw, sb = (np.asarray(ts[i].quantization.scale, np.float64) for i in fc_op.inputs[:3])
+        np.testing.assert_array_equal(sb.astype(np.float32), (sx[0] * sw).astype(np.float32))
+        assert np.float32(sx[0]) == np.asarray(qm2.params[dw]["scale"])
+        want = litert_runtime.run(out, [x], fam)[0]
+        got = np.asarray(qm2(x))
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert int((got != want).sum()) == 0, fam
+        if fam == "reference":  # the change changed the outputs (one family: each model is one more compilation)
+            assert int((np.asarray(qm(x)) != got).sum()) > 0
+
+
+def test_shared_buffers_are_split():
+    # two convs whose weight tensors share one buffer: changing one leaves the other's data alone
+    m = schema.ModelT.InitFromPackedBuf(bytearray(_shared_weights_model()), 0)
+    ts = m.subgraphs[0].tensors
+    w0, w1 = (next(t for t in ts if t.name.decode() == n) for n in ("w0", "w1"))
+    assert w0.buffer == w1.buffer
+    qm = from_tflite(_shared_weights_model(), kernels="reference")
+    c0, c1 = _node(qm, "tfl_conv")
+    params = {k: dict(v) for k, v in qm.params.items()}
+    w = params[c0]["weight"]
+    params[c0]["weight"] = w.with_values((np.asarray(w.values) // 2).astype(np.int8))
+    back = from_tflite(to_tflite(qm.with_params(params)), kernels="reference")
+    np.testing.assert_array_equal(np.asarray(back.params[c0]["weight"].values), np.asarray(w.values) // 2)
+    np.testing.assert_array_equal(np.asarray(back.params[c1]["weight"].values), np.asarray(qm.params[c1]["weight"].values))
+
+
+def _shared_weights_model():
+    m = CalibratedBuilder(3, np.random.default_rng(3).uniform(0, 1, (8, 5, 5, 4)))
+    x = m.input(np.int8)
+    h = m.conv(x, 4, 3, act="RELU", bias=False)
+    y = m.conv(h, 4, 3, bias=False)
+    mt = schema.ModelT.InitFromPackedBuf(bytearray(m.build([x], [y])), 0)
+    ts = mt.subgraphs[0].tensors
+    ops = mt.subgraphs[0].operators
+    a, b = ts[ops[0].inputs[1]], ts[ops[1].inputs[1]]
+    a.name, b.name = b"w0", b"w1"
+    mt.buffers[b.buffer].data = np.asarray(mt.buffers[a.buffer].data).copy()  # the same integers ...
+    b.buffer = a.buffer  # ... in one buffer, as converters deduplicate constants
+    b.quantization = a.quantization
+    import flatbuffers
+
+    bld = flatbuffers.Builder(1024)
+    bld.Finish(mt.Pack(bld), file_identifier=b"TFL3")
+    return bytes(bld.Output())
+
+
+def test_errors_are_one_line():
+    qm = from_tflite(_CHAIN, kernels="reference")
+    conv = _node(qm, "tfl_conv")[0]
+
+    def bad(fn, match):
+        params = {k: dict(v) for k, v in qm.params.items()}
+        fn(params[conv])
+        with pytest.raises(ValueError, match=match) as e:
+            to_tflite(qm.with_params(params))
+        assert "\n" not in str(e.value)
+
+    w = qm.params[conv]["weight"]
+    bad(lambda p: p.update(weight=w.with_values(np.zeros((1,) + w.shape[1:], np.int8))), "shapes cannot change")
+    bad(lambda p: p.update(weight=w.with_values(np.full(w.shape, -128, np.int8))), r"take \[-127, 127\]")
+    bad(lambda p: p.update(weight=qjax.QArray(np.asarray(w.values).astype(np.uint8) // 2, np.asarray(w.scale),
+                                              np.zeros(w.shape[3], np.int32), "quint8", 3)), "dtypes cannot change")
+    bad(lambda p: p.update(weight=qjax.QArray(np.asarray(w.values), np.asarray(w.scale),
+                                              np.ones(w.shape[3], np.int32), "qint8", 3)), "symmetric")
+    bad(lambda p: p.update(bias=np.asarray(p["bias"], np.float32)), "int32")
+    bad(lambda p: p.update(bias=np.asarray(p["bias"])[:2]), "has shape")
+    bad(lambda p: p.update(scale=np.float32(0.0)), "positive and finite")
+    bad(lambda p: p.update(zero_point=np.int32(300)), "zero points outside")
+    with pytest.raises(ValueError, match="from qjax.from_tflite"):
+        to_tflite(QModel(qm.inputs, qm.nodes, qm.output, qm.params, {}))
+    assert qjax.to_tflite is to_tflite
