@@ -1,10 +1,59 @@
-"""LiteRT's ADD / SUB / MUL / CONCATENATION / QUANTIZE / DEQUANTIZE, per kernel family (a mixin of ``LiteRT``)."""
+"""LiteRT's ADD / SUB / MUL / CONCATENATION / QUANTIZE / DEQUANTIZE, per kernel family (a mixin of ``LiteRT``).
+
+The arithmetic of each family is in :mod:`qjax.qops.tflite_elementwise` (formulas and runtime sources in
+its docstring).  What the XNNPACK delegate takes (``tflite/delegates/xnnpack/xnnpack_delegate.cc``,
+checked with :func:`qjax.interop.litert_runtime.delegated_ops`): int8 ADD / SUB with every input/output
+scale ratio in ``[2**-10, 2**8)``, MUL with ``sa*sb/sy`` in ``[2**-16, 2**8)``, CONCATENATION (it ignores
+a fused activation, which the builtin kernel refuses), QUANTIZE float32 -> int8/uint8 and int8 -> int8 /
+uint8 -> uint8 (not int8 <-> uint8), DEQUANTIZE.  Outside those conditions a node runs on the optimized
+builtin kernels, and ``LiteRT("xnnpack")`` refuses it (the importer gives such nodes ``LiteRT("optimized")``).
+
+The multipliers are derived on the host at trace time, as the kernels' ``Prepare`` does: the qparams
+must be concrete (Python / numpy values, or concrete QArray leaves); the values may be traced.
+"""
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+import numpy as np
+
+from ..checks import is_concrete
+from ..dtypes import as_qdtype, qint8, quint8
+from ..qarray import QArray
+from ..qops import tflite_elementwise as te
+from ..qops.tflite_common import activation_range, activation_range_xnnpack
 from .base import refuse
 
 __all__ = ["LiteRTElementwise"]
+
+_OUT_DTYPES = {"int8": qint8, "uint8": quint8}
+
+
+def _scalar(engine, v, what: str, op: str, kind=float):
+    if not is_concrete(v):
+        refuse(engine, op, f"{what} must be concrete (the kernel derives its parameters at Prepare time)")
+    a = np.asarray(v)
+    if a.size != 1:
+        refuse(engine, op, f"{what} must be per-tensor (one value), got shape {a.shape}")
+    return kind(np.float32(a.reshape(())) if kind is float else a.reshape(()))
+
+
+def _qparams(engine, x, op: str, name: str):
+    if not isinstance(x, QArray):
+        raise TypeError(f"{op}: {name} must be a QArray, got {type(x).__name__}")
+    if x.axis is not None:
+        refuse(engine, op, f"{name} must be per-tensor quantized")
+    return _scalar(engine, x.scale, f"{name}.scale", op), _scalar(engine, x.zero_point, f"{name}.zero_point", op, int)
+
+
+def _out_dtype(engine, dtype, op):
+    if dtype not in _OUT_DTYPES:
+        refuse(engine, op, f"dtype={dtype!r}; the int8 models' QUANTIZE outputs 'int8' or 'uint8'")
+    return _OUT_DTYPES[dtype]
+
+
+def _output(values, scale, zero_point, dtype=qint8):
+    return QArray(values.astype(dtype.storage), jnp.float32(scale), jnp.int32(zero_point), dtype, check=False)
 
 
 class LiteRTElementwise:
@@ -12,27 +61,137 @@ class LiteRTElementwise:
 
     Binary ops broadcast numpy-style; all take and return per-tensor QArrays (qint8 unless stated)."""
 
+    def _activation_range(self, activation, sy, zy):
+        if self.kernels == "xnnpack":
+            return activation_range_xnnpack(activation, sy, zy)
+        return activation_range(activation, sy, zy)
+
+    def _binary(self, op, a, b, out_scale, out_zero_point, activation):
+        sa, za = _qparams(self, a, op, "a")
+        sb, zb = _qparams(self, b, op, "b")
+        sy = _scalar(self, out_scale, "out_scale", op)
+        zy = _scalar(self, out_zero_point, "out_zero_point", op, int)
+        for name, x in (("a", a), ("b", b)):
+            if as_qdtype(x.dtype) != qint8:
+                refuse(self, op, f"{name} must be qint8 (LiteRT's int8 kernels), got {as_qdtype(x.dtype).name}")
+        np.broadcast_shapes(tuple(a.values.shape), tuple(b.values.shape))  # a one-line error if not broadcastable
+        lo, hi = (int(v) for v in self._activation_range(activation, sy, zy))
+        return sa, sb, sy, zy, za, zb, lo, hi
+
+    def _add_or_sub(self, op, a, b, out_scale, out_zero_point, activation):
+        sa, sb, sy, zy, za, zb, lo, hi = self._binary(op, a, b, out_scale, out_zero_point, activation)
+        subtract = op == "SUB"
+        if self.kernels == "xnnpack":
+            try:
+                params = te.add_params_xnnpack(sa, sb, sy, -1 if subtract else 1)
+            except ValueError as e:
+                refuse(self, op, f"the XNNPACK delegate does not take it ({e}); it runs on LiteRT('optimized')")
+            values = te.add_xnnpack(a.values, b.values, za, zb, params, zy, lo, hi)
+        else:
+            params = te.add_params_builtin(sa, sb, sy)
+            if params[2][1] > 0:
+                refuse(self, op, f"output multiplier 2*max(sa, sb)/(2**20*sy) >= 1 (sy={sy!r}): outside the kernel's "
+                                 "MultiplyByQuantizedMultiplierSmallerThanOneExp domain")
+            # int8 SUB is reference_ops::Sub in both builtin families: no NEON paths
+            optimized = self.kernels == "optimized" and not subtract
+            values = te.add_builtin(a.values, b.values, za, zb, params, zy, lo, hi, subtract, optimized)
+        return _output(values, sy, zy)
+
     def tfl_add(self, a, b, out_scale, out_zero_point, activation="NONE"):
-        refuse(self, "ADD")
+        """ADD (int8, numpy broadcasting, fused activation)."""
+        return self._add_or_sub("ADD", a, b, out_scale, out_zero_point, activation)
 
     def tfl_sub(self, a, b, out_scale, out_zero_point, activation="NONE"):
-        refuse(self, "SUB")
+        """SUB (int8, numpy broadcasting, fused activation)."""
+        return self._add_or_sub("SUB", a, b, out_scale, out_zero_point, activation)
 
     def tfl_mul(self, a, b, out_scale, out_zero_point, activation="NONE"):
-        refuse(self, "MUL")
+        """MUL (int8, numpy broadcasting, fused activation)."""
+        op = "MUL"
+        sa, sb, sy, zy, za, zb, lo, hi = self._binary(op, a, b, out_scale, out_zero_point, activation)
+        if self.kernels == "xnnpack":
+            scale = np.float32(np.float32(sa) * np.float32(sb)) / np.float32(sy)
+            if not (2.0**-16 <= float(scale) < 2.0**8):
+                refuse(self, op, f"sa*sb/sy={float(scale)!r} outside XNNPACK's [2**-16, 2**8): the delegate does not "
+                                 "take it; it runs on LiteRT('optimized')")
+            values = te.mul_xnnpack(a.values, b.values, za, zb, float(scale), zy, lo, hi)
+        else:
+            m, s = te.builtin_multiplier(float(sa) * float(sb) / float(sy))
+            # the optimized NEON body saturates to int16 and adds the zero point in int16 (wrapping); refuse
+            # the scales where that could differ from the scalar arithmetic rather than guess
+            if self.kernels == "optimized" and 255.0 * 255.0 * float(sa) * float(sb) / float(sy) + 1 + abs(zy) >= 32767:
+                refuse(self, op, "sa*sb/sy so large that the NEON body's int16 arithmetic could wrap")
+            values = te.mul_builtin(a.values, b.values, za, zb, (m, s), zy, lo, hi)
+        return _output(values, sy, zy)
 
     def tfl_concat(self, xs, axis, out_scale, out_zero_point, activation="NONE"):
-        """CONCATENATION of QArrays along ``axis`` into the output's qparams."""
-        refuse(self, "CONCATENATION")
+        """CONCATENATION of QArrays along ``axis`` into the output's qparams.
+
+        LiteRT's int8 CONCATENATION requires every input to carry the output's scale and zero point
+        (``kernels/concatenation.cc`` Prepare; the XNNPACK delegate fails on such nodes too), so it copies
+        bytes: differing qparams are refused.  The builtin kernels refuse a fused activation; the XNNPACK
+        delegate takes the node and ignores the activation (measured), and so does this rule."""
+        op = "CONCATENATION"
+        sy = _scalar(self, out_scale, "out_scale", op)
+        zy = _scalar(self, out_zero_point, "out_zero_point", op, int)
+        if not xs:
+            raise ValueError("CONCATENATION: xs must hold at least one QArray")
+        for i, x in enumerate(xs):
+            s, z = _qparams(self, x, op, f"xs[{i}]")
+            if as_qdtype(x.dtype) != qint8:
+                refuse(self, op, f"xs[{i}] must be qint8, got {as_qdtype(x.dtype).name}")
+            if s != sy or z != zy:
+                refuse(self, op, f"xs[{i}] has scale/zero point ({s!r}, {z}) != the output's ({sy!r}, {zy}): LiteRT's "
+                                 "int8 CONCATENATION requires equal qparams")
+        if activation != "NONE" and self.kernels != "xnnpack":
+            refuse(self, op, f"activation={activation!r}: the builtin kernels require NONE")
+        values = jnp.concatenate([x.values for x in xs], axis=int(axis))
+        return _output(values, sy, zy)
 
     def tfl_quantize(self, x, out_scale, out_zero_point, dtype="int8"):
-        """QUANTIZE: float32 array -> QArray of ``dtype`` (``"int8"``, ``"uint8"``, ``"int16"``)."""
-        refuse(self, "QUANTIZE")
+        """QUANTIZE: float32 array -> QArray of ``dtype`` (``"int8"``, ``"uint8"``)."""
+        op = "QUANTIZE"
+        qd = _out_dtype(self, dtype, op)
+        sy = _scalar(self, out_scale, "out_scale", op)
+        zy = _scalar(self, out_zero_point, "out_zero_point", op, int)
+        x = jnp.asarray(x)
+        if x.dtype != jnp.float32:
+            raise TypeError(f"QUANTIZE: x must be float32, got {x.dtype}")
+        rule = {"reference": te.quantize_reference, "optimized": te.quantize_optimized,
+                "xnnpack": te.quantize_xnnpack}[self.kernels]
+        return _output(rule(x, float(sy), zy, qd.qmin, qd.qmax), sy, zy, qd)
 
     def tfl_requantize(self, x, out_scale, out_zero_point, dtype="int8"):
         """QUANTIZE of a quantized tensor (int8/uint8 -> int8/uint8 with new qparams)."""
-        refuse(self, "QUANTIZE (requantize)")
+        op = "QUANTIZE (requantize)"
+        qd = _out_dtype(self, dtype, op)
+        si, zi = _qparams(self, x, op, "x")
+        sy = _scalar(self, out_scale, "out_scale", op)
+        zy = _scalar(self, out_zero_point, "out_zero_point", op, int)
+        in_dtype = as_qdtype(x.dtype)
+        if in_dtype not in (qint8, quint8):
+            refuse(self, op, f"x must be qint8 or quint8, got {in_dtype.name}")
+        x1 = x.values.astype(jnp.int32) - jnp.int32(zi)
+        if self.kernels == "xnnpack":
+            ratio = np.float32(si) / np.float32(sy)
+            if in_dtype != qd or not (2.0**-8 <= float(ratio) <= 2.0**7):
+                refuse(self, op, "the XNNPACK delegate takes int8->int8 / uint8->uint8 with si/so in [2**-8, 2**7] "
+                                 "only; the node runs on LiteRT('optimized')")
+            values = te.requantize_xnnpack(x1, int(np.rint(np.float32(256.0) * ratio)), zy, qd.qmin, qd.qmax)
+        else:
+            multiplier = te.builtin_multiplier(float(si) / float(sy))
+            # optimized_ops::Requantize has NEON bodies for every int8/uint8 pair; the int8->int8 one was
+            # measured (blocks of 16); the others are assumed to share it (checked by the sweep script)
+            values = te.requantize_builtin(x1, multiplier, zy, qd.qmin, qd.qmax,
+                                           optimized=self.kernels == "optimized")
+        return _output(values, sy, zy, qd)
 
     def tfl_dequantize(self, x):
         """DEQUANTIZE: QArray -> float32 array."""
-        refuse(self, "DEQUANTIZE")
+        op = "DEQUANTIZE"
+        s, z = _qparams(self, x, op, "x")
+        if as_qdtype(x.dtype) not in (qint8, quint8):
+            refuse(self, op, f"x must be qint8 or quint8, got {as_qdtype(x.dtype).name}")
+        if self.kernels == "optimized":
+            return te.dequantize_optimized(x.values, float(s), z)
+        return te.dequantize_reference(x.values, float(s), z)

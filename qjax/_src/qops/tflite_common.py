@@ -17,10 +17,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from ..float32 import div_rn
+from ..float32 import div_rn, uncontracted
 from ..rounding import round_float
 
-__all__ = ["ACTIVATIONS", "output_size", "explicit_padding", "activation_range", "apply_activation"]
+__all__ = ["ACTIVATIONS", "output_size", "explicit_padding", "activation_range", "activation_range_xnnpack",
+           "apply_activation"]
 
 #: TFLite's ActivationFunctionType values that int8 kernels fuse (TANH / SIGN_BIT are not fused by them)
 ACTIVATIONS = ("NONE", "RELU", "RELU6", "RELU_N1_TO_1")
@@ -71,3 +72,26 @@ def apply_activation(values, activation: str, scale, zero_point, qmin: int = -12
     """``clamp(values, act_min, act_max)`` (int32 in, int32 out)."""
     lo, hi = activation_range(activation, scale, zero_point, qmin, qmax)
     return jnp.clip(values, lo, hi)
+
+
+def activation_range_xnnpack(activation: str, scale, zero_point, qmin: int = -128, qmax: int = 127):
+    """``(act_min, act_max)`` as the XNNPACK delegate clamps a fused activation (int32 scalars).
+
+    The delegate turns the activation into a float range (``xnnpack_delegate.cc``,
+    ``ConvertActivationToOutputRange``: RELU ``[0, inf]``, RELU6 ``[0, 6]``, RELU_N1_TO_1 ``[-1, 1]``, NONE
+    ``[-inf, inf]``) and XNNPACK quantizes each bound with ``xnn_qs8_quantize`` (``requantization.h``):
+    ``lrintf(clamp(fl32(fl32(f / scale) + zp), qmin, qmax))`` — float32 division and addition, ties to
+    even — where the builtin kernels round ``f / scale`` half away from zero before adding ``zp``."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r}; int8 kernels fuse one of {ACTIVATIONS}")
+    bounds = {"NONE": (-np.inf, np.inf), "RELU": (0.0, np.inf), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0)}
+    zp = jnp.asarray(zero_point, jnp.float32)
+
+    def quantize(f):
+        if np.isinf(f):
+            return jnp.int32(qmin if f < 0 else qmax)
+        v = uncontracted(div_rn(np.float32(f), jnp.asarray(scale, jnp.float32))) + zp
+        return jnp.round(jnp.clip(v, float(qmin), float(qmax))).astype(jnp.int32)
+
+    lo, hi = bounds[activation]
+    return quantize(lo), quantize(hi)

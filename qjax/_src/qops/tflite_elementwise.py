@@ -1,0 +1,367 @@
+"""LiteRT's (TFLite's) int8 ADD / SUB / MUL / QUANTIZE / requantize / DEQUANTIZE, one rule per kernel family.
+
+All checked bit-exactly against ``ai-edge-litert`` 2.3.0 on x86-64 (``tests/engines/test_litert_elementwise.py``,
+``scripts/check_litert_elementwise.py``).  Notation: ``x1 = a - a_zp``, ``x2 = b - b_zp`` (int32),
+``QM(r) = (M, s)`` TFLite's ``QuantizeMultiplier`` of the double ``r`` (``r ~= M * 2**(s-31)``, ``M`` rounded
+half away, :func:`qjax.requant.fixed_point.quantize_multiplier`), ``SRDHM`` gemmlowp's
+SaturatingRoundingDoublingHighMul (``round_half_up(x*M / 2**31)``), ``RDPOT(x, e)`` gemmlowp's
+RoundingDivideByPOT (half away from zero), ``RUP(x, e) = floor((x + 2**(e-1)) / 2**e)`` (NEON ``vrshl``).
+
+**ADD / SUB, builtin kernels** (``kernels/add.cc`` / ``sub.cc`` Prepare, ``PrepareGeneralSubOp``): ``left_shift
+= 20``; with ``t = 2 * max(sa, sb)`` (double of the float32 scales) ``(M1, s1) = QM(sa / t)``, ``(M2, s2) =
+QM(sb / t)``, ``(Mo, so) = QM(t / (2**20 * sy))``.  Each input is scaled to ``y_i`` by one of three paths:
+
+* ``S`` (the scalar loop, ``reference_integer_ops::AddElementwise`` / ``MultiplyByQuantizedMultiplierSmallerThanOneExp``):
+  ``RDPOT(SRDHM(x << 20, M), -s)``;
+* ``E`` (the NEON body of ``optimized_integer_ops::AddElementwiseInt8``, on x86 through NEON_2_SSE):
+  ``SRDHM(x << (20 + s), M)`` (the right shift first, exact, then one rounding);
+* ``B`` (the NEON body of ``AddScalarBroadcast``): ``SRDHM(x << 20, M) >> -s`` (a truncating shift).
+
+then ``y = RDPOT(SRDHM(y1 ± y2, Mo), -so) + y_zp`` (SUB subtracts the scaled inputs; ``reference_ops::Sub``
+is the int8 SUB of both builtin families, so SUB is always ``S``), clamped to the activation range.  The
+reference family is ``S`` everywhere; the optimized family's path depends on the element's position (see
+:func:`optimized_add_paths`).
+
+**ADD / SUB, XNNPACK** (``xnn_init_qs8_add_minmax_scalar_params``, ``qs8-vadd`` microkernels; SUB is
+ADD with ``b``'s scale negated, ``operators/binary-elementwise-nd.c``): ``ra = fl32(sa/sy)``, ``rb =
+fl32(sb/sy)``, ``shift = 20 - exponent(max(|ra|, |rb|))``, ``Ma = lrintf(ra * 2**shift)`` (ties to even),
+``Mb`` likewise (negative for SUB), ``y = ((x1*Ma + x2*Mb + 2**(shift-1)) >> shift) + y_zp`` (int32, one
+rounding, ties toward +inf).
+
+**MUL**: builtin (both families; ``reference_integer_ops::MulElementwise``, the NEON body has the same
+arithmetic): ``(M, s) = QM(sa*sb/sy)``, ``y = RDPOT(SRDHM(x1*x2 << max(s,0), M), max(-s,0)) + y_zp``.
+XNNPACK (``xnn_init_qs8_mul_minmax_scalar_params``, ``qs8-vmul-minmax-fp32``): ``y = rint(fl32(float(x1*x2)
+* fl32(fl32(sa*sb)/sy))) + y_zp`` (ties to even).
+
+**QUANTIZE float32 -> int8/uint8**: reference (``reference_ops::AffineQuantize``): ``round_half_away(fl32(x /
+s)) + zp``; optimized (``optimized_ops::AffineQuantize``): blocks of 8 (NEON body) ``rint(fl32(x *
+fl32(1.0 / (double)s))) + zp``, the tail ``round_half_away(x / (double)s) + zp``; XNNPACK (``f32-qs8-vcvt``,
+``xnn_init_f32_qs8_cvt_scalar_params``): ``rint(min(fl32(x * fl32(1.0f / s)), 32767)) + zp``.  All clamp.
+
+**QUANTIZE int8/uint8 -> int8/uint8 (requantize)**: builtin ``(M, s) = QM(si/so)``; reference
+(``reference_ops::Requantize``): ``RDPOT(SRDHM(x1 << max(s,0), M), max(-s,0)) + zo``; optimized: the NEON body
+(blocks of 16, ``MultiplyByQuantizedMultiplier4Rows``) ``RUP(SRDHM(x1 << max(s,0), M), max(-s,0)) + zo``, the
+tail as reference.  XNNPACK (``qs8-vcvt``, ``xnn_init_qs8_cvt_scalar_params``): ``M = lrintf(256 *
+fl32(si/so))``, ``y = ((x1*M + 128) >> 8) + zo``.
+
+**DEQUANTIZE**: reference and XNNPACK: ``fl32(float(x - zp) * s)`` (``reference_ops::Dequantize`` computes
+``(double)s * (x - zp)``, an exact product, rounded once to float32); optimized (``optimized_ops::Dequantize``,
+NEON body, blocks of 8, ``ScaleWithNewZeroPoint`` without FMA): ``fl32(fl32(float(x) * s) + fl32(-zp * s))``
+— two roundings, so it differs from reference by one ulp on many outputs; the tail is reference's.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ..float32 import div_rn, fma, mul_rn, uncontracted
+from ..requant.fixed_point import quantize_multiplier, rounding_divide_by_pot, srdhm
+
+__all__ = [
+    "builtin_multiplier",
+    "add_params_builtin",
+    "add_params_xnnpack",
+    "optimized_add_paths",
+    "block_body_mask",
+    "add_builtin",
+    "add_xnnpack",
+    "mul_builtin",
+    "mul_xnnpack",
+    "quantize_reference",
+    "quantize_optimized",
+    "quantize_xnnpack",
+    "requantize_builtin",
+    "requantize_xnnpack",
+    "dequantize_reference",
+    "dequantize_optimized",
+    "PATH_SCALAR",
+    "PATH_ELEMENTWISE",
+    "PATH_SCALAR_BROADCAST",
+]
+
+#: the three ways TFLite's int8 ADD scales an input (see the module doc)
+PATH_SCALAR, PATH_ELEMENTWISE, PATH_SCALAR_BROADCAST = 0, 1, 2
+
+
+# ---------------------------------------------------------------- host-side parameter derivation (Prepare)
+
+def builtin_multiplier(real: float):
+    """TFLite ``QuantizeMultiplier(double)``: ``(M, shift)`` Python ints; ``(0, 0)`` below ``2**-31``."""
+    real = float(real)
+    if real == 0.0:
+        return 0, 0
+    m, s = quantize_multiplier(np.float64(real))
+    m, s = int(m), int(s)
+    if s < -31:  # quantization_util.cc: a multiplier this small is flushed to zero
+        return 0, 0
+    return m, s
+
+
+def add_params_builtin(sa, sb, sy):
+    """``((M1, s1), (M2, s2), (Mo, so))`` of ``add.cc`` / ``PrepareGeneralSubOp`` (int8, ``left_shift = 20``)."""
+    sa, sb, sy = (float(np.float32(v)) for v in (sa, sb, sy))
+    twice = 2.0 * max(sa, sb)
+    return builtin_multiplier(sa / twice), builtin_multiplier(sb / twice), builtin_multiplier(twice / ((1 << 20) * sy))
+
+
+def add_params_xnnpack(sa, sb, sy, sign_b: int = 1):
+    """``(Ma, Mb, shift)`` of ``xnn_init_qs8_add_minmax_scalar_params`` (``sign_b = -1`` for SUB).
+
+    Raises ValueError outside XNNPACK's range (the delegate leaves such nodes to the builtin kernels)."""
+    ra = np.float32(sa) / np.float32(sy)
+    rb = np.float32(np.float32(sb) * np.float32(sign_b)) / np.float32(sy)
+    big = max(abs(ra), abs(rb))
+    for r in (ra, rb):
+        if not (2.0**-10 <= abs(float(r)) < 2.0**8):
+            raise ValueError(f"input/output scale ratio {float(abs(r))!r} outside XNNPACK's [2**-10, 2**8)")
+    exponent = int((np.float32(big).view(np.uint32) >> 23)) - 127
+    shift = 20 - exponent
+    ma = int(np.rint(np.float32(abs(ra)) * np.float32(2.0**shift)))  # exact scaling, then lrintf (ties even)
+    mb = int(np.rint(np.float32(abs(rb)) * np.float32(2.0**shift)))
+    return (-ma if ra < 0 else ma), (-mb if rb < 0 else mb), shift
+
+
+def optimized_add_paths(shape_a, shape_b) -> np.ndarray:
+    """Which path (``PATH_*``) the optimized int8 ADD takes for each output element (numpy int8, output shape).
+
+    Emulates ``ProcessBroadcastShapes`` and ``BinaryBroadcastFiveFold`` (``optimized_ops.h``): no broadcast —
+    one ``AddElementwiseInt8`` call over the flat tensor (NEON body on the first ``16 * (n // 16)``
+    elements); a fivefold broadcast with an inner extent ``y4 > 1`` — ``AddElementwiseInt8`` on each run of
+    ``y4`` output elements; ``y4 == 1`` — ``AddScalarBroadcast`` on runs of ``y3`` (NEON body in blocks of 8);
+    any other broadcast — ``BroadcastAdd6DSlow`` (scalar)."""
+    shape_a, shape_b = tuple(shape_a), tuple(shape_b)
+    out_shape = np.broadcast_shapes(shape_a, shape_b)
+    n = int(np.prod(out_shape, dtype=np.int64))
+    dims = max(len(shape_a), len(shape_b))
+    ea = (1,) * (dims - len(shape_a)) + shape_a
+    eb = (1,) * (dims - len(shape_b)) + shape_b
+
+    def runs(run, block, path):
+        pos = np.arange(n) % run if run > 0 else np.zeros(n, np.int64)
+        return np.where(pos < (run // block) * block, path, PATH_SCALAR).astype(np.int8).reshape(out_shape)
+
+    if ea == eb:
+        return runs(n, 16, PATH_ELEMENTWISE)
+    category = None
+    for i in range(dims - 1, -1, -1):
+        if ea[i] == eb[i]:
+            continue
+        if ea[i] == 1:
+            category = "first"
+        elif eb[i] == 1:
+            category = "second"
+        break
+    if category is None:
+        return np.zeros(out_shape, np.int8)
+    sa, sb = (ea, eb) if category == "first" else (eb, ea)
+    y = [1, 1, 1, 1, 1]
+    i = dims - 1
+    while i >= 0 and sa[i] == sb[i]:
+        y[4] *= sb[i]
+        i -= 1
+    while i >= 0 and sa[i] == 1:
+        y[3] *= sb[i]
+        i -= 1
+    while i >= 0 and sa[i] == sb[i]:
+        y[2] *= sa[i]
+        i -= 1
+    while i >= 0 and sb[i] == 1:
+        y[1] *= sa[i]
+        i -= 1
+    while i >= 0 and sa[i] == sb[i]:
+        y[0] *= sb[i]
+        i -= 1
+    if i >= 0:  # kGenericBroadcast: reference_integer_ops::BroadcastAdd6DSlow
+        return np.zeros(out_shape, np.int8)
+    if y[4] > 1:
+        return runs(y[4], 16, PATH_ELEMENTWISE)
+    return runs(y[3], 8, PATH_SCALAR_BROADCAST)
+
+
+def block_body_mask(shape, block: int) -> np.ndarray:
+    """True on the elements a NEON body loop of ``block`` elements covers (the first ``block * (n // block)``
+    of the flat tensor), False on the scalar tail."""
+    n = int(np.prod(shape, dtype=np.int64))
+    return (np.arange(n) < (n // block) * block).reshape(shape)
+
+
+# ---------------------------------------------------------------- integer helpers
+
+def _shift_left(x, e: int):
+    """``x * 2**e`` for ``e >= 0``, ``floor(x / 2**-e)`` for ``e < 0`` (NEON ``vshl`` by a signed count)."""
+    return jnp.left_shift(x, jnp.int32(e)) if e >= 0 else jnp.right_shift(x, jnp.int32(-e))
+
+
+def _round_up_shift(x, e: int):
+    """NEON ``vrshl`` by ``-e``: ``floor((x + 2**(e-1)) / 2**e)`` (int32 values far from overflow here)."""
+    if e <= 0:
+        return x
+    return jnp.right_shift(x + jnp.int32(1 << (e - 1)), jnp.int32(e))
+
+
+def _wrap16(x):
+    return lax.convert_element_type(lax.convert_element_type(x, jnp.int16), jnp.int32)
+
+
+# ---------------------------------------------------------------- ADD / SUB / MUL
+
+@functools.partial(jax.jit, static_argnames=("params", "out_zp", "lo", "hi", "subtract", "optimized"))
+def add_builtin(a, b, za, zb, params, out_zp, lo, hi, subtract: bool = False, optimized: bool = False):
+    """The builtin int8 ADD / SUB (see the module doc) of int8 ``a``, ``b`` (numpy broadcasting) with zero
+    points ``za``, ``zb``; ``params`` from :func:`add_params_builtin`; ``optimized``: the optimized kernels'
+    per-position paths (:func:`optimized_add_paths`), else ``S`` everywhere; int32 clamped to ``[lo, hi]``."""
+    (m1, s1), (m2, s2), (mo, so) = params
+    shape = jnp.broadcast_shapes(a.shape, b.shape)
+    paths = jnp.asarray(optimized_add_paths(a.shape, b.shape)) if optimized else None
+    x1 = jnp.broadcast_to(a.astype(jnp.int32) - za, shape)
+    x2 = jnp.broadcast_to(b.astype(jnp.int32) - zb, shape)
+
+    def scaled(x, m, s):
+        plain = rounding_divide_by_pot(srdhm(jnp.left_shift(x, 20), m), -s)
+        if paths is None:
+            return plain
+        elementwise = srdhm(_shift_left(x, 20 + s), m)
+        broadcast = jnp.right_shift(srdhm(jnp.left_shift(x, 20), m), jnp.int32(-s))
+        return jnp.where(paths == PATH_ELEMENTWISE, elementwise,
+                         jnp.where(paths == PATH_SCALAR_BROADCAST, broadcast, plain))
+
+    y1, y2 = scaled(x1, m1, s1), scaled(x2, m2, s2)
+    raw = rounding_divide_by_pot(srdhm(y1 - y2 if subtract else y1 + y2, mo), -so)
+    out = raw + jnp.int32(out_zp)
+    if paths is not None:
+        # the NEON bodies narrow to int16 (vmovn, wrapping), add the offset in int16, then saturate
+        vec = jnp.clip(_wrap16(_wrap16(raw) + jnp.int32(out_zp)), -128, 127)
+        out = jnp.where(paths == PATH_SCALAR, out, vec)
+    return jnp.clip(out, lo, hi)
+
+
+def _broadcast_offsets(a, b, za, zb):
+    shape = jnp.broadcast_shapes(a.shape, b.shape)
+    return (jnp.broadcast_to(a.astype(jnp.int32) - za, shape), jnp.broadcast_to(b.astype(jnp.int32) - zb, shape))
+
+
+@functools.partial(jax.jit, static_argnames=("params", "out_zp", "lo", "hi"))
+def add_xnnpack(a, b, za, zb, params, out_zp, lo, hi):
+    """XNNPACK's qs8 ADD / SUB (``params`` from :func:`add_params_xnnpack`), int32 clamped to ``[lo, hi]``."""
+    ma, mb, shift = params
+    x1, x2 = _broadcast_offsets(a, b, za, zb)
+    acc = x1 * jnp.int32(ma) + x2 * jnp.int32(mb) + jnp.int32(1 << (shift - 1))
+    return jnp.clip(jnp.right_shift(acc, jnp.int32(shift)) + jnp.int32(out_zp), lo, hi)
+
+
+@functools.partial(jax.jit, static_argnames=("multiplier", "out_zp", "lo", "hi"))
+def mul_builtin(a, b, za, zb, multiplier, out_zp, lo, hi):
+    """The builtin int8 MUL: ``multiplier = (M, s)`` from :func:`builtin_multiplier` of ``sa*sb/sy``."""
+    m, s = multiplier
+    x1, x2 = _broadcast_offsets(a, b, za, zb)
+    p = jnp.left_shift(x1 * x2, jnp.int32(max(s, 0)))
+    return jnp.clip(rounding_divide_by_pot(srdhm(p, m), max(-s, 0)) + jnp.int32(out_zp), lo, hi)
+
+
+@functools.partial(jax.jit, static_argnames=("scale", "out_zp", "lo", "hi"))
+def mul_xnnpack(a, b, za, zb, scale, out_zp, lo, hi):
+    """XNNPACK's qs8 MUL (fp32 requantization); ``scale = fl32(fl32(sa*sb)/sy)`` (a float32-valued float)."""
+    x1, x2 = _broadcast_offsets(a, b, za, zb)
+    acc = (x1 * x2).astype(jnp.float32)  # |x1*x2| <= 255**2: exact
+    r = jnp.round(mul_rn(acc, jnp.float32(scale)))  # cvtps2dq: ties to even
+    return jnp.clip(r.astype(jnp.int32) + jnp.int32(out_zp), lo, hi)
+
+
+# ---------------------------------------------------------------- QUANTIZE / requantize / DEQUANTIZE
+
+_TWO31 = 2.0**31
+
+
+def _to_int32_x86(r):
+    """``static_cast<int32_t>`` / ``cvt(t)ps2dq`` of integral float32 ``r``: out of range or NaN -> INT32_MIN."""
+    ok = jnp.abs(r) < _TWO31
+    return jnp.where(ok, jnp.where(ok, r, 0.0).astype(jnp.int32), jnp.int32(-(2**31)))
+
+
+def _round_half_away(q):
+    t = jnp.trunc(q)
+    return t + jnp.where(jnp.abs(q - t) >= 0.5, jnp.sign(q), 0.0)
+
+
+def _round_half_away_exact_quotient(x, s):
+    """``round_half_away(x / s)`` of the exact quotient (as ``TfLiteRound(x / (double)s)`` computes it).
+
+    ``q = fl32(x/s)``; a half-integer ``q`` (float32 represents them all in range) is the exact quotient
+    only if ``fma(q, s, -x) == 0``; otherwise the quotient lies on the side the residual's sign says, and
+    every other ``q`` rounds like the exact quotient (the midpoints between are representable)."""
+    q = div_rn(x, s)
+    frac = q - jnp.floor(q)
+    half = frac == 0.5
+    resid = fma(q, jnp.broadcast_to(s, q.shape), -x)  # q*s - x, correctly rounded: its sign is exact
+    below = resid > 0  # exact quotient < q
+    inexact_half = half & (resid != 0)
+    return jnp.where(inexact_half, jnp.where(below, q - 0.5, q + 0.5), _round_half_away(q))
+
+
+@functools.partial(jax.jit, static_argnames=("scale", "zp", "qmin", "qmax"))
+def quantize_reference(x, scale, zp, qmin, qmax):
+    """``reference_ops::AffineQuantize``: ``round_half_away(fl32(x / s)) + zp`` clamped (int32)."""
+    r = _round_half_away(div_rn(jnp.asarray(x, jnp.float32), jnp.float32(scale)))
+    return jnp.clip(_to_int32_x86(r) + jnp.int32(zp), qmin, qmax)
+
+
+@functools.partial(jax.jit, static_argnames=("scale", "zp", "qmin", "qmax"))
+def quantize_optimized(x, scale, zp, qmin, qmax):
+    """``optimized_ops::AffineQuantize``: NEON body (blocks of 8) and scalar tail (see the module doc)."""
+    x = jnp.asarray(x, jnp.float32)
+    inv = np.float32(1.0 / float(np.float32(scale)))  # vdupq_n_f32(1.0f / scale): a double quotient, cast
+    body = _to_int32_x86(jnp.round(mul_rn(x, inv))) + jnp.int32(zp)  # vcvtnq (cvtps2dq): ties to even
+    tail = _to_int32_x86(_round_half_away_exact_quotient(x, jnp.float32(scale))) + jnp.int32(zp)
+    mask = block_body_mask(x.shape, 8)
+    return jnp.clip(jnp.where(mask, body, tail), qmin, qmax)
+
+
+@functools.partial(jax.jit, static_argnames=("scale", "zp", "qmin", "qmax"))
+def quantize_xnnpack(x, scale, zp, qmin, qmax):
+    """XNNPACK ``f32-qs8-vcvt`` / ``f32-qu8-vcvt``: ``rint(min(fl32(x * fl32(1/s)), 32767)) + zp``, saturated."""
+    inv = div_rn(jnp.float32(1.0), jnp.float32(scale))
+    v = mul_rn(jnp.asarray(x, jnp.float32), inv)
+    v = jnp.where(jnp.isnan(v) | (v > 32767.0), 32767.0, v)  # min_ps(v, INT16_MAX) returns the bound for NaN
+    r = jnp.clip(jnp.round(v), -32768.0, 32767.0).astype(jnp.int32)  # cvtps2dq, then packs (int16 saturation)
+    return jnp.clip(r + jnp.int32(zp), qmin, qmax)
+
+
+@functools.partial(jax.jit, static_argnames=("multiplier", "out_zp", "qmin", "qmax", "optimized"))
+def requantize_builtin(x1, multiplier, out_zp, qmin, qmax, optimized: bool = False):
+    """``reference_ops::Requantize`` (``optimized=False``) or ``optimized_ops::Requantize`` (NEON body on
+    blocks of 16 rounds its shift half up, ``vrshl``): ``x1 = x - x_zp`` int32, ``multiplier = (M, s)``."""
+    m, s = multiplier
+    hi = srdhm(jnp.left_shift(x1, jnp.int32(max(s, 0))), m)
+    out = rounding_divide_by_pot(hi, max(-s, 0))
+    if optimized:
+        out = jnp.where(block_body_mask(x1.shape, 16), _round_up_shift(hi, max(-s, 0)), out)
+    return jnp.clip(out + jnp.int32(out_zp), qmin, qmax)
+
+
+@functools.partial(jax.jit, static_argnames=("multiplier", "out_zp", "qmin", "qmax"))
+def requantize_xnnpack(x1, multiplier: int, out_zp, qmin, qmax):
+    """XNNPACK ``qs8-vcvt`` / ``qu8-vcvt``: ``((x1 * M + 128) >> 8) + zo`` saturated (``M = lrintf(256 * fl32(si/so))``)."""
+    acc = x1 * jnp.int32(multiplier) + jnp.int32(128)
+    return jnp.clip(jnp.right_shift(acc, 8) + jnp.int32(out_zp), qmin, qmax)
+
+
+@functools.partial(jax.jit, static_argnames=("scale", "zp"))
+def dequantize_reference(v, scale, zp):
+    """``fl32((x - zp) * s)``: reference (``reference_ops::Dequantize``) and XNNPACK (``qs8-f32-vcvt``)."""
+    return mul_rn((jnp.asarray(v, jnp.int32) - jnp.int32(zp)).astype(jnp.float32), jnp.float32(scale))
+
+
+@functools.partial(jax.jit, static_argnames=("scale", "zp"))
+def dequantize_optimized(v, scale, zp):
+    """``optimized_ops::Dequantize``: ``fl32(fl32(x * s) + fl32(-zp * s))`` on the NEON body (blocks of 8),
+    reference on the tail."""
+    v = jnp.asarray(v, jnp.int32)
+    s = jnp.float32(scale)
+    offset = mul_rn(jnp.float32(-1.0) * jnp.asarray(zp, jnp.int32).astype(jnp.float32), s)  # exact, rounded once
+    body = uncontracted(mul_rn(v.astype(jnp.float32), s)) + offset
+    return jnp.where(block_body_mask(v.shape, 8), body, dequantize_reference(v, scale, zp))
