@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tflite_models import TFLiteBuilder, schema
+from ..tflite_models import TFLiteBuilder, schema
 
 import qjax
 from qjax._src.engines.base import ConvGeometry
@@ -105,9 +105,13 @@ def _log_uniform(rng, lo, hi, size=None):
     return np.exp(rng.uniform(np.log(lo), np.log(hi), size)).astype(np.float32)
 
 
-def make_case(rng, op, *, shape=None, ties: bool = False, activation=None, per_channel=None) -> dict:
+def make_case(rng, op, *, shape=None, ties: bool = False, activation=None, per_channel=None,
+              clamp_ties: bool = False) -> dict:
     """A random case; ``shape`` fixes the geometry (a dict of the keys below), ``ties`` picks power-of-two
-    scales whose effective scale ``2**-k`` or ``3 * 2**-k`` makes many accumulators exact ties."""
+    scales whose effective scale ``2**-k`` or ``3 * 2**-k`` makes many accumulators exact ties;
+    ``clamp_ties`` makes the fused activation's float bound an exact tie in output units (RELU6 with
+    ``sy = 4``: ``6 / sy = 1.5``; RELU_N1_TO_1 with ``sy = 2``: ``±1 / sy = ±0.5``), where the builtin
+    kernels round half away and XNNPACK to even."""
     g = dict(shape or {})
     if op == "fc":
         g.setdefault("n", int(rng.integers(1, 5)))
@@ -131,6 +135,7 @@ def make_case(rng, op, *, shape=None, ties: bool = False, activation=None, per_c
             g.setdefault("c", int(rng.integers(1, 12)))
             g.setdefault("o", int(rng.integers(1, 12)))
             g.setdefault("groups", 1)
+            g["c"], g["o"] = (-(-g[d] // g["groups"]) * g["groups"] for d in ("c", "o"))  # multiples of groups
             o = g["o"]
     per_channel = bool(rng.integers(0, 2)) if per_channel is None else per_channel
     nsw = o if per_channel else 1
@@ -146,6 +151,12 @@ def make_case(rng, op, *, shape=None, ties: bool = False, activation=None, per_c
         sw = _log_uniform(rng, 0.0005, 0.05, nsw)
         sy = np.float32(sx * np.median(sw) * float(_log_uniform(rng, 2, 2000)))
         amp_x, amp_w, amp_b = 128, 128, 3000
+    if clamp_ties:
+        ties = True
+        activation = str(rng.choice(["RELU6", "RELU_N1_TO_1"]))
+        sx = np.float32(2.0**-3)
+        sw = ((rng.integers(0, 2, nsw) * 2 + 1) * 2.0 ** -rng.integers(3, 5, nsw)).astype(np.float32)
+        sy = np.float32(4.0 if activation == "RELU6" else 2.0)
     zx = int(rng.integers(-128, 128)) if not ties else int(rng.integers(-4, 5))
     zy = int(rng.integers(-128, 128)) if not ties else int(rng.integers(-20, 21))
     act = activation or str(rng.choice(ACTIVATIONS))
@@ -165,3 +176,89 @@ def make_case(rng, op, *, shape=None, ties: bool = False, activation=None, per_c
     case.update(sx=np.float32(sx), sw=np.asarray(sw, np.float32).reshape(-1), sy=np.float32(sy), zx=zx, zy=zy,
                 bias=rng.integers(-amp_b, amp_b + 1, o).astype(np.int32), activation=act)
     return case
+
+
+def fc_rounding_case(a: int = 63) -> dict:
+    """FULLY_CONNECTED with ``sx = 1``, ``sw_c = (2k+1) * 2**-12`` (``k < a``), ``sy = a * 2**-11`` and ``acc = ±a``
+    (odd ``a``): the exact ``acc * sw_c / sy`` is the tie ``±(k + 1/2)``, but the double ``M_c = RN64((2k+1) / 2a)``
+    is not exact, so ``double(acc) * M_c`` lands a hair off the tie — or, rounded to double, back on it."""
+    ks = np.arange(a)
+    x = np.array([[a], [-a]], np.int8)
+    return dict(op="fc", x=x, w=np.ones((len(ks), 1), np.int8), sx=np.float32(1.0),
+                sw=((2 * ks + 1) * 2.0**-12).astype(np.float32), sy=np.float32(a * 2.0**-11), zx=0, zy=0,
+                bias=np.zeros(len(ks), np.int32), activation="NONE")
+
+
+def accumulators(case) -> np.ndarray:
+    """``sum (x - zx) * w + bias`` in numpy int64 (``(N, OH, OW, O)`` or ``(N, O)``), independent of qjax."""
+    x = case["x"].astype(np.int64) - case["zx"]
+    w = case["w"].astype(np.int64)
+    if case["op"] == "fc":
+        return x @ w.T + case["bias"]
+    n, h, wd, c = x.shape
+    (kh, kw), (sh, sw), (dh, dw) = case["kernel"], case["stride"], case["dilation"]
+    (pt, pb), (pl, pr) = explicit_padding(case["padding"], (h, wd), (kh, kw), (sh, sw), (dh, dw))
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # zero = the zero point's contribution
+    oh, ow = _out_shape(case)[1:3]
+    if case["op"] == "dw":
+        m = w.shape[-1] // c
+        xp = np.repeat(xp, m, axis=-1)  # output channel c*M + j reads input channel c
+    acc = np.zeros(_out_shape(case), np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw, :]
+            if case["op"] == "dw":
+                acc += patch * w[0, i, j, :]
+            else:
+                groups = c // w.shape[-1]
+                cg, og = c // groups, w.shape[0] // groups
+                for g in range(groups):
+                    acc[..., g * og:(g + 1) * og] += patch[..., g * cg:(g + 1) * cg] @ w[g * og:(g + 1) * og, i, j, :].T
+    return acc + case["bias"]
+
+
+# -- numpy (int64 / float32) references of the candidate rules, independent of qjax ----------------------------
+
+def np_gemmlowp(acc, m0, shift):
+    """MultiplyByQuantizedMultiplier: SRDHM (nudge, truncating division) then RoundingDivideByPOT (half away)."""
+    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
+    x = (np.asarray(acc, np.int64) << left).astype(np.int32).astype(np.int64)  # the int32 left shift wraps
+    ab = x * np.asarray(m0, np.int64)
+    s = ab + np.where(ab >= 0, 2**30, 1 - 2**30)
+    v = np.where(s >= 0, s >> 31, -((-s) >> 31))
+    mask = (np.int64(1) << right) - 1
+    return (v >> right) + ((v & mask) > (mask >> 1) + (v < 0))
+
+
+def np_half_up(acc, m0, shift):
+    """Both roundings half up: ``floor((a*b + 2**30) / 2**31)`` then ``floor((v + 2**(e-1)) / 2**e)``."""
+    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
+    x = (np.asarray(acc, np.int64) << left).astype(np.int32).astype(np.int64)
+    v = (x * np.asarray(m0, np.int64) + 2**30) >> 31
+    return np.where(right > 0, (v + ((np.int64(1) << right) >> 1)) >> right, v)
+
+
+def np_xnnpack(acc, scale):
+    return np.rint(np.asarray(acc, np.int64).astype(np.float32) * np.asarray(scale, np.float32)).astype(np.int64)
+
+
+_ACT = {"NONE": (None, None), "RELU": (0.0, None), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0)}
+
+
+def np_clamp_bounds(activation, sy, zy, xnnpack: bool):
+    """The builtin kernels' bounds ``zy + round_half_away(f / sy)``, or XNNPACK's ``lrintf(f / sy + zy)``."""
+    out = []
+    for f, default in zip(_ACT[activation], (-128, 127)):
+        if f is None:
+            out.append(default)
+            continue
+        q = np.float32(f) / np.float32(sy)
+        v = np.rint(np.float32(q + np.float32(zy))) if xnnpack else zy + np.sign(q) * np.floor(abs(q) + 0.5)
+        out.append(int(np.clip(v, -128, 127)))
+    return tuple(out)
+
+
+def np_output(case, requant, *params, xnnpack_clamp: bool = False):
+    """The case's output under a candidate requantization ``requant(acc, *params)`` and clamp."""
+    lo, hi = np_clamp_bounds(case["activation"], case["sy"], case["zy"], xnnpack_clamp)
+    return np.clip(requant(accumulators(case), *params) + case["zy"], lo, hi)

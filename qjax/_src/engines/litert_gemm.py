@@ -16,9 +16,9 @@ optimized     both roundings half up (ruy);           half up; per-tensor weight
 xnnpack       ``rint(fl32(fl32(acc) * fl32(fl32(sx*sw_c)/sy)))``, clamp bounds rounded to even
 ============  ======================================  ==========================================
 
-with ``M_c = double(sx) * double(sw_c) / double(sy)``.  The scales must be concrete (the kernels derive
-their multipliers at Prepare time; :func:`qjax.from_tflite` passes concrete qparams); the values may be
-traced.  The arithmetic is jitted with the geometry static.
+with ``M_c = double(sx) * double(sw_c) / double(sy)``.  The kernels derive their multipliers at Prepare
+time: here on the host from concrete scales (checked), or in the graph from traced ones (the same integers;
+:func:`qjax._src.requant.tflite.requant_params`).  The arithmetic is jitted with the geometry static.
 """
 
 from __future__ import annotations
@@ -35,48 +35,30 @@ from ..dtypes import qint8
 from ..kernels.conv import conv_accumulate
 from ..kernels.linear import linear_accumulate
 from ..qarray import QArray
-from ..qops.tflite_common import apply_activation
+from ..qops.tflite_common import activation_range
 from ..requant import tflite as rq
 from .base import refuse
 
-__all__ = ["LiteRTGemm", "requant_params"]
+__all__ = ["LiteRTGemm", "output_range"]
 
 _I32 = jnp.int32
 
 
-def _concrete(v, what: str, op: str) -> np.ndarray:
-    if not is_concrete(v):
-        raise ValueError(f"{op}: {what} must be concrete (LiteRT derives its multipliers from the scales at "
-                         "Prepare time); pass concrete qparams")
-    return np.asarray(jax.device_get(v))
+_RULES = {"reference": rq.requantize_reference, "half_up": rq.requantize_half_up,
+          "optimized_depthwise": rq.requantize_optimized_depthwise, "double_float": rq.requantize_double_float,
+          "xnnpack": rq.requantize_xnnpack_fp32}
 
 
-def requant_params(kernels: str, op: str, x_scale, w_scale, out_scale, n: int, groups: int = 1):
-    """``(rule, params)``: the requantization rule of :mod:`~qjax._src.requant.tflite` the ``kernels`` family
-    applies to ``op`` ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and its per-channel ``(n,)``
-    parameters, derived on the host as the kernel's Prepare does."""
-    sw = np.asarray(w_scale, np.float32).reshape(-1)
-    per_tensor = sw.size == 1  # TFLite: per channel iff the filter has more than one scale
-    if kernels == "xnnpack":
-        return "xnnpack", (rq.xnnpack_scales(x_scale, sw, out_scale, n),)
-    if kernels == "reference" and op == "FULLY_CONNECTED":
-        return "double_float", rq.fc_reference_scales(rq.effective_scales(x_scale, sw, out_scale, n))
-    # GetQuantizedConvolutionMultipler (a float32 product) for per-tensor FULLY_CONNECTED only
-    float_product = op == "FULLY_CONNECTED" and per_tensor
-    params = rq.fixed_point_multipliers(rq.effective_scales(x_scale, sw, out_scale, n, float_product))
-    if kernels == "reference" or (op == "CONV_2D" and groups != 1):  # conv.cc: grouped conv -> kReference
-        return "reference", params
-    return ("optimized_depthwise" if op == "DEPTHWISE_CONV_2D" else "half_up"), params
-
-
-def _requantize(acc, rule, params, sy, zy, activation):
+def output_range(rule: str, activation: str, out_scale, out_zero_point):
+    """``(lo, hi)`` int32: the fused activation's clamp as the rule's kernels compute it (XNNPACK rounds the
+    float bounds to even, the builtin kernels half away: ``qops.tflite_common.activation_range``)."""
     if rule == "xnnpack":
-        lo, hi = rq.xnnpack_output_range(activation, sy, zy)
-        return jnp.clip(rq.requantize_xnnpack_fp32(acc, params[0]) + zy, lo, hi)
-    fn = {"reference": rq.requantize_reference, "half_up": rq.requantize_half_up,
-          "optimized_depthwise": rq.requantize_optimized_depthwise,
-          "double_float": rq.requantize_double_float}[rule]
-    return apply_activation(fn(acc, *params) + zy, activation, sy, zy)
+        return rq.xnnpack_output_range(activation, out_scale, out_zero_point)
+    return activation_range(activation, out_scale, out_zero_point)
+
+
+def _requantize(acc, rule, params, zy, lo, hi):
+    return jnp.clip(_RULES[rule](acc, *params) + zy, lo, hi)
 
 
 def _signed_to_offset(xv, zx):
@@ -84,18 +66,18 @@ def _signed_to_offset(xv, zx):
     return lax.bitcast_convert_type(xv, jnp.uint8) ^ jnp.uint8(0x80), jnp.asarray(zx, _I32) + 128
 
 
-@functools.partial(jax.jit, static_argnames=("rule", "strides", "padding", "dilation", "groups", "activation"))
-def _conv_int8(xv, zx, wv, bias, params, sy, zy, *, rule, strides, padding, dilation, groups, activation):
+@functools.partial(jax.jit, static_argnames=("rule", "strides", "padding", "dilation", "groups"))
+def _conv_int8(xv, zx, wv, bias, params, zy, lo, hi, *, rule, strides, padding, dilation, groups):
     xu, zu = _signed_to_offset(xv, zx)
     acc = conv_accumulate(xu, zu, wv, 0, strides=strides, padding=padding, dilation=dilation, groups=groups)
-    return _requantize(acc + bias, rule, params, sy, zy, activation).astype(jnp.int8)
+    return _requantize(acc + bias, rule, params, zy, lo, hi).astype(jnp.int8)
 
 
-@functools.partial(jax.jit, static_argnames=("rule", "activation"))
-def _fc_int8(xv, zx, wv, bias, params, sy, zy, *, rule, activation):
+@functools.partial(jax.jit, static_argnames=("rule",))
+def _fc_int8(xv, zx, wv, bias, params, zy, lo, hi, *, rule):
     xu, zu = _signed_to_offset(xv, zx)
     acc = linear_accumulate(xu, zu, wv, 0)
-    return _requantize(acc + bias, rule, params, sy, zy, activation).astype(jnp.int8)
+    return _requantize(acc + bias, rule, params, zy, lo, hi).astype(jnp.int8)
 
 
 def _check_operands(op, x, w, bias, n, w_axis):
@@ -106,7 +88,7 @@ def _check_operands(op, x, w, bias, n, w_axis):
         raise ValueError(f"{op}: x must be quantized per tensor")
     if w.per_channel and w.axis != w_axis:
         raise ValueError(f"{op}: per-channel weights must be quantized along axis {w_axis}, got axis={w.axis}")
-    if np.any(_concrete(w.zero_point, "w.zero_point", op) != 0):
+    if is_concrete(w.zero_point) and np.any(np.asarray(w.zero_point) != 0):
         raise ValueError(f"{op}: int8 weights must be symmetric (zero point 0), as LiteRT's int8 kernels require")
     if bias is None:
         return jnp.zeros((n,), _I32)
@@ -116,8 +98,14 @@ def _check_operands(op, x, w, bias, n, w_axis):
     return bias
 
 
+def _scale(v):
+    """A float32 scale: numpy when concrete (derived on the host), else the tracer."""
+    return np.float32(np.asarray(v)) if is_concrete(v) else jnp.asarray(v, jnp.float32)
+
+
 def _output(values, out_scale, out_zero_point):
-    return QArray(values, jnp.float32(out_scale), jnp.int32(out_zero_point), qint8, check=False)
+    return QArray(values, jnp.asarray(out_scale, jnp.float32), jnp.asarray(out_zero_point, jnp.int32), qint8,
+                  check=False)
 
 
 class LiteRTGemm:
@@ -126,15 +114,13 @@ class LiteRTGemm:
     def _tfl_conv(self, op, x, w, bias, out_scale, out_zero_point, geometry, activation):
         n = w.shape[-1]
         bias = _check_operands(op, x, w, bias, n, 3)
-        sx = _concrete(x.scale, "x.scale", op)
-        sy = _concrete(out_scale, "out_scale", op)
-        sw = _concrete(w.scale, "w.scale", op)
-        rule, params = requant_params(self.kernels, op, sx, sw, sy, n, geometry.groups)
+        sy = _scale(out_scale)
+        rule, params = rq.requant_params(self.kernels, op, x.scale, w.scale, sy, n, geometry.groups)
+        lo, hi = output_range(rule, activation, sy, out_zero_point)
         values = _conv_int8(x.values, x.zero_point, w.values, bias, tuple(jnp.asarray(p) for p in params),
-                            jnp.float32(sy), jnp.int32(out_zero_point), rule=rule,
+                            jnp.asarray(out_zero_point, _I32), lo, hi, rule=rule,
                             strides=tuple(geometry.strides), padding=tuple(map(tuple, geometry.padding)),
-                            dilation=tuple(geometry.dilation), groups=int(geometry.groups),
-                            activation=activation)
+                            dilation=tuple(geometry.dilation), groups=int(geometry.groups))
         return _output(values, sy, out_zero_point)
 
     def tfl_conv(self, x, w, bias, out_scale, out_zero_point, geometry, activation="NONE"):
@@ -142,9 +128,9 @@ class LiteRTGemm:
         (HWIO) per channel (``axis=3``) or per tensor; ``bias`` int32 ``(O,)`` (scale ``x.scale * w.scale``)
         or None; ``geometry`` a :class:`~qjax.engines.ConvGeometry` with explicit padding; ``activation``
         one of ``qops.tflite_common.ACTIVATIONS`` -> QArray qint8 ``(N, OH, OW, O)``."""
-        if w.ndim != 4 or x.ndim != 4 or x.shape[-1] != w.shape[2] * geometry.groups:
+        if w.ndim != 4 or x.ndim != 4 or x.shape[-1] != w.shape[2] * geometry.groups or w.shape[3] % geometry.groups:
             raise ValueError(f"CONV_2D: x {tuple(x.shape)} (NHWC) and w {tuple(w.shape)} (HWIO) need "
-                             f"C == w.shape[2] * groups ({geometry.groups})")
+                             f"C == w.shape[2] * groups and O a multiple of groups ({geometry.groups})")
         return self._tfl_conv("CONV_2D", x, w, bias, out_scale, out_zero_point, geometry, activation)
 
     def tfl_depthwise_conv(self, x, w, bias, out_scale, out_zero_point, geometry, activation="NONE"):
@@ -164,12 +150,12 @@ class LiteRTGemm:
             raise ValueError(f"{op}: x {tuple(x.shape)} must end in K and w {tuple(w.shape)} be (O, K)")
         n = w.shape[0]
         bias = _check_operands(op, x, w, bias, n, 0)
-        sx = _concrete(x.scale, "x.scale", op)
-        sy = _concrete(out_scale, "out_scale", op)
+        sy = _scale(out_scale)
         try:
-            rule, params = requant_params(self.kernels, op, sx, _concrete(w.scale, "w.scale", op), sy, n)
+            rule, params = rq.requant_params(self.kernels, op, x.scale, w.scale, sy, n)
         except ValueError as e:
             refuse(self, op, str(e))
+        lo, hi = output_range(rule, activation, sy, out_zero_point)
         values = _fc_int8(x.values, x.zero_point, w.values, bias, tuple(jnp.asarray(p) for p in params),
-                          jnp.float32(sy), jnp.int32(out_zero_point), rule=rule, activation=activation)
+                          jnp.asarray(out_zero_point, _I32), lo, hi, rule=rule)
         return _output(values, sy, out_zero_point)

@@ -38,8 +38,10 @@ parameters come from the float32 scales ``sx``, ``sw_c``, ``sy``:
   from ``xnn_qs8_quantize(f) = lrintf(clamp(fl32(f / sy) + zy, -128, 127))`` (ties to even; see
   :func:`xnnpack_output_range`) where the builtin kernels round half away.
 
-All functions take int32 accumulators (any shape, channel last) and return int32.  Multipliers are derived
-on the host (numpy, float64) from concrete scales, as the kernels' Prepare does.
+All functions take int32 accumulators (any shape, channel last) and return int32.  :func:`requant_params`
+derives a family's parameters as the kernels' Prepare does: on the host (numpy, float64) from concrete
+scales, or in the graph (:mod:`~qjax._src.requant.derive_traced`'s exact float64 quotient on 32-bit lanes)
+from traced ones — the same integers.
 """
 
 from __future__ import annotations
@@ -49,10 +51,13 @@ import numpy as np
 from jax import lax
 
 from .. import int64 as i64
+from ..checks import is_concrete
 from ..float32 import div_rn, mul_rn
+from .derive_traced import float64_quotient, quantize_float64_multiplier
 from .fixed_point import multiply_by_quantized_multiplier, quantize_multiplier
 
 __all__ = [
+    "requant_params",
     "effective_scales",
     "fixed_point_multipliers",
     "xnnpack_scales",
@@ -146,8 +151,8 @@ def fc_reference_scales(eff) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     eff = np.asarray(eff, np.float64)
     q, e = np.frexp(eff)
     if np.any(e > 0) or np.any(e < -30):
-        raise ValueError(f"FULLY_CONNECTED's reference kernel is reproduced for effective scales sx*sw/sy in "
-                         f"[2**-31, 1); got {eff}")
+        raise ValueError("FULLY_CONNECTED's reference kernel is reproduced for effective scales sx*sw/sy in "
+                         f"[2**-31, 1) (its int32 cast can overflow above); got {eff.min():.6g}..{eff.max():.6g}")
     m = (q * 2.0**53).astype(np.int64)  # exact: a double's significand
     return (m >> 31).astype(np.int32), (m & (2**31 - 1)).astype(np.int32), e.astype(np.int32)
 
@@ -234,3 +239,51 @@ def xnnpack_output_range(activation: str, scale, zero_point):
 
     lo, hi = _XNN_RANGES[activation]
     return quantize(lo), quantize(hi)
+
+
+# -- a family's parameters, from concrete (host) or traced (in-graph) scales -------------------------------------
+
+def _rule_of(kernels: str, op: str, groups: int) -> str:
+    if kernels == "xnnpack":
+        return "xnnpack"
+    if kernels == "reference":
+        return "double_float" if op == "FULLY_CONNECTED" else "reference"
+    if op == "CONV_2D" and groups != 1:  # conv.cc: grouped convolution runs on kReference only
+        return "reference"
+    return "optimized_depthwise" if op == "DEPTHWISE_CONV_2D" else "half_up"
+
+
+def requant_params(kernels: str, op: str, x_scale, w_scale, out_scale, n: int, groups: int = 1):
+    """``(rule, params)``: the requantization the ``kernels`` family applies to ``op`` (``"CONV_2D"``,
+    ``"DEPTHWISE_CONV_2D"``, ``"FULLY_CONNECTED"``) and its per-channel ``(n,)`` parameters.
+
+    ``rule`` names the function of this module (``"reference"``: :func:`requantize_reference`, ``"half_up"``,
+    ``"optimized_depthwise"``, ``"double_float"``, ``"xnnpack"``: :func:`requantize_xnnpack_fp32`) whose
+    arguments after the accumulator are ``params``.  Concrete scales are derived with numpy (and out-of-range
+    effective scales raise ValueError); traced ones in the graph, where the range is not checked.
+    """
+    if op not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+        raise ValueError(f"op={op!r}; use CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED")
+    rule = _rule_of(kernels, op, groups)
+    per_tensor = int(np.prod(np.shape(w_scale))) == 1  # TFLite: per channel iff the filter has > 1 scale
+    # GetQuantizedConvolutionMultipler (a float32 product) serves the optimized per-tensor FULLY_CONNECTED only
+    float_product = rule == "half_up" and op == "FULLY_CONNECTED" and per_tensor
+    if all(is_concrete(v) for v in (x_scale, w_scale, out_scale)):
+        sx, sy = np.asarray(x_scale, np.float32), np.asarray(out_scale, np.float32)
+        sw = np.asarray(w_scale, np.float32).reshape(-1)
+        if rule == "xnnpack":
+            return rule, (xnnpack_scales(sx, sw, sy, n),)
+        eff = effective_scales(sx, sw, sy, n, float_product)
+        return rule, (fc_reference_scales(eff) if rule == "double_float" else fixed_point_multipliers(eff))
+    sx, sy = jnp.asarray(x_scale, jnp.float32), jnp.asarray(out_scale, jnp.float32)
+    sw = jnp.broadcast_to(jnp.asarray(w_scale, jnp.float32).reshape(-1), (n,))
+    if rule == "xnnpack":
+        return rule, (div_rn(mul_rn(sx, sw), sy),)  # input_scale * kernel_scale / output_scale in float32
+    f = float64_quotient(mul_rn(sx, sw), jnp.float32(1.0), sy) if float_product else float64_quotient(sx, sw, sy)
+    if rule == "double_float":  # M = (hi * 2**32 + lo), eff = M * 2**exponent = M * 2**(e - 53)
+        m_hi = lax.bitcast_convert_type((f.hi << 1) | (f.lo >> 31), _I32)
+        m_lo = lax.bitcast_convert_type(f.lo & _U32(2**31 - 1), _I32)
+        return rule, (m_hi, m_lo, jnp.clip(f.exponent + 53, -30, 0))
+    m0, shift, flushed, _ = quantize_float64_multiplier(f, 31, (-31, 30), False)
+    # QuantizeMultiplier flushes a multiplier needing a right shift over 31 to 0
+    return rule, (jnp.where(flushed, 0, m0), jnp.where(flushed, 0, shift))

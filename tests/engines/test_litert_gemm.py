@@ -1,0 +1,194 @@
+"""LiteRT's int8 CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED: ``LiteRT(kernels)`` against ai-edge-litert's
+interpreter with each op resolver (0 mismatches), and the data telling the families apart."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+pytest.importorskip("ai_edge_litert")
+
+import qjax  # noqa: E402
+from qjax._src.engines.base import ConvGeometry, EngineRefusal  # noqa: E402
+from qjax._src.engines.litert import LiteRT  # noqa: E402
+from qjax._src.interop import litert_runtime  # noqa: E402
+from qjax._src.qops.tflite_common import explicit_padding  # noqa: E402
+from qjax._src.requant import tflite as rq  # noqa: E402
+
+from .litert_gemm_cases import (  # noqa: E402
+    accumulators, fc_rounding_case, interpreter_outputs, make_case, np_gemmlowp, np_half_up, np_output, np_xnnpack,
+    qjax_output)
+
+FAMILIES = litert_runtime.KERNELS
+
+# a few fixed geometries per op, so that hypothesis' examples share compiled functions
+GEOMETRIES = {
+    "conv": [dict(n=1, hw=(5, 6), kernel=(3, 3), stride=(1, 1), dilation=(1, 1), padding="SAME", c=5, o=9),
+             dict(n=2, hw=(7, 6), kernel=(2, 3), stride=(2, 1), dilation=(1, 2), padding="VALID", c=4, o=6,
+                  groups=2)],
+    "dw": [dict(n=1, hw=(6, 5), kernel=(3, 3), stride=(1, 1), dilation=(1, 1), padding="SAME", c=12, m=1),
+           dict(n=2, hw=(7, 7), kernel=(3, 2), stride=(2, 2), dilation=(2, 1), padding="SAME", c=5, m=3)],
+    "fc": [dict(n=3, k=20, o=11), dict(n=6, k=33, o=17)],
+}
+
+
+def _family_used(kernels, outs):
+    """The rule that ran: an op XNNPACK did not delegate runs on the optimized builtin kernels."""
+    return kernels if kernels != "xnnpack" or outs["xnnpack_delegated"] else "optimized"
+
+
+def _check_all(case):
+    outs = interpreter_outputs(case)
+    for k in FAMILIES:
+        got = qjax_output(case, _family_used(k, outs))
+        np.testing.assert_array_equal(got, outs[k], err_msg=f"{case['op']} kernels={k}")
+    return outs
+
+
+@settings(deadline=None, max_examples=20, derandomize=True)
+@given(op=st.sampled_from(["conv", "dw", "fc"]), geometry=st.integers(0, 1), seed=st.integers(0, 2**32 - 1),
+       ties=st.booleans(), per_channel=st.booleans())
+def test_matches_interpreter(op, geometry, seed, ties, per_channel):
+    case = make_case(np.random.default_rng(seed), op, shape=GEOMETRIES[op][geometry], ties=ties,
+                     per_channel=per_channel)
+    _check_all(case)
+
+
+@pytest.mark.parametrize("op", ["conv", "dw", "fc"])
+def test_ties_tell_families_apart(op):
+    """On exact ties each family's own rule matches (0 mismatches) and every other family's output differs."""
+    rng = np.random.default_rng(11)
+    geometry = dict(n=32, k=64, o=24) if op == "fc" else dict(GEOMETRIES[op][0], n=2)
+    case = make_case(rng, op, shape=geometry, ties=True, per_channel=True, activation="NONE")
+    outs = _check_all(case)
+    assert outs["xnnpack_delegated"]
+    for a in FAMILIES:
+        for b in FAMILIES:
+            if a != b:
+                assert (qjax_output(case, a) != outs[b]).sum() > 0, f"{op}: the {a} rule also fits {b}"
+
+
+def test_xnnpack_rounds_clamp_bounds_to_even():
+    """RELU6 with ``sy = 4`` (``6 / sy = 1.5``) / RELU_N1_TO_1 with ``sy = 2``: XNNPACK's bound is the even one."""
+    rng = np.random.default_rng(2)
+    for act in ("RELU6", "RELU_N1_TO_1"):
+        case = make_case(rng, "conv", shape=GEOMETRIES["conv"][0], clamp_ties=True, per_channel=False)
+        case["activation"] = act
+        case["sy"] = np.float32(4.0 if act == "RELU6" else 2.0)
+        case["zy"] = 3 if act == "RELU6" else -2  # lrint(1.5 + 3) = 4 vs 3 + 2; lrint(-0.5 - 2) = -2 vs -2 - 1
+        outs = _check_all(case)
+        assert outs["xnnpack_delegated"]
+        scale = rq.xnnpack_scales(case["sx"], case["sw"], case["sy"], 9)
+        assert (np_output(case, np_xnnpack, scale, xnnpack_clamp=True) == outs["xnnpack"]).all()
+        assert (np_output(case, np_xnnpack, scale) != outs["xnnpack"]).sum() > 0, act  # the builtin bounds
+
+
+def test_optimized_depthwise_leaves_the_last_channels_to_the_reference_rule():
+    """optimized_ops::Quantize: NEON half-up on 8-channel blocks, MultiplyByQuantizedMultiplier on C mod 8."""
+    case = make_case(np.random.default_rng(4), "dw", shape=dict(GEOMETRIES["dw"][0], n=3), ties=True,
+                     per_channel=True, activation="NONE")
+    outs = _check_all(case)
+    _, params = rq.requant_params("optimized", "DEPTHWISE_CONV_2D", case["sx"], case["sw"], case["sy"], 12)
+    half_up, reference = np_output(case, np_half_up, *params), np_output(case, np_gemmlowp, *params)
+    opt = outs["optimized"]
+    assert (half_up[..., 8:] != opt[..., 8:]).sum() > 0 and (half_up[..., :8] == opt[..., :8]).all()
+    assert (reference[..., :8] != opt[..., :8]).sum() > 0 and (reference[..., 8:] == opt[..., 8:]).all()
+
+
+def test_optimized_per_tensor_fully_connected_multiplier_from_a_float_product():
+    """GetQuantizedConvolutionMultipler: ``double(fl32(sx * sw)) / sy``; the double product misses these."""
+    sx, sw, sy = np.float32(0.04141221), np.float32(0.0015918362), np.float32(0.27237007)
+    acc = np.array([-39252, 336736], np.int32)  # found by search: the two multipliers round them apart
+    case = dict(op="fc", x=np.zeros((1, 1), np.int8), w=np.ones((2, 1), np.int8), sx=sx, sw=np.array([sw]),
+                sy=sy, zx=0, zy=0, bias=acc, activation="NONE")
+    outs = _check_all(case)
+    double_product = rq.fixed_point_multipliers(rq.effective_scales(sx, sw, sy, 2))
+    assert (np_output(case, np_half_up, *double_product) != outs["optimized"]).all()
+
+
+def test_reference_fully_connected_rounds_a_double_product():
+    """``round(double(acc) * M)``: the double product's own rounding decides these ties (exact rounding fails)."""
+    case = fc_rounding_case(99)
+    outs = _check_all(case)
+    acc = accumulators(case)
+    m = rq.effective_scales(case["sx"], case["sw"], case["sy"], acc.shape[-1])
+    exact = [[math.floor(abs(Fraction(int(a)) * Fraction(float(mc))) + Fraction(1, 2)) * int(np.sign(a))
+              for a, mc in zip(row, m)] for row in acc]
+    assert (np.clip(exact, -128, 127) != outs["reference"]).sum() > 0
+    # and the fixed-point rules of the other kernels are not it either
+    _, params = rq.requant_params("optimized", "FULLY_CONNECTED", case["sx"], case["sw"], case["sy"], acc.shape[-1])
+    assert (np_output(case, np_gemmlowp, *params) != outs["reference"]).sum() > 0
+
+
+def _c_round_double(a, m):
+    p = float(a) * float(m)  # one double product, rounded to nearest even
+    r = math.floor(abs(p))
+    return int(math.copysign(r + (abs(p) - r >= 0.5), p)) if p else 0
+
+
+def test_requantize_double_float_is_exact():
+    rng = np.random.default_rng(0)
+    acc = np.concatenate([rng.integers(-2**31 + 1, 2**31, 600) >> rng.integers(0, 31, 600),
+                          rng.integers(1, 60, 600) * rng.choice([-1, 1], 600)])
+    m = np.exp(rng.uniform(np.log(2.0**-30), 0, acc.size))
+    near = slice(600, None)  # m = RN64((k + 1/2) / |acc|): products a hair off a tie
+    m[near] = (rng.integers(0, 120, 600) + 0.5) / np.abs(acc[near])
+    m = np.where(m >= 1, m / 2.0 ** np.ceil(np.log2(m) + 1), m)
+    got = np.asarray(jax.jit(rq.requantize_double_float)(jnp.asarray(acc, jnp.int32), *rq.fc_reference_scales(m)))
+    want = np.clip([_c_round_double(a, mc) for a, mc in zip(acc, m)], -256, 256)
+    np.testing.assert_array_equal(got, want)
+
+
+# one (op, family, per-channel) each: the in-graph derivations (fixed point, FC's float product and double)
+TRACED = [("conv", "reference", True), ("dw", "optimized", True), ("fc", "optimized", False),
+          ("fc", "reference", True), ("conv", "xnnpack", False)]
+
+
+@pytest.mark.parametrize("op,kernels,per_channel", TRACED)
+def test_traced_scales_give_the_same_integers(op, kernels, per_channel):
+    """Under jit with the scales traced, the multipliers are derived in the graph: the same outputs."""
+    case = make_case(np.random.default_rng(7), op, shape=GEOMETRIES[op][0], per_channel=per_channel)
+    sw = case["sw"] if per_channel else case["sw"].reshape(())
+    w = case["w"]
+    if op != "fc":
+        w = w.transpose(1, 2, 3, 0) if op == "conv" else w.transpose(1, 2, 0, 3)
+    axis = (0 if op == "fc" else 3) if per_channel else None
+    wzp = np.zeros(np.shape(sw), np.int32)
+    eng = LiteRT(kernels)
+
+    @jax.jit
+    def run(sx, sw, sy):
+        x = qjax.QArray(case["x"], sx, np.int32(case["zx"]), qjax.qint8, check=False)
+        wq = qjax.QArray(w, sw, wzp, qjax.qint8, axis=axis, check=False)
+        if op == "fc":
+            return eng.tfl_fully_connected(x, wq, case["bias"], sy, np.int32(case["zy"]), case["activation"]).values
+        c = case["x"].shape[-1]
+        pads = explicit_padding(case["padding"], case["x"].shape[1:3], case["kernel"], case["stride"],
+                                case["dilation"])
+        geom = ConvGeometry(case["stride"], pads, case["dilation"], c if op == "dw" else 1)
+        fn = eng.tfl_depthwise_conv if op == "dw" else eng.tfl_conv
+        return fn(x, wq, case["bias"], sy, np.int32(case["zy"]), geom, case["activation"]).values
+
+    np.testing.assert_array_equal(np.asarray(run(case["sx"], sw, case["sy"])), qjax_output(case, kernels))
+
+
+def test_refusals():
+    eng = LiteRT("xnnpack")
+    xfc = qjax.QArray(np.zeros((1, 4), np.int8), np.float32(1.0), np.int32(0), qjax.qint8)
+    wfc = qjax.QArray(np.ones((2, 4), np.int8), np.float32(1.0), np.int32(0), qjax.qint8)
+    with pytest.raises(EngineRefusal, match=r"\[2\*\*-31, 1\)"):
+        LiteRT("reference").tfl_fully_connected(xfc, wfc, None, np.float32(0.5), np.int32(0))
+    xu = qjax.QArray(np.zeros((1, 4), np.uint8), np.float32(1.0), np.int32(0), qjax.quint8)
+    with pytest.raises(ValueError, match="qint8"):
+        eng.tfl_fully_connected(xu, wfc, None, np.float32(0.5), np.int32(0))
+    with pytest.raises(ValueError, match="activation"):
+        eng.tfl_fully_connected(xfc, wfc, None, np.float32(8.0), np.int32(0), "TANH")
+    wasym = qjax.QArray(np.ones((2, 4), np.int8), np.float32(1.0), np.int32(3), qjax.qint8)
+    with pytest.raises(ValueError, match="symmetric"):
+        eng.tfl_fully_connected(xfc, wasym, None, np.float32(8.0), np.int32(0))
