@@ -27,9 +27,11 @@ come back a few units off — such a model says so in :attr:`TFLiteQAT.inexact_b
 
 **Backward**: one :func:`qjax.ste.exact.exact_forward` for the whole model — the gradient is that of a float
 *surrogate* of the same graph (:meth:`TFLiteQAT.surrogate`): float ops (``lax.conv_general_dilated``, dot
-products, the float activations), the weights fake-quantized per channel and every quantized tensor
-fake-quantized at its recorded scale and zero point, each rounding differentiated as a clipped straight-through
-estimator (gradient 1 inside the tensor's range, 0 outside).  Scales and zero points stay the recorded ones:
+products, the float activations), the weights fake-quantized per channel, the biases float (their rounding,
+at ``s_x · s_w``, is far below the output's), every quantized tensor fake-quantized at its recorded scale and
+zero point, each rounding differentiated as a clipped straight-through estimator (gradient 1 inside the tensor's
+range, 0 outside); the backward pass re-runs the surrogate (its forward is not kept: the integer model's is
+what the loss saw).  Scales and zero points stay the recorded ones:
 LiteRT derives its multipliers from them at ``Prepare`` time (the QModel's nodes hold them as static
 configuration), so they are not trained here.
 
@@ -47,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..float32 import div_rn, mul_rn
+from ..float32 import div_rn, uncontracted
 from ..graph.model import OPS, Ref, node_args, substitute, thaw
 from ..qarray import QArray
 from ..qops.tflite_common import explicit_padding
@@ -85,25 +87,24 @@ def bias_scales(x_scale, w_scale):
 
 def quantize_bias(bias, inv_scale):
     """``clamp(round_half_away(fl32(bias · inv_scale)), ±(2^31 - 1))`` as int32 (see the module doc)."""
-    q = round_float(mul_rn(jnp.asarray(bias, jnp.float32), jnp.asarray(inv_scale, jnp.float32)), "half_away")
+    # uncontracted: the rounding subtracts trunc(x) from the product, which XLA would fuse into an unrounded FMA
+    q = round_float(uncontracted(jnp.asarray(bias, jnp.float32) * jnp.asarray(inv_scale, jnp.float32)), "half_away")
     return jnp.clip(q, -_I32_F32_MAX, _I32_F32_MAX).astype(jnp.int32)
-
-
-def _ste_round(v):
-    """``round_half_away(v)`` whose derivative is 1."""
-    return v + lax.stop_gradient(round_float(v, "half_away") - v)
 
 
 def _fake_quant(y, qparams, dtype):
     """The surrogate's fake quantization of a float tensor at ``(scale, zero point)``: ``(clamp(round(y / s) + z)
-    - z) · s``, a clipped straight-through estimator (gradient 1 inside ``[(qmin - z) s, (qmax - z) s]``)."""
+    - z) · s``, a clipped straight-through estimator (gradient 1 inside ``[(qmin - z) s, (qmax - z) s]``).
+
+    Its value only steers the estimator (the forward pass is the integer model's), so it rounds with plain
+    ``jnp.round``: a few ops per tensor, where the exact rules would multiply the backward pass's graph."""
     if qparams is None:
         return y
     s, z = np.float32(qparams[0]), float(qparams[1])
     info = np.iinfo(np.dtype(dtype))
     lo, hi = (info.min - z) * s, (info.max - z) * s
     yc = jnp.clip(y, lo, hi)
-    q = jnp.clip(round_float(y / s, "half_away") + z, info.min, info.max)
+    q = jnp.clip(jnp.round(y / s) + z, info.min, info.max)
     return yc + lax.stop_gradient((q - z) * s - yc)
 
 
@@ -148,6 +149,7 @@ class TFLiteQAT:
                 if np.any(np.abs(np.asarray(p["bias"], np.int64)) > 2**24):
                     self.inexact_biases.append(name)
         self._outputs = thaw(qm.output)
+        self._quantize_jit = jax.jit(self.quantized_params)
 
     @staticmethod
     def _static_qparams(qm):
@@ -204,7 +206,7 @@ class TFLiteQAT:
 
     def to_qmodel(self, params):
         """The integer QModel ``params`` quantize to (concrete: ready for :func:`qjax.to_tflite`)."""
-        q = jax.tree_util.tree_map(np.asarray, self.quantized_params(params))
+        q = jax.tree_util.tree_map(np.asarray, self._quantize_jit(params))  # jitted: eager dispatch is slow
         return self.model.with_params(q)
 
     # -- forward: the integer model ------------------------------------------------------------------
@@ -292,14 +294,14 @@ def _s_const(qat, node, cfg, p, tp):
 
 
 def _fq_weight(kernel, w):
-    """The weight's fake quantization at its scales (symmetric, [-127, 127]), clipped STE."""
+    """The weight's fake quantization at its scales (symmetric, [-127, 127]), clipped STE (plain rounding)."""
     s = jnp.asarray(w.scale, jnp.float32)
     if w.axis is not None:
         shp = [1] * kernel.ndim
         shp[w.axis] = -1
         s = s.reshape(shp)
     kc = jnp.clip(kernel, -127.0 * s, 127.0 * s)
-    return kc + lax.stop_gradient(quantize_weight(kernel, w.scale, w.axis).astype(jnp.float32) * s - kc)
+    return kc + lax.stop_gradient(jnp.clip(jnp.round(kernel / s), -127, 127) * s - kc)
 
 
 def _weights(qat, node, p, tp):
@@ -307,11 +309,7 @@ def _weights(qat, node, p, tp):
         return _dequant(p["weight"]), (None if p.get("bias") is None else
                                        jnp.asarray(p["bias"], jnp.float32) * qat._bias_scale[node.name])
     w = _fq_weight(tp["kernel"], p["weight"])
-    b = None
-    if "bias" in tp:
-        qb = quantize_bias(tp["bias"], qat._bias_inv[node.name]).astype(jnp.float32)
-        b = tp["bias"] + lax.stop_gradient(qb * qat._bias_scale[node.name] - tp["bias"])
-    return w, b
+    return w, tp.get("bias")  # the bias's rounding (at s_x * s_w) is far below the output's: the float bias
 
 
 def _s_conv(qat, node, cfg, p, tp, x):
