@@ -70,11 +70,47 @@ def _explain_layer(args) -> int:
     return 0
 
 
+def _explain_tflite(args) -> int:
+    """``qjax explain --model m.tflite --layer NODE --index n,h,w,c``: a CONV_2D / DEPTHWISE_CONV_2D /
+    FULLY_CONNECTED output integer step by step, on a random input of the model's dtypes (or --inputs)."""
+    import numpy as np
+
+    from ._src.interop.tflite import from_tflite
+    from ._src.interop.tflite_check import TFLiteCheckError, explain_tflite, load_tflite_inputs, sample_inputs
+
+    try:
+        index = _parse_index(args.index)
+    except ValueError:
+        print(f"qjax explain: --index: {args.index!r} is not a comma-separated list of integers", file=sys.stderr)
+        return 2
+    qm = from_tflite(args.model, kernels=args.kernels or "xnnpack")
+    try:
+        if args.inputs:
+            xs = [a[: max(1, args.batch_size)] for a in load_tflite_inputs(args.inputs, qm.info["input_specs"])]
+        else:
+            xs = sample_inputs(qm, np.random.default_rng(args.seed), max(1, args.batch_size))
+        e = explain_tflite(qm, args.layer, xs, index)
+    except TFLiteCheckError as err:
+        flag = {"layer": "--layer", "index": "--index", "inputs": "--inputs"}.get(err.arg, err.arg)
+        print(f"qjax explain: {flag}: {err.rule}", file=sys.stderr)
+        return 2
+    print(f"model {args.model}")
+    print(e)
+    return 0
+
+
 def _explain(args) -> int:
     _quiet_torch()
     if args.model:
         if not (args.layer and args.index):
             print("qjax explain --model needs --layer NAME and --index n,c,h,w", file=sys.stderr)
+            return 2
+        from ._src.interop.tflite_check import is_tflite
+
+        if is_tflite(args.model):
+            return _explain_tflite(args)
+        if args.kernels:
+            print("qjax explain: --kernels applies to .tflite models only", file=sys.stderr)
             return 2
         return _explain_layer(args)
     if args.example == "seed":
@@ -98,7 +134,8 @@ def _explain(args) -> int:
 # verify's keyword arguments -> the command line's flags, for one-line user errors
 _VERIFY_FLAGS = dict(model="MODEL", inputs="--inputs", n="--n", input_shape="--shape", batch_size="--batch-size",
                      report="--report", resume="--resume", max_batches="--max-batches", coordinator="--coordinator",
-                     num_processes="--num-processes", process_id="--process-id", arithmetic="--arithmetic")
+                     num_processes="--num-processes", process_id="--process-id", arithmetic="--arithmetic",
+                     kernels="--kernels", engine="--engine", seed="--seed")
 
 
 def _verify(args) -> int:
@@ -117,7 +154,8 @@ def _verify(args) -> int:
                         input_shape=shape, engine=args.engine, shard=not args.no_shard, progress=progress,
                         report=args.report, resume=args.resume, max_batches=args.max_batches,
                         overlap={"auto": "auto", "on": True, "off": False}[args.overlap], coordinator=args.coordinator,
-                        num_processes=args.num_processes, process_id=args.process_id, arithmetic=args.arithmetic)
+                        num_processes=args.num_processes, process_id=args.process_id, arithmetic=args.arithmetic,
+                        kernels=args.kernels)
     except VerifyError as e:
         print(f"qjax verify: {_VERIFY_FLAGS.get(e.arg, e.arg)}: {e.rule}", file=sys.stderr)
         return 2
@@ -188,18 +226,21 @@ def main(argv=None) -> int:
     p.add_argument("--example", choices=["seed"], help="a built-in example: 'seed' is the PyTorch forum model")
     p.add_argument("--seed", type=int, default=0, help="calibration seed of the example (default 0)")
     p.add_argument("--input-value", type=int, default=24, help="trace the output of this input integer (default 24)")
-    p.add_argument("--model", help="a TorchScript file or a factory module:function returning the converted model")
+    p.add_argument("--model", help="a TorchScript file, a .tflite model or a factory module:function returning the "
+                                   "converted model")
     p.add_argument("--layer", help="graph node name of a conv/linear layer (see QModel.summary())")
     p.add_argument("--index", help="output element, e.g. 0,3,5,7 (n,c,h,w) or 2,1 for linear")
     p.add_argument("--shape", help="per-sample input shape for a random input, e.g. 3,224,224")
     p.add_argument("--inputs", help=".npy/.npz file of inputs")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--engine", default=None, help="torch quantized engine (default: torch's current one)")
+    p.add_argument("--kernels", choices=("reference", "optimized", "xnnpack"), default=None,
+                   help=".tflite models: LiteRT's kernel family (op resolver; default xnnpack, the interpreter's)")
     p.set_defaults(func=_explain)
 
     v = sub.add_parser("verify", help="compare a torch quantized model with its qjax import on many inputs")
-    v.add_argument("model", help="a TorchScript file (torch.jit.save), a torch.export.save file (.pt2) or a factory "
-                                 "module:function")
+    v.add_argument("model", help="a TorchScript file (torch.jit.save), a torch.export.save file (.pt2), a LiteRT "
+                                 "model (.tflite) or a factory module:function")
     v.add_argument("--arithmetic", choices=("converted", "inductor"), default=None,
                    help="torch.export models: the converted graph as torch runs it (default) or the x86 inductor "
                         "lowering (torchao's lower_pt2e_quantized_to_x86; both sides run the lowered graph)")
@@ -210,6 +251,9 @@ def main(argv=None) -> int:
                                     "(overrides --n)")
     v.add_argument("--shape", help="per-sample input shape, e.g. 3,224,224 (default: the factory's example)")
     v.add_argument("--engine", default=None)
+    v.add_argument("--kernels", choices=("reference", "optimized", "xnnpack"), default=None,
+                   help=".tflite models: LiteRT's kernel family to compare with (op resolver; default xnnpack, the "
+                        "interpreter's default)")
     v.add_argument("--no-shard", action="store_true", help="do not shard batches over the local JAX devices")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.add_argument("--report", help="JSON report rewritten after every batch (atomically); resumable")

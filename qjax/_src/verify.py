@@ -126,6 +126,7 @@ class VerifyReport:
     compare_seconds: float = 0.0  # host transfer, comparison, report writing
     wall_seconds: float = 0.0  # the batch loop's wall time (process 0), import and compile excluded
     compile_seconds: float = 0.0  # import + first compile of this run
+    runtime: str = "torch"  # what qjax is compared with ("litert" for .tflite models: torch_seconds is its time)
 
     @property
     def complete(self) -> bool:
@@ -155,11 +156,11 @@ class VerifyReport:
                                                                 if self.processes > 1 else ""),
             f"{self.mismatches} mismatches of {self.outputs} outputs; max |delta| = {self.max_abs_step:g} integer steps",
             f"qjax: {self.qjax_seconds:.3f} s{' not hidden behind torch' if self.overlap else ''} "
-            f"({self.qjax_outputs_per_s:,.0f} outputs/s); torch forward: {self.torch_seconds:.3f} s "
-            f"({self.torch_outputs_per_s:,.0f} outputs/s); ratio qjax/torch "
+            f"({self.qjax_outputs_per_s:,.0f} outputs/s); {self.runtime} forward: {self.torch_seconds:.3f} s "
+            f"({self.torch_outputs_per_s:,.0f} outputs/s); ratio qjax/{self.runtime} "
             f"{self.qjax_seconds / max(self.torch_seconds, 1e-12):.2f}",
             f"verify loop {self.wall_seconds:.3f} s wall ({self.wall_seconds / max(self.torch_seconds, 1e-12):.2f}x "
-            f"torch's forward; loading {self.load_seconds:.3f} s, comparing {self.compare_seconds:.3f} s); "
+            f"{self.runtime}'s forward; loading {self.load_seconds:.3f} s, comparing {self.compare_seconds:.3f} s); "
             f"import + compile {self.compile_seconds:.1f} s",
         ]
         if not self.complete:
@@ -168,7 +169,7 @@ class VerifyReport:
             fd = self.first_divergence
             lines.append(f"first divergence in batch {fd.get('batch')} at node {fd['node']} ({fd['source']}): "
                          f"{fd['mismatches']} of {fd['size']} integers differ, first at index {fd['index']} "
-                         f"(qjax {fd['qjax']} vs torch {fd['torch']})")
+                         f"(qjax {fd['qjax']} vs {self.runtime} {fd['torch']})")
         return "\n".join(lines)
 
 
@@ -685,8 +686,12 @@ class _Totals:
 
 def verify(model, *, n=1000, batch_size=64, seed=0, inputs=None, example_input=None, input_shape=None,
            engine=None, shard=True, progress=False, qmodel=None, report=None, resume=False, max_batches=None,
-           overlap="auto", coordinator=None, num_processes=None, process_id=None, arithmetic=None) -> VerifyReport:
+           overlap="auto", coordinator=None, num_processes=None, process_id=None, arithmetic=None,
+           kernels=None) -> VerifyReport:
     """Compare ``model`` (torch) and its qjax import on many inputs; see the module docstring.
+
+    A ``.tflite`` model (a path or its bytes) is compared with LiteRT's interpreter instead
+    (:func:`_verify_tflite`): ``kernels`` picks the op resolver (default ``"xnnpack"``).
 
     Args:
       model: a converted torch model, a TorchScript module, or a spec for :func:`load_torch_model`.
@@ -714,6 +719,13 @@ def verify(model, *, n=1000, batch_size=64, seed=0, inputs=None, example_input=N
     Raises:
       VerifyError: (a ``ValueError``) a user error; ``.arg`` names the argument.
     """
+    if _is_tflite(model):
+        return _verify_tflite(model, kernels=kernels, n=n, batch_size=batch_size, seed=seed, inputs=inputs,
+                              qmodel=qmodel, max_batches=max_batches,
+                              torch_only=dict(engine=engine, arithmetic=arithmetic, report=report, resume=resume,
+                                              coordinator=coordinator, input_shape=input_shape))
+    if kernels is not None:
+        raise VerifyError("kernels", "applies to .tflite models (LiteRT's op resolvers) only")
     _init_distributed(coordinator, num_processes, process_id)
     group = _Group()
     import torch
@@ -937,3 +949,34 @@ def verify(model, *, n=1000, batch_size=64, seed=0, inputs=None, example_input=N
         if bar:
             bar.stop()
     return state()
+
+
+# .tflite models ---------------------------------------------------------------------------------------
+
+def _is_tflite(model) -> bool:
+    from .interop.tflite_check import is_tflite
+
+    return is_tflite(model)
+
+
+def _verify_tflite(model, *, kernels, n, batch_size, seed, inputs, qmodel, max_batches, torch_only) -> VerifyReport:
+    """:func:`qjax.interop.tflite_check.verify_tflite` as a :class:`VerifyReport` (``runtime="litert"``)."""
+    from .interop.tflite import TFLiteImportError
+    from .interop.tflite_check import TFLiteCheckError, verify_tflite
+
+    for arg, value in torch_only.items():
+        if value not in (None, False):
+            raise VerifyError(arg, "applies to torch models; a .tflite model takes kernels= (--kernels) and "
+                                   "inputs / n / batch_size / seed")
+    if isinstance(inputs, str) and not os.path.exists(inputs):
+        raise VerifyError("inputs", f"{inputs!r} does not exist")
+    try:
+        rep = verify_tflite(model, kernels=kernels or "xnnpack", n=n, batch_size=batch_size, seed=seed,
+                            inputs=inputs, qmodel=qmodel, max_batches=max_batches)
+    except TFLiteCheckError as e:
+        raise VerifyError(e.arg, e.rule) from None
+    except (TFLiteImportError, FileNotFoundError) as e:
+        msg = str(e)
+        raise VerifyError("model", msg[len("model: "):] if msg.startswith("model: ") else msg) from None
+    name = model if isinstance(model, str) else "<tflite bytes>"
+    return VerifyReport(model=name, runtime="litert", **rep)

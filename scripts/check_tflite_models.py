@@ -1,0 +1,58 @@
+"""qjax.from_tflite vs LiteRT's interpreter on whole models, under the three kernel families, over many batches.
+
+The MobileNet-style model (float I/O and int8 I/O) and the every-op model of ``tests/tflite_models.py``, built with
+several seeds, each imported with ``kernels="reference" / "optimized" / "xnnpack"`` and compared batch by batch
+(:func:`qjax.interop.tflite_check.verify_tflite`: float inputs uniform over the input QUANTIZE's range with half
+the rows exact rounding ties; int8 inputs uniform with rows of extremes).  Prints outputs compared and mismatching
+per model and family (and where the first mismatch starts).
+
+    .venv/bin/python scripts/check_tflite_models.py [--seeds 3] [--n 2048] [--batch-size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, ROOT)
+
+from qjax._src.interop.litert_runtime import KERNELS  # noqa: E402
+from qjax._src.interop.tflite_check import verify_tflite  # noqa: E402
+from tflite_models import every_op_model, mobilenet_style  # noqa: E402
+
+MODELS = {
+    "mobilenet_style (float I/O)": lambda s: mobilenet_style(s),
+    "mobilenet_style (int8 I/O)": lambda s: mobilenet_style(s, float_io=False),
+    "every_op_model": lambda s: every_op_model(s),
+}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=3, help="model seeds 0..S-1 (default 3)")
+    ap.add_argument("--n", type=int, default=2048, help="input samples per model and family (default 2048)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    args = ap.parse_args(argv)
+    total_bad = 0
+    print(f"{'model':30s} {'seed':>4s} {'kernels':10s} {'outputs':>9s} {'mismatch':>8s}  first divergence")
+    for name, build in MODELS.items():
+        for seed in range(args.seeds):
+            model = build(seed)
+            for kernels in KERNELS:
+                t0 = time.perf_counter()
+                rep = verify_tflite(model, kernels=kernels, n=args.n, batch_size=args.batch_size, seed=seed)
+                fd = rep["first_divergence"]
+                where = "" if fd is None else f"{fd['node']} ({fd['mismatches']} of {fd['size']})"
+                print(f"{name:30s} {seed:4d} {kernels:10s} {rep['outputs']:9d} {rep['mismatches']:8d}  {where}"
+                      f"  [{time.perf_counter() - t0:.1f} s]", flush=True)
+                total_bad += rep["mismatches"]
+    print(f"total mismatches: {total_bad}")
+    return 1 if total_bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""`qjax verify model.tflite` / `qjax explain --model model.tflite` (qjax.interop.tflite_check): counts vs LiteRT's
+interpreter, a wrong import caught and located, one output integer traced, one-line user errors."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ai_edge_litert")
+
+import qjax  # noqa: E402
+from qjax.cli import main  # noqa: E402
+from qjax._src.interop.tflite_check import sample_inputs  # noqa: E402
+from qjax._src.verify import VerifyError, verify  # noqa: E402
+
+from ..tflite_models import CalibratedBuilder, _calibration  # noqa: E402
+
+
+def _model():
+    """float in -> QUANTIZE -> CONV 3x3/2 RELU6 -> 1x1 CONV -> FULLY_CONNECTED -> DEQUANTIZE, plus the 1x1
+    conv's int8 tensor as a second output."""
+    m = CalibratedBuilder(3, _calibration(3, (9, 9, 4)))
+    x = m.input()
+    h = m.conv(m.quantize(x), 8, 3, stride=2, act="RELU6")
+    h2 = m.conv(h, 6, 1)
+    y = m.fully_connected(h2, 5)
+    return m.build([x], [m.dequantize(y), h2])
+
+
+@pytest.fixture(scope="module")
+def path(tmp_path_factory):
+    p = tmp_path_factory.mktemp("tfl") / "small.tflite"
+    p.write_bytes(_model())
+    return str(p)
+
+
+def test_verify_tflite_counts_every_output(path):
+    rep = verify(path, n=20, batch_size=8, kernels="reference")
+    assert rep.mismatches == 0 and rep.outputs == 20 * (5 + 5 * 5 * 6) and rep.batches == 3
+    assert rep.engine == "litert:reference" and "litert forward" in str(rep) and rep.complete
+
+
+def test_verify_tflite_locates_a_wrong_import(path):
+    data = open(path, "rb").read()
+    qm = qjax.from_tflite(data, kernels="reference")
+    params = dict(qm.params)
+    params["conv_2d_2"] = dict(params["conv_2d_2"], bias=params["conv_2d_2"]["bias"] + 40)
+    rep = verify(data, qmodel=qm.with_params(params), n=8, batch_size=8, kernels="reference")
+    assert rep.mismatches > 0 and rep.max_abs_step >= 1
+    fd = rep.first_divergence
+    assert fd["node"] == "conv_2d_2" and fd["batch"] == 0 and fd["qjax"] != fd["torch"]
+
+
+def test_cli_verify_json(path, capsys):
+    code = main(["verify", path, "--n", "16", "--batch-size", "8", "--kernels", "reference", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["mismatches"] == 0 and out["runtime"] == "litert" and out["samples"] == 16
+
+
+def test_cli_verify_npz_inputs(path, tmp_path, capsys):
+    qm = qjax.from_tflite(path, kernels="reference")
+    (x,) = sample_inputs(qm, np.random.default_rng(0), 8)
+    np.savez(tmp_path / "x.npz", x.astype(np.float64))  # float inputs are cast to the model's float32
+    code = main(["verify", path, "--inputs", str(tmp_path / "x.npz"), "--batch-size", "8", "--kernels", "reference"])
+    assert code == 0 and "0 mismatches of 1240 outputs" in capsys.readouterr().out
+
+
+def test_cli_explain_traces_the_integer_litert_computes(path, capsys):
+    code = main(["explain", "--model", path, "--layer", "conv_2d_2", "--index", "0,2,3,4", "--kernels", "reference"])
+    out = capsys.readouterr().out
+    assert code == 0 and "CONV_2D node conv_2d_2" in out and "gemmlowp double rounding" in out
+    m = re.search(r"qjax returns (-?\d+); LiteRT's interpreter returns (-?\d+)", out)
+    assert m and m.group(1) == m.group(2)
+    fams = re.findall(r"^  (reference|optimized|xnnpack) +\w+ +-> (-?\d+)$", out, re.M)
+    assert [f for f, _ in fams] == ["reference", "optimized", "xnnpack"]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["explain", "--model", "{path}", "--layer", "quantize_0", "--index", "0,1,1,1"], "--layer"),
+    (["explain", "--model", "{path}", "--layer", "conv_2d_2", "--index", "0,1"], "--index"),
+    (["explain", "--model", "{path}", "--layer", "conv_2d_2", "--index", "a,b"], "--index"),
+    (["verify", "{path}", "--engine", "fbgemm"], "--engine"),
+    (["verify", "{path}", "--inputs", "{bad}"], "--inputs"),
+    (["verify", "{junk}"], "MODEL"),
+])
+def test_cli_user_errors_are_one_line(argv, flag, path, tmp_path, capsys):
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((2, 9, 9, 4), np.int8))  # the model takes float32
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"not a flatbuffer at all")
+    code = main([a.format(path=path, bad=bad, junk=junk) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and flag in err and "Traceback" not in err, err
+
+
+def test_kernels_is_refused_for_torch_models():
+    with pytest.raises(VerifyError, match="applies to .tflite models"):
+        verify("tests.test_verify:tiny_resnet_factory", kernels="reference")
