@@ -103,8 +103,11 @@ def tie_binary_case(rng, kind, shape_a, shape_b):
     return a, b, qa, qb, qy
 
 
-SHAPES = [((1, 3, 5, 7), (1, 3, 5, 7)), ((2, 37), (2, 37)), ((1, 4, 4, 20), (20,)), ((1, 4, 4, 9), (1, 1, 1, 9)),
-          ((3, 1, 19), (1, 5, 1)), ((1, 2, 2, 1), (1, 2, 2, 33)), ((40,), (1,)), ((2, 3, 1, 17), (1, 3, 4, 17))]
+# one output shape (one compilation per family): no broadcast (NEON body of 16s + tail), fivefold
+# broadcasts with an inner run (y4 = 17, y4 = 68), one without (y4 = 1: AddScalarBroadcast on runs of 17),
+# a generic broadcast (BroadcastAdd6DSlow)
+SHAPES = [((2, 3, 4, 17), (2, 3, 4, 17)), ((2, 3, 4, 17), (17,)), ((2, 1, 4, 17), (1, 3, 4, 17)),
+          ((2, 3, 4, 1), (2, 3, 4, 17)), ((2, 1, 4, 1), (1, 3, 1, 17))]
 
 
 @pytest.mark.parametrize("kind", ["ADD", "SUB", "MUL"])
@@ -113,9 +116,9 @@ def test_binary_ties_and_broadcasts(kind):
     total = {k: 0 for k in KERNELS}
     for i, (sa, sb) in enumerate(SHAPES):
         a, b, qa, qb, qy = tie_binary_case(rng, kind, sa, sb)
-        act = ["NONE", "RELU", "RELU6", "RELU_N1_TO_1"][i % 4]
-        for k, v in mismatches(run_binary(kind, a, b, qa, qb, qy, act)).items():
-            total[k] += v
+        for act in ("NONE", ["RELU", "RELU6", "RELU_N1_TO_1"][i % 3]):
+            for k, v in mismatches(run_binary(kind, a, b, qa, qb, qy, act)).items():
+                total[k] += v
     assert total == {k: 0 for k in KERNELS}
 
 
@@ -124,13 +127,13 @@ def test_binary_data_separates_the_families():
     rng = np.random.default_rng(7)
     diff = {}
     for kind in ("ADD", "MUL"):
-        a, b, qa, qb, qy = tie_binary_case(rng, kind, (1, 8, 8, 16), (1, 8, 8, 16))
+        a, b, qa, qb, qy = tie_binary_case(rng, kind, (2, 3, 4, 17), (2, 3, 4, 17))
         outs = {k: qjax_binary(k, kind, a, b, qa, qb, qy) for k in KERNELS}
         diff[kind] = int(np.sum(outs["reference"] != outs["xnnpack"]))
     assert diff["ADD"] > 0 and diff["MUL"] > 0
 
 
-@settings(deadline=None, max_examples=5, derandomize=True)
+@settings(deadline=None, max_examples=3, derandomize=True)
 @given(kind=st.sampled_from(["ADD", "SUB", "MUL"]), shapes=st.sampled_from(SHAPES),
        sa=st.floats(0.002, 0.5), sb=st.floats(0.002, 0.5), sy=st.floats(0.004, 1.0),
        za=st.integers(-128, 127), zb=st.integers(-128, 127), zy=st.integers(-128, 127),
@@ -176,8 +179,8 @@ def _quantize_inputs(rng, shape, s):
     return np.where(pick == 0, exact, np.where(pick == 1, near, plain)).astype(np.float32)
 
 
-QUANT_CASES = [((1, 37), np.int8, (0.05, 3)), ((3, 13), np.int8, (2.0**-4, -7)), ((1, 4, 4, 3), np.uint8, (0.1, 130)),
-               ((29,), np.uint8, (0.375, 0)), ((2, 8), np.int8, (0.0123, 127))]
+# 39 elements: NEON bodies of 8 / 16 and scalar tails
+QUANT_CASES = [((3, 13), np.int8, (0.05, 3)), ((3, 13), np.int8, (2.0**-4, -7)), ((3, 13), np.uint8, (0.375, 130))]
 
 
 @pytest.mark.parametrize("shape,dtype,q", QUANT_CASES)
@@ -196,15 +199,14 @@ def test_quantize_dequantize(shape, dtype, q):
                                       err_msg=k)
 
 
-REQUANT_CASES = [(np.int8, np.int8, (0.05, 3), (0.1, -5)), (np.int8, np.int8, (0.0625, 1), (0.25, 0)),
-                 (np.uint8, np.uint8, (0.1, 128), (0.0375, 120)), (np.int8, np.uint8, (0.05, 0), (0.2, 128)),
-                 (np.uint8, np.int8, (0.3, 131), (0.15, -2)), (np.int8, np.int8, (0.02, -1), (0.005, 3))]
+REQUANT_CASES = [(np.int8, np.int8, (0.0625, 1), (0.25, 0)), (np.uint8, np.uint8, (0.1, 128), (0.0375, 120)),
+                 (np.int8, np.uint8, (0.05, 0), (0.2, 128)), (np.uint8, np.int8, (0.3, 131), (0.15, -2))]
 
 
 @pytest.mark.parametrize("din,dout,qi,qo", REQUANT_CASES)
 def test_requantize(din, dout, qi, qo):
     rng = np.random.default_rng(5)
-    shape = (2, 21)
+    shape = (3, 13)
     model = convert_model("QUANTIZE", shape, din, dout, qi, qo)
     v = rng.integers(np.iinfo(din).min, np.iinfo(din).max + 1, shape).astype(din)
     x = _qa(v, qi, qint8 if din == np.int8 else quint8)

@@ -14,6 +14,7 @@ must be concrete (Python / numpy values, or concrete QArray leaves); the values 
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -27,6 +28,9 @@ from .base import refuse
 __all__ = ["LiteRTElementwise"]
 
 _OUT_DTYPES = {"int8": qint8, "uint8": quint8}
+# the fused-activation bounds, compiled once per activation (scale and zero point traced)
+_ACTIVATION_RANGE = {"builtin": jax.jit(activation_range, static_argnames=("activation", "qmin", "qmax")),
+                     "xnnpack": jax.jit(activation_range_xnnpack, static_argnames=("activation", "qmin", "qmax"))}
 
 
 def _scalar(engine, v, what: str, op: str, kind=float):
@@ -62,9 +66,8 @@ class LiteRTElementwise:
     Binary ops broadcast numpy-style; all take and return per-tensor QArrays (qint8 unless stated)."""
 
     def _activation_range(self, activation, sy, zy):
-        if self.kernels == "xnnpack":
-            return activation_range_xnnpack(activation, sy, zy)
-        return activation_range(activation, sy, zy)
+        rule = _ACTIVATION_RANGE["xnnpack" if self.kernels == "xnnpack" else "builtin"]
+        return rule(activation=activation, scale=np.float32(sy), zero_point=np.int32(zy))
 
     def _binary(self, op, a, b, out_scale, out_zero_point, activation):
         sa, za = _qparams(self, a, op, "a")
@@ -74,27 +77,31 @@ class LiteRTElementwise:
         for name, x in (("a", a), ("b", b)):
             if as_qdtype(x.dtype) != qint8:
                 refuse(self, op, f"{name} must be qint8 (LiteRT's int8 kernels), got {as_qdtype(x.dtype).name}")
-        np.broadcast_shapes(tuple(a.values.shape), tuple(b.values.shape))  # a one-line error if not broadcastable
-        lo, hi = (int(v) for v in self._activation_range(activation, sy, zy))
-        return sa, sb, sy, zy, za, zb, lo, hi
+        shape = np.broadcast_shapes(tuple(a.values.shape), tuple(b.values.shape))
+        lo, hi = self._activation_range(activation, sy, zy)
+        # broadcast before the jitted arithmetic: one compilation per output shape
+        av, bv = jnp.broadcast_to(a.values, shape), jnp.broadcast_to(b.values, shape)
+        return sa, sb, sy, zy, za, zb, lo, hi, av, bv
 
     def _add_or_sub(self, op, a, b, out_scale, out_zero_point, activation):
-        sa, sb, sy, zy, za, zb, lo, hi = self._binary(op, a, b, out_scale, out_zero_point, activation)
+        sa, sb, sy, zy, za, zb, lo, hi, av, bv = self._binary(op, a, b, out_scale, out_zero_point, activation)
         subtract = op == "SUB"
         if self.kernels == "xnnpack":
             try:
                 params = te.add_params_xnnpack(sa, sb, sy, -1 if subtract else 1)
             except ValueError as e:
                 refuse(self, op, f"the XNNPACK delegate does not take it ({e}); it runs on LiteRT('optimized')")
-            values = te.add_xnnpack(a.values, b.values, za, zb, params, zy, lo, hi)
+            values = te.add_xnnpack(av, bv, za, zb, params, zy, lo, hi)
         else:
             params = te.add_params_builtin(sa, sb, sy)
             if params[2][1] > 0:
                 refuse(self, op, f"output multiplier 2*max(sa, sb)/(2**20*sy) >= 1 (sy={sy!r}): outside the kernel's "
                                  "MultiplyByQuantizedMultiplierSmallerThanOneExp domain")
             # int8 SUB is reference_ops::Sub in both builtin families: no NEON paths
-            optimized = self.kernels == "optimized" and not subtract
-            values = te.add_builtin(a.values, b.values, za, zb, params, zy, lo, hi, subtract, optimized)
+            paths = None
+            if self.kernels == "optimized" and not subtract:
+                paths = te.optimized_add_paths(a.values.shape, b.values.shape)
+            values = te.add_builtin(av, bv, za, zb, params, zy, lo, hi, subtract, paths)
         return _output(values, sy, zy)
 
     def tfl_add(self, a, b, out_scale, out_zero_point, activation="NONE"):
@@ -108,20 +115,20 @@ class LiteRTElementwise:
     def tfl_mul(self, a, b, out_scale, out_zero_point, activation="NONE"):
         """MUL (int8, numpy broadcasting, fused activation)."""
         op = "MUL"
-        sa, sb, sy, zy, za, zb, lo, hi = self._binary(op, a, b, out_scale, out_zero_point, activation)
+        sa, sb, sy, zy, za, zb, lo, hi, av, bv = self._binary(op, a, b, out_scale, out_zero_point, activation)
         if self.kernels == "xnnpack":
             scale = np.float32(np.float32(sa) * np.float32(sb)) / np.float32(sy)
             if not (2.0**-16 <= float(scale) < 2.0**8):
                 refuse(self, op, f"sa*sb/sy={float(scale)!r} outside XNNPACK's [2**-16, 2**8): the delegate does not "
                                  "take it; it runs on LiteRT('optimized')")
-            values = te.mul_xnnpack(a.values, b.values, za, zb, float(scale), zy, lo, hi)
+            values = te.mul_xnnpack(av, bv, za, zb, jnp.float32(scale), zy, lo, hi)
         else:
             m, s = te.builtin_multiplier(float(sa) * float(sb) / float(sy))
             # the optimized NEON body saturates to int16 and adds the zero point in int16 (wrapping); refuse
             # the scales where that could differ from the scalar arithmetic rather than guess
             if self.kernels == "optimized" and 255.0 * 255.0 * float(sa) * float(sb) / float(sy) + 1 + abs(zy) >= 32767:
                 refuse(self, op, "sa*sb/sy so large that the NEON body's int16 arithmetic could wrap")
-            values = te.mul_builtin(a.values, b.values, za, zb, (m, s), zy, lo, hi)
+            values = te.mul_builtin(av, bv, za, zb, (m, s), zy, lo, hi)
         return _output(values, sy, zy)
 
     def tfl_concat(self, xs, axis, out_scale, out_zero_point, activation="NONE"):
@@ -157,9 +164,14 @@ class LiteRTElementwise:
         x = jnp.asarray(x)
         if x.dtype != jnp.float32:
             raise TypeError(f"QUANTIZE: x must be float32, got {x.dtype}")
-        rule = {"reference": te.quantize_reference, "optimized": te.quantize_optimized,
-                "xnnpack": te.quantize_xnnpack}[self.kernels]
-        return _output(rule(x, float(sy), zy, qd.qmin, qd.qmax), sy, zy, qd)
+        s, z = jnp.float32(sy), jnp.int32(zy)
+        if self.kernels == "optimized":
+            values = te.quantize_optimized(x, s, te.optimized_quantize_inverse(sy), z, qd.qmin, qd.qmax)
+        elif self.kernels == "reference":
+            values = te.quantize_reference(x, s, z, qd.qmin, qd.qmax)
+        else:
+            values = te.quantize_xnnpack(x, s, z, qd.qmin, qd.qmax)
+        return _output(values, sy, zy, qd)
 
     def tfl_requantize(self, x, out_scale, out_zero_point, dtype="int8"):
         """QUANTIZE of a quantized tensor (int8/uint8 -> int8/uint8 with new qparams)."""
@@ -193,5 +205,5 @@ class LiteRTElementwise:
         if as_qdtype(x.dtype) not in (qint8, quint8):
             refuse(self, op, f"x must be qint8 or quint8, got {as_qdtype(x.dtype).name}")
         if self.kernels == "optimized":
-            return te.dequantize_optimized(x.values, float(s), z)
-        return te.dequantize_reference(x.values, float(s), z)
+            return te.dequantize_optimized(x.values, jnp.float32(s), jnp.int32(z))
+        return te.dequantize_reference(x.values, jnp.float32(s), jnp.int32(z))

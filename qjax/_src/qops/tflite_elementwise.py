@@ -68,6 +68,7 @@ __all__ = [
     "add_params_xnnpack",
     "optimized_add_paths",
     "block_body_mask",
+    "optimized_quantize_inverse",
     "add_builtin",
     "add_xnnpack",
     "mul_builtin",
@@ -183,6 +184,12 @@ def optimized_add_paths(shape_a, shape_b) -> np.ndarray:
     return runs(y[3], 8, PATH_SCALAR_BROADCAST)
 
 
+def optimized_quantize_inverse(scale) -> np.float32:
+    """``vdupq_n_f32(1.0f / scale)`` of ``optimized_ops::AffineQuantize``: ``scale`` is a double there, so the
+    reciprocal is a double quotient rounded to float32."""
+    return np.float32(1.0 / float(np.float32(scale)))
+
+
 def block_body_mask(shape, block: int) -> np.ndarray:
     """True on the elements a NEON body loop of ``block`` elements covers (the first ``block * (n // block)``
     of the flat tensor), False on the scalar tail."""
@@ -192,16 +199,15 @@ def block_body_mask(shape, block: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- integer helpers
 
-def _shift_left(x, e: int):
+def _shift_left(x, e):
     """``x * 2**e`` for ``e >= 0``, ``floor(x / 2**-e)`` for ``e < 0`` (NEON ``vshl`` by a signed count)."""
-    return jnp.left_shift(x, jnp.int32(e)) if e >= 0 else jnp.right_shift(x, jnp.int32(-e))
+    return jnp.where(e >= 0, jnp.left_shift(x, jnp.maximum(e, 0)), jnp.right_shift(x, jnp.maximum(-e, 0)))
 
 
-def _round_up_shift(x, e: int):
-    """NEON ``vrshl`` by ``-e``: ``floor((x + 2**(e-1)) / 2**e)`` (int32 values far from overflow here)."""
-    if e <= 0:
-        return x
-    return jnp.right_shift(x + jnp.int32(1 << (e - 1)), jnp.int32(e))
+def _round_up_shift(x, e):
+    """NEON ``vrshl`` by ``-e``: ``floor((x + 2**(e-1)) / 2**e)``, ``x`` for ``e <= 0`` (no overflow here)."""
+    half = jnp.where(e > 0, jnp.left_shift(jnp.int32(1), jnp.maximum(e - 1, 0)), 0)
+    return jnp.right_shift(x + half, jnp.maximum(e, 0))
 
 
 def _wrap16(x):
@@ -210,23 +216,22 @@ def _wrap16(x):
 
 # ---------------------------------------------------------------- ADD / SUB / MUL
 
-@functools.partial(jax.jit, static_argnames=("params", "out_zp", "lo", "hi", "subtract", "optimized"))
-def add_builtin(a, b, za, zb, params, out_zp, lo, hi, subtract: bool = False, optimized: bool = False):
-    """The builtin int8 ADD / SUB (see the module doc) of int8 ``a``, ``b`` (numpy broadcasting) with zero
-    points ``za``, ``zb``; ``params`` from :func:`add_params_builtin`; ``optimized``: the optimized kernels'
-    per-position paths (:func:`optimized_add_paths`), else ``S`` everywhere; int32 clamped to ``[lo, hi]``."""
-    (m1, s1), (m2, s2), (mo, so) = params
-    shape = jnp.broadcast_shapes(a.shape, b.shape)
-    paths = jnp.asarray(optimized_add_paths(a.shape, b.shape)) if optimized else None
-    x1 = jnp.broadcast_to(a.astype(jnp.int32) - za, shape)
-    x2 = jnp.broadcast_to(b.astype(jnp.int32) - zb, shape)
+@functools.partial(jax.jit, static_argnames=("subtract",))
+def add_builtin(a, b, za, zb, params, out_zp, lo, hi, subtract: bool = False, paths=None):
+    """The builtin int8 ADD / SUB (see the module doc) of int8 ``a``, ``b`` (of one shape: broadcast them
+    first) with zero points ``za``, ``zb``; ``params`` from :func:`add_params_builtin`; ``paths`` None (``S``
+    everywhere, the reference kernels) or the optimized kernels' per-element ``PATH_*`` of
+    :func:`optimized_add_paths`; int32 clamped to ``[lo, hi]``."""
+    (m1, s1), (m2, s2), (mo, so) = (tuple(jnp.asarray(v, jnp.int32) for v in p) for p in params)
+    x1 = a.astype(jnp.int32) - za
+    x2 = b.astype(jnp.int32) - zb
 
     def scaled(x, m, s):
         plain = rounding_divide_by_pot(srdhm(jnp.left_shift(x, 20), m), -s)
         if paths is None:
             return plain
         elementwise = srdhm(_shift_left(x, 20 + s), m)
-        broadcast = jnp.right_shift(srdhm(jnp.left_shift(x, 20), m), jnp.int32(-s))
+        broadcast = jnp.right_shift(srdhm(jnp.left_shift(x, 20), m), -s)
         return jnp.where(paths == PATH_ELEMENTWISE, elementwise,
                          jnp.where(paths == PATH_SCALAR_BROADCAST, broadcast, plain))
 
@@ -241,35 +246,35 @@ def add_builtin(a, b, za, zb, params, out_zp, lo, hi, subtract: bool = False, op
 
 
 def _broadcast_offsets(a, b, za, zb):
-    shape = jnp.broadcast_shapes(a.shape, b.shape)
+    shape = jnp.broadcast_shapes(a.shape, b.shape)  # numpy broadcasting (the engine broadcasts first)
     return (jnp.broadcast_to(a.astype(jnp.int32) - za, shape), jnp.broadcast_to(b.astype(jnp.int32) - zb, shape))
 
 
-@functools.partial(jax.jit, static_argnames=("params", "out_zp", "lo", "hi"))
+@jax.jit
 def add_xnnpack(a, b, za, zb, params, out_zp, lo, hi):
     """XNNPACK's qs8 ADD / SUB (``params`` from :func:`add_params_xnnpack`), int32 clamped to ``[lo, hi]``."""
-    ma, mb, shift = params
+    ma, mb, shift = (jnp.asarray(v, jnp.int32) for v in params)
     x1, x2 = _broadcast_offsets(a, b, za, zb)
-    acc = x1 * jnp.int32(ma) + x2 * jnp.int32(mb) + jnp.int32(1 << (shift - 1))
-    return jnp.clip(jnp.right_shift(acc, jnp.int32(shift)) + jnp.int32(out_zp), lo, hi)
+    acc = x1 * ma + x2 * mb + jnp.left_shift(jnp.int32(1), shift - 1)
+    return jnp.clip(jnp.right_shift(acc, shift) + out_zp, lo, hi)
 
 
-@functools.partial(jax.jit, static_argnames=("multiplier", "out_zp", "lo", "hi"))
+@jax.jit
 def mul_builtin(a, b, za, zb, multiplier, out_zp, lo, hi):
     """The builtin int8 MUL: ``multiplier = (M, s)`` from :func:`builtin_multiplier` of ``sa*sb/sy``."""
-    m, s = multiplier
+    m, s = (jnp.asarray(v, jnp.int32) for v in multiplier)
     x1, x2 = _broadcast_offsets(a, b, za, zb)
-    p = jnp.left_shift(x1 * x2, jnp.int32(max(s, 0)))
-    return jnp.clip(rounding_divide_by_pot(srdhm(p, m), max(-s, 0)) + jnp.int32(out_zp), lo, hi)
+    p = jnp.left_shift(x1 * x2, jnp.maximum(s, 0))
+    return jnp.clip(rounding_divide_by_pot(srdhm(p, m), jnp.maximum(-s, 0)) + out_zp, lo, hi)
 
 
-@functools.partial(jax.jit, static_argnames=("scale", "out_zp", "lo", "hi"))
+@jax.jit
 def mul_xnnpack(a, b, za, zb, scale, out_zp, lo, hi):
     """XNNPACK's qs8 MUL (fp32 requantization); ``scale = fl32(fl32(sa*sb)/sy)`` (a float32-valued float)."""
     x1, x2 = _broadcast_offsets(a, b, za, zb)
     acc = (x1 * x2).astype(jnp.float32)  # |x1*x2| <= 255**2: exact
     r = jnp.round(mul_rn(acc, jnp.float32(scale)))  # cvtps2dq: ties to even
-    return jnp.clip(r.astype(jnp.int32) + jnp.int32(out_zp), lo, hi)
+    return jnp.clip(r.astype(jnp.int32) + out_zp, lo, hi)
 
 
 # ---------------------------------------------------------------- QUANTIZE / requantize / DEQUANTIZE
@@ -303,25 +308,25 @@ def _round_half_away_exact_quotient(x, s):
     return jnp.where(inexact_half, jnp.where(below, q - 0.5, q + 0.5), _round_half_away(q))
 
 
-@functools.partial(jax.jit, static_argnames=("scale", "zp", "qmin", "qmax"))
+@jax.jit
 def quantize_reference(x, scale, zp, qmin, qmax):
     """``reference_ops::AffineQuantize``: ``round_half_away(fl32(x / s)) + zp`` clamped (int32)."""
     r = _round_half_away(div_rn(jnp.asarray(x, jnp.float32), jnp.float32(scale)))
     return jnp.clip(_to_int32_x86(r) + jnp.int32(zp), qmin, qmax)
 
 
-@functools.partial(jax.jit, static_argnames=("scale", "zp", "qmin", "qmax"))
-def quantize_optimized(x, scale, zp, qmin, qmax):
-    """``optimized_ops::AffineQuantize``: NEON body (blocks of 8) and scalar tail (see the module doc)."""
+@jax.jit
+def quantize_optimized(x, scale, inverse, zp, qmin, qmax):
+    """``optimized_ops::AffineQuantize``: NEON body (blocks of 8) and scalar tail (see the module doc);
+    ``inverse = fl32(1.0 / (double)scale)`` (:func:`optimized_quantize_inverse`, host-side)."""
     x = jnp.asarray(x, jnp.float32)
-    inv = np.float32(1.0 / float(np.float32(scale)))  # vdupq_n_f32(1.0f / scale): a double quotient, cast
-    body = _to_int32_x86(jnp.round(mul_rn(x, inv))) + jnp.int32(zp)  # vcvtnq (cvtps2dq): ties to even
+    body = _to_int32_x86(jnp.round(mul_rn(x, jnp.float32(inverse)))) + jnp.int32(zp)  # vcvtnq: ties to even
     tail = _to_int32_x86(_round_half_away_exact_quotient(x, jnp.float32(scale))) + jnp.int32(zp)
     mask = block_body_mask(x.shape, 8)
     return jnp.clip(jnp.where(mask, body, tail), qmin, qmax)
 
 
-@functools.partial(jax.jit, static_argnames=("scale", "zp", "qmin", "qmax"))
+@jax.jit
 def quantize_xnnpack(x, scale, zp, qmin, qmax):
     """XNNPACK ``f32-qs8-vcvt`` / ``f32-qu8-vcvt``: ``rint(min(fl32(x * fl32(1/s)), 32767)) + zp``, saturated."""
     inv = div_rn(jnp.float32(1.0), jnp.float32(scale))
@@ -331,32 +336,32 @@ def quantize_xnnpack(x, scale, zp, qmin, qmax):
     return jnp.clip(r + jnp.int32(zp), qmin, qmax)
 
 
-@functools.partial(jax.jit, static_argnames=("multiplier", "out_zp", "qmin", "qmax", "optimized"))
+@functools.partial(jax.jit, static_argnames=("optimized",))
 def requantize_builtin(x1, multiplier, out_zp, qmin, qmax, optimized: bool = False):
     """``reference_ops::Requantize`` (``optimized=False``) or ``optimized_ops::Requantize`` (NEON body on
     blocks of 16 rounds its shift half up, ``vrshl``): ``x1 = x - x_zp`` int32, ``multiplier = (M, s)``."""
-    m, s = multiplier
-    hi = srdhm(jnp.left_shift(x1, jnp.int32(max(s, 0))), m)
-    out = rounding_divide_by_pot(hi, max(-s, 0))
+    m, s = (jnp.asarray(v, jnp.int32) for v in multiplier)
+    hi = srdhm(jnp.left_shift(x1, jnp.maximum(s, 0)), m)
+    out = rounding_divide_by_pot(hi, jnp.maximum(-s, 0))
     if optimized:
-        out = jnp.where(block_body_mask(x1.shape, 16), _round_up_shift(hi, max(-s, 0)), out)
+        out = jnp.where(block_body_mask(x1.shape, 16), _round_up_shift(hi, jnp.maximum(-s, 0)), out)
     return jnp.clip(out + jnp.int32(out_zp), qmin, qmax)
 
 
-@functools.partial(jax.jit, static_argnames=("multiplier", "out_zp", "qmin", "qmax"))
+@jax.jit
 def requantize_xnnpack(x1, multiplier: int, out_zp, qmin, qmax):
     """XNNPACK ``qs8-vcvt`` / ``qu8-vcvt``: ``((x1 * M + 128) >> 8) + zo`` saturated (``M = lrintf(256 * fl32(si/so))``)."""
-    acc = x1 * jnp.int32(multiplier) + jnp.int32(128)
+    acc = x1 * jnp.asarray(multiplier, jnp.int32) + jnp.int32(128)
     return jnp.clip(jnp.right_shift(acc, 8) + jnp.int32(out_zp), qmin, qmax)
 
 
-@functools.partial(jax.jit, static_argnames=("scale", "zp"))
+@jax.jit
 def dequantize_reference(v, scale, zp):
     """``fl32((x - zp) * s)``: reference (``reference_ops::Dequantize``) and XNNPACK (``qs8-f32-vcvt``)."""
     return mul_rn((jnp.asarray(v, jnp.int32) - jnp.int32(zp)).astype(jnp.float32), jnp.float32(scale))
 
 
-@functools.partial(jax.jit, static_argnames=("scale", "zp"))
+@jax.jit
 def dequantize_optimized(v, scale, zp):
     """``optimized_ops::Dequantize``: ``fl32(fl32(x * s) + fl32(-zp * s))`` on the NEON body (blocks of 8),
     reference on the tail."""

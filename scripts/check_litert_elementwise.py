@@ -1,0 +1,84 @@
+"""Sweep: qjax's LiteRT ADD / SUB / MUL / QUANTIZE / requantize / DEQUANTIZE vs ai-edge-litert, per family.
+
+Prints, per op and kernel family, mismatching outputs / outputs (and how many of the outputs come from
+tie-seeking cases: power-of-two scale ratios, half-integer quotients).  The XNNPACK column counts only
+nodes the delegate took.  Usage: python scripts/check_litert_elementwise.py [cases_per_op]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from qjax._src.interop import litert_runtime as lr  # noqa: E402
+from tests.engines import test_litert_elementwise as t  # noqa: E402
+
+SHAPES = [((4, 1000), (4, 1000)), ((1, 8, 8, 61), (61,)), ((1, 16, 16, 1), (1, 16, 16, 17)), ((7, 1, 97), (1, 5, 1)),
+          ((2, 999), (2, 999))]
+
+
+def main(cases: int = 24):
+    rng = np.random.default_rng(2026)
+    counts = {}
+
+    def add(op, k, bad, n, ties):
+        c = counts.setdefault((op, k), [0, 0, 0])
+        c[0] += bad
+        c[1] += n
+        c[2] += n if ties else 0
+
+    for kind in ("ADD", "SUB", "MUL"):
+        for i in range(cases):
+            sa, sb = SHAPES[i % len(SHAPES)]
+            ties = i % 2 == 0
+            if ties:
+                a, b, qa, qb, qy = t.tie_binary_case(rng, kind, sa, sb)
+            else:
+                qa = (np.float32(rng.uniform(0.002, 0.3)), int(rng.integers(-128, 128)))
+                qb = (np.float32(rng.uniform(0.002, 0.3)), int(rng.integers(-128, 128)))
+                qy = (np.float32(rng.uniform(0.01, 0.5) if kind != "MUL" else qa[0] * qb[0] * rng.uniform(2.5, 40)),
+                      int(rng.integers(-128, 128)))
+                a = rng.integers(-128, 128, sa).astype(np.int8)
+                b = rng.integers(-128, 128, sb).astype(np.int8)
+            act = list(t.ACT)[i % 4]
+            out = t.run_binary(kind, a, b, qa, qb, qy, act)
+            for k, bad in t.mismatches(out).items():
+                add(kind, k, bad, out[k][0].size, ties)
+    for i in range(cases):
+        shape = (3, 1001 + i)
+        dtype = np.int8 if i % 2 == 0 else np.uint8
+        name = np.dtype(dtype).name
+        s = np.float32(2.0 ** -int(rng.integers(1, 8))) if i % 3 == 0 else np.float32(rng.uniform(0.001, 0.5))
+        z = int(rng.integers(-128, 128)) if dtype == np.int8 else int(rng.integers(0, 256))
+        x = t._quantize_inputs(rng, shape, s)
+        qmodel = t.convert_model("QUANTIZE", shape, np.float32, dtype, None, (s, z))
+        dmodel = t.convert_model("DEQUANTIZE", shape, dtype, np.float32, (s, z), None)
+        v = rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max + 1, shape).astype(dtype)
+        so = np.float32(s * 2.0 ** int(rng.integers(-3, 3))) if i % 2 == 0 else np.float32(rng.uniform(0.002, 0.5))
+        dout = [np.int8, np.uint8][(i // 2) % 2]
+        zo = int(rng.integers(-128, 128)) if dout == np.int8 else int(rng.integers(0, 256))
+        rmodel = t.convert_model("QUANTIZE", shape, dtype, dout, (s, z), (so, zo))
+        rdelegated = 0 in lr.delegated_ops(rmodel)
+        qv = t._qa(v, (s, z), t.qint8 if dtype == np.int8 else t.quint8)
+        for k in lr.KERNELS:
+            got = np.asarray(t.LiteRT(k).tfl_quantize(x, s, z, name).values)
+            add("QUANTIZE", k, int(np.sum(got != lr.run(qmodel, [x], k)[0])), got.size, True)
+            deq = np.asarray(t.LiteRT(k).tfl_dequantize(qv)).view(np.uint32)
+            add("DEQUANTIZE", k, int(np.sum(deq != lr.run(dmodel, [v], k)[0].view(np.uint32))), deq.size, False)
+            rule = k if (k != "xnnpack" or rdelegated) else "optimized"
+            got = np.asarray(t.LiteRT(rule).tfl_requantize(qv, so, zo, np.dtype(dout).name).values)
+            add("REQUANTIZE", k + ("" if rule == k else "(not delegated: optimized)"),
+                int(np.sum(got != lr.run(rmodel, [v], k)[0])), got.size, i % 2 == 0)
+    print(f"{'op':<12}{'family':<40}{'mismatches':>12}{'outputs':>10}{'tie-case outputs':>18}")
+    for (op, k), (bad, n, ties) in sorted(counts.items()):
+        print(f"{op:<12}{k:<40}{bad:>12}{n:>10}{ties:>18}")
+    return 0 if all(c[0] == 0 for c in counts.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 24))
