@@ -162,6 +162,17 @@ def test_errors_are_one_line():
     bad(lambda p: p.update(bias=np.asarray(p["bias"])[:2]), "has shape")
     bad(lambda p: p.update(scale=np.float32(0.0)), "positive and finite")
     bad(lambda p: p.update(zero_point=np.int32(300)), "zero points outside")
+    # an XNNPACK model whose new qparams the delegate cannot run (FC requantization scale x 1e6)
+    qx = from_tflite(_CHAIN, kernels="xnnpack")
+    (fc,) = _node(qx, "tfl_fully_connected")
+    params = {k: dict(v) for k, v in qx.params.items()}
+    wf = params[fc]["weight"]
+    params[fc]["weight"] = qjax.QArray(np.asarray(wf.values), (np.asarray(wf.scale) * 1e6).astype(np.float32),
+                                       np.zeros(wf.shape[0], np.int32), "qint8", 0)
+    with pytest.raises(ValueError, match="XNNPACK delegate cannot prepare") as e:
+        to_tflite(with_qparams(qx, params))
+    assert "\n" not in str(e.value)
+    assert to_tflite(with_qparams(qx, params), check_delegation=False)[4:8] == b"TFL3"
     with pytest.raises(ValueError, match="from qjax.from_tflite"):
         to_tflite(QModel(qm.inputs, qm.nodes, qm.output, qm.params, {}))
     assert qjax.to_tflite is to_tflite

@@ -24,7 +24,8 @@ not rewritten is split (the edited tensor gets its own buffer).  Nothing changed
 Checks (one-line ``ValueError``\\ s): the model came from ``from_tflite``; each value keeps its tensor's shape
 and dtype (int8 weights in ``[-127, 127]`` with zero points 0 — TFLite's int8 quantization spec —, int32
 biases, 8-bit zero points in the dtype's range, positive finite float32 scales); a tensor written by two nodes
-gets the same data from both.
+gets the same data from both; in an ``"xnnpack"`` model, new qparams leave the XNNPACK delegate's choice of
+operators as the QModel recorded it (its nodes' engines follow that choice).
 """
 
 from __future__ import annotations
@@ -226,12 +227,15 @@ def _set_quant(schema, t, scale, zp, axis):
     t.quantization = q
 
 
-def to_tflite(qm) -> bytes:
+def to_tflite(qm, *, check_delegation: bool = True) -> bytes:
     """The ``.tflite`` flatbuffer of ``qm`` (a QModel from :func:`qjax.from_tflite`), with its params written back.
 
     Args:
       qm: the QModel, its ``params`` possibly changed (same shapes and dtypes): weights, weight scales,
         biases, output scales and zero points.
+      check_delegation: for an ``"xnnpack"`` model whose qparams changed, refuse (``ValueError``) a written model
+        in which the XNNPACK delegate takes other operators than ``qm`` recorded (``False``: return it anyway;
+        ``from_tflite`` of the bytes gives the model that computes it).
     Returns:
       the flatbuffer bytes (``TFL3``); LiteRT's interpreter computes on them what ``qm`` computes, under the
       family ``qm`` was imported for.  The original bytes when nothing changed.
@@ -302,4 +306,20 @@ def to_tflite(qm) -> bytes:
 
     builder = flatbuffers.Builder(max(1024, len(original) + 4096))
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    out = bytes(builder.Output())
+    if check_delegation and meta.get("kernels") == "xnnpack" and changed_q:
+        # XNNPACK takes an operator only for some quantization parameters (e.g. bounded requantization scales):
+        # the QModel's nodes carry the engines of the original delegation, which new qparams may change
+        from .litert_runtime import delegated_ops
+
+        try:
+            now = frozenset(delegated_ops(out))
+        except RuntimeError as e:  # e.g. "failed to create XNNPACK runtime": a requantization scale past its range
+            raise ValueError(f"to_tflite: LiteRT's XNNPACK delegate cannot prepare the written model with these "
+                             f"qparams ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        then = frozenset(meta.get("delegated", ()))
+        if now != then:
+            raise ValueError(f"to_tflite: with the new qparams the XNNPACK delegate takes operators {sorted(now)} "
+                             f"instead of {sorted(then)}; qm no longer computes what the written model computes "
+                             "(check_delegation=False returns the bytes; from_tflite of them computes what they compute)")
+    return out
