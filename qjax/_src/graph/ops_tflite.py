@@ -19,8 +19,10 @@ operands' values) are ordinary leaves: change or train them freely.
 
 from __future__ import annotations
 
+import functools
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -29,7 +31,26 @@ from ..dtypes import as_qdtype
 from ..engines import ConvGeometry
 from ..qarray import QArray
 from ..qops.tflite_common import explicit_padding
-from .model import GraphError, register_op
+from .model import GraphError
+from .model import register_op as _register
+
+def register_op(name):
+    """Register a tfl node op that runs under ``jax.ensure_compile_time_eval()``: inside the QModel's ``jit``,
+    arithmetic on the static qparams (the engines' Prepare-time multipliers, shifts, clamp bounds, tables) is
+    computed on the host, op by op, as LiteRT's Prepare does — ``jnp`` of a constant would otherwise be a tracer
+    (jax >= 0.8) that ``int()`` / ``np.asarray`` cannot read; arithmetic on the traced values is staged as
+    usual."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def run(*args):
+            with jax.ensure_compile_time_eval():
+                return fn(*args)
+
+        _register(name)(run)
+        return fn
+
+    return deco
 
 __all__ = ["TFL_OPS"]
 
