@@ -10,7 +10,7 @@
   are not readable and are skipped).
 * :func:`explain_tflite` — one output integer of a CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED node step by
   step: its taps, the int32 accumulator, the node's family's requantization (the engine's own rule and
-  Prepare-time parameters, :func:`qjax.engines.litert_gemm.requant_params`) next to the other two families'
+  Prepare-time parameters, :func:`qjax.requant.tflite.requant_params`) next to the other two families'
   and the exact rational value ``acc * sx * sw / sy``.
 """
 
@@ -54,12 +54,6 @@ def _interpreter_all_tensors(data: bytes, kernels: str, inputs):
         it.set_tensor(d["index"], np.ascontiguousarray(x, dtype=d["dtype"]))
     it.invoke()
     return it
-
-
-def _requant_params(*args):
-    """The engine layer's ``requant_params`` (the rule and Prepare-time parameters a family applies)."""
-    fn = getattr(rq, "requant_params", None) or getattr(litert_gemm, "requant_params")
-    return fn(*args)
 
 
 @functools.lru_cache(maxsize=None)
@@ -332,7 +326,7 @@ def describe_requantization(engine, op, acc, sx, sw, sy, zy, activation, n_out, 
     """What ``engine`` (a :class:`~qjax.engines.LiteRT`) computes from the int32 accumulator ``acc`` of output
     channel ``channel``: its rule, the channel's Prepare-time parameters, the requantized value and the final
     clamped integer — with the engine layer's own rule and parameters (``requant_params``)."""
-    rule, params = _requant_params(engine.kernels, op, sx, sw, sy, n_out, groups)
+    rule, params = rq.requant_params(engine.kernels, op, sx, sw, sy, n_out, groups)
     accs = np.full((n_out,), acc, np.int32)  # one row: every channel's parameters, this accumulator
     r = int(np.asarray(_jitted_rule(rule)(accs, *params))[channel])
     lo, hi = (int(np.asarray(v)) for v in litert_gemm.output_range(rule, activation, sy, zy))
