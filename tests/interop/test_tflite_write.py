@@ -10,7 +10,7 @@ from qjax._src.graph import QModel  # noqa: E402
 from qjax._src.interop import litert_runtime  # noqa: E402
 from qjax._src.interop.tflite import from_tflite, with_qparams  # noqa: E402
 from qjax._src.interop.tflite_write import to_tflite  # noqa: E402
-from ..tflite_models import CalibratedBuilder, mobilenet_style, schema  # noqa: E402
+from ..tflite_models import CalibratedBuilder, every_op_model, mobilenet_style, schema  # noqa: E402
 
 FAMILIES = ("reference", "optimized", "xnnpack")
 
@@ -48,11 +48,25 @@ def _node(qm, op):
 
 
 def test_unchanged_model_is_byte_identical():
-    for data in (_CHAIN, mobilenet_style(0, size=8, width=4)):
+    for data in (_CHAIN, mobilenet_style(0, size=8, width=4), every_op_model(0)):
         qm = from_tflite(data, kernels="reference")
         assert to_tflite(qm) == data
         # a no-op rewrite (the same integers as new arrays) writes nothing either
-        assert to_tflite(qm.with_params({k: dict(v) for k, v in qm.params.items()})) == data
+        params = {k: {n: (np.array(v) if isinstance(v, np.ndarray) else v) for n, v in d.items()}
+                  for k, d in qm.params.items()}
+        assert to_tflite(qm.with_params(params)) == data
+
+
+def test_constant_operands_are_written():
+    # every_op_model's SUB of a constant: its int8 values (and qparams) are the node's const_b param
+    qm = from_tflite(every_op_model(0), kernels="reference")
+    (sub,) = [n.name for n in qm.nodes if n.op == "tfl_binary" and n.config()["kind"] == "sub"]
+    params = {k: dict(v) for k, v in qm.params.items()}
+    c = params[sub]["const_b"]
+    params[sub]["const_b"] = c.with_values((np.asarray(c.values) // 3).astype(np.int8))
+    back = from_tflite(to_tflite(qm.with_params(params)), kernels="reference")
+    np.testing.assert_array_equal(np.asarray(back.params[sub]["const_b"].values), np.asarray(c.values) // 3)
+    assert np.asarray(back.params[sub]["const_b"].scale) == np.asarray(c.scale)
 
 
 def _changed(qm):
