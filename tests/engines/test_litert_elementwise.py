@@ -89,15 +89,29 @@ def mismatches(out) -> dict:
     return {k: int(np.sum(np.asarray(x).view(np.uint8) != np.asarray(y).view(np.uint8))) for k, (x, y) in out.items()}
 
 
-def tie_binary_case(rng, kind, shape_a, shape_b):
-    """Qparams with power-of-two ratios (exact half-integer results) and random int8 operands."""
-    base = np.float32(2.0 ** -int(rng.integers(2, 7)) * rng.choice([1.0, 1.5, 1.25, 0.75]))
-    qa = (base, int(rng.integers(-20, 21)))
-    qb = (np.float32(base * 2.0 ** int(rng.integers(-2, 3))), int(rng.integers(-20, 21)))
-    if kind == "MUL":
-        qy = (np.float32(qa[0] * qb[0] * 2.0 ** int(rng.integers(1, 6))), int(rng.integers(-10, 11)))
+def tie_binary_case(rng, kind, shape_a, shape_b, decimal: bool = False):
+    """Tie-seeking qparams and random int8 operands.
+
+    ``decimal=False``: power-of-two scale ratios (exact half-integer results, every fixed-point step
+    exact but the last rounding); ``decimal=True``: scales that are multiples of 0.01 (as users pick
+    them), whose real results hit half-integers too but whose multipliers are inexact — there the
+    optimized ADD's NEON paths round differently from the scalar loop."""
+    if decimal:
+        qa = (np.float32(0.01 * rng.integers(1, 30)), int(rng.integers(-20, 21)))
+        qb = (np.float32(0.01 * rng.integers(1, 30)), int(rng.integers(-20, 21)))
+        hi = 30 if kind != "MUL" else 3
+        qy = (np.float32(0.01 * rng.integers(1, hi)) if kind != "MUL" else np.float32(qa[0] * qb[0] * rng.integers(3, 9)),
+              int(rng.integers(-10, 11)))
+        if kind != "MUL" and qy[0] < 0.5 * max(qa[0], qb[0]) / 128:
+            qy = (np.float32(max(qa[0], qb[0])), qy[1])
     else:
-        qy = (np.float32(max(qa[0], qb[0]) * 2.0 ** int(rng.integers(0, 4))), int(rng.integers(-10, 11)))
+        base = np.float32(2.0 ** -int(rng.integers(2, 7)) * rng.choice([1.0, 1.5, 1.25, 0.75]))
+        qa = (base, int(rng.integers(-20, 21)))
+        qb = (np.float32(base * 2.0 ** int(rng.integers(-2, 3))), int(rng.integers(-20, 21)))
+        if kind == "MUL":
+            qy = (np.float32(qa[0] * qb[0] * 2.0 ** int(rng.integers(1, 6))), int(rng.integers(-10, 11)))
+        else:
+            qy = (np.float32(max(qa[0], qb[0]) * 2.0 ** int(rng.integers(0, 4))), int(rng.integers(-10, 11)))
     a = rng.integers(-128, 128, shape_a).astype(np.int8)
     b = rng.integers(-128, 128, shape_b).astype(np.int8)
     return a, b, qa, qb, qy
@@ -115,22 +129,29 @@ def test_binary_ties_and_broadcasts(kind):
     rng = np.random.default_rng({"ADD": 1, "SUB": 2, "MUL": 3}[kind])
     total = {k: 0 for k in KERNELS}
     for i, (sa, sb) in enumerate(SHAPES):
-        a, b, qa, qb, qy = tie_binary_case(rng, kind, sa, sb)
-        for act in ("NONE", ["RELU", "RELU6", "RELU_N1_TO_1"][i % 3]):
-            for k, v in mismatches(run_binary(kind, a, b, qa, qb, qy, act)).items():
-                total[k] += v
+        for decimal in (False, True):
+            a, b, qa, qb, qy = tie_binary_case(rng, kind, sa, sb, decimal)
+            for act in ("NONE", ["RELU", "RELU6", "RELU_N1_TO_1"][i % 3]):
+                for k, v in mismatches(run_binary(kind, a, b, qa, qb, qy, act)).items():
+                    total[k] += v
     assert total == {k: 0 for k in KERNELS}
 
 
 def test_binary_data_separates_the_families():
-    """On tie-seeking data each family's rule differs from the others' (so the tests can fail)."""
+    """On the tie-seeking data the families' rules differ (so the tests can fail): reference vs XNNPACK on
+    ADD and MUL, and reference vs optimized on ADD (the NEON paths, decimal scales) — SUB is one rule."""
     rng = np.random.default_rng(7)
     diff = {}
-    for kind in ("ADD", "MUL"):
-        a, b, qa, qb, qy = tie_binary_case(rng, kind, (2, 3, 4, 17), (2, 3, 4, 17))
-        outs = {k: qjax_binary(k, kind, a, b, qa, qb, qy) for k in KERNELS}
-        diff[kind] = int(np.sum(outs["reference"] != outs["xnnpack"]))
-    assert diff["ADD"] > 0 and diff["MUL"] > 0
+    for kind in ("ADD", "SUB", "MUL"):
+        for decimal in (False, True):
+            for sa, sb in SHAPES[:2]:
+                a, b, qa, qb, qy = tie_binary_case(rng, kind, sa, sb, decimal)
+                outs = {k: qjax_binary(k, kind, a, b, qa, qb, qy) for k in KERNELS}
+                for k in ("optimized", "xnnpack"):
+                    diff[kind, k] = diff.get((kind, k), 0) + int(np.sum(outs["reference"] != outs[k]))
+    assert diff["ADD", "xnnpack"] > 0 and diff["MUL", "xnnpack"] > 0 and diff["SUB", "xnnpack"] > 0
+    assert diff["ADD", "optimized"] > 0
+    assert diff["SUB", "optimized"] == 0 and diff["MUL", "optimized"] == 0
 
 
 @settings(deadline=None, max_examples=3, derandomize=True)
@@ -215,3 +236,20 @@ def test_requantize(din, dout, qi, qo):
         rule = k if (k != "xnnpack" or delegated) else "optimized"
         got = LiteRT(rule).tfl_requantize(x, np.float32(qo[0]), qo[1], np.dtype(dout).name)
         np.testing.assert_array_equal(np.asarray(got.values), lr.run(model, [v], k)[0], err_msg=k)
+
+
+@pytest.mark.parametrize("activation,qy,builtin,xnn", [("RELU6", (4.0, 1), (1, 3), (1, 2)),
+                                                     ("RELU_N1_TO_1", (2.0, 0), (-1, 1), (0, 0))])
+def test_xnnpack_activation_bounds_round_ties_to_even(activation, qy, builtin, xnn):
+    """6/4 + 1 = 2.5 and ±1/2 + 0: XNNPACK's bound (ties to even, after adding the zero point) is not the
+    builtin kernels' (half away, before it); both rules are checked against their interpreters."""
+    from qjax._src.qops.tflite_common import activation_range, activation_range_xnnpack
+
+    assert tuple(int(v) for v in activation_range(activation, qy[0], qy[1])) == builtin
+    assert tuple(int(v) for v in activation_range_xnnpack(activation, qy[0], qy[1])) == xnn
+    rng = np.random.default_rng(9)
+    a = rng.integers(-128, 128, (2, 3, 4, 17)).astype(np.int8)
+    b = rng.integers(-128, 128, (2, 3, 4, 17)).astype(np.int8)
+    out = run_binary("ADD", a, b, (1.0, 0), (1.0, 3), qy, activation)
+    assert set(out) == set(KERNELS)
+    assert mismatches(out) == {k: 0 for k in KERNELS}

@@ -123,7 +123,9 @@ class LiteRTElementwise:
                                  "take it; it runs on LiteRT('optimized')")
             values = te.mul_xnnpack(av, bv, za, zb, jnp.float32(scale), zy, lo, hi)
         else:
-            m, s = te.builtin_multiplier(float(sa) * float(sb) / float(sy))
+            # mul.cc Prepare: `double real_multiplier = input1->params.scale * input2->params.scale /
+            # output->params.scale` — float32 arithmetic, then widened
+            m, s = te.builtin_multiplier(float(np.float32(np.float32(sa) * np.float32(sb)) / np.float32(sy)))
             # the optimized NEON body saturates to int16 and adds the zero point in int16 (wrapping); refuse
             # the scales where that could differ from the scalar arithmetic rather than guess
             if self.kernels == "optimized" and 255.0 * 255.0 * float(sa) * float(sb) / float(sy) + 1 + abs(zy) >= 32767:

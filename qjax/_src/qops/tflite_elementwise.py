@@ -29,7 +29,7 @@ fl32(sb/sy)``, ``shift = 20 - exponent(max(|ra|, |rb|))``, ``Ma = lrintf(ra * 2*
 rounding, ties toward +inf).
 
 **MUL**: builtin (both families; ``reference_integer_ops::MulElementwise``, the NEON body has the same
-arithmetic): ``(M, s) = QM(sa*sb/sy)``, ``y = RDPOT(SRDHM(x1*x2 << max(s,0), M), max(-s,0)) + y_zp``.
+arithmetic): ``(M, s) = QM(fl32(fl32(sa*sb)/sy))`` (``mul.cc`` computes the real multiplier in float32), ``y = RDPOT(SRDHM(x1*x2 << max(s,0), M), max(-s,0)) + y_zp``.
 XNNPACK (``xnn_init_qs8_mul_minmax_scalar_params``, ``qs8-vmul-minmax-fp32``): ``y = rint(fl32(float(x1*x2)
 * fl32(fl32(sa*sb)/sy))) + y_zp`` (ties to even).
 
