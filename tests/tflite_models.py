@@ -386,8 +386,9 @@ def mobilenet_style(seed=0, *, float_io=True, size=16, width=8) -> bytes:
 
 
 def every_op_model(seed=0) -> bytes:
-    """One model with every op :func:`qjax.from_tflite` imports (float input; two outputs: the float softmax and
-    an int8 FULLY_CONNECTED on a 4-d input with keep_num_dims): QUANTIZE, CONV_2D (dilation 2, RELU),
+    """One model with every op :func:`qjax.from_tflite` imports (float input; three outputs: the float softmax,
+    an int8 FULLY_CONNECTED on a 4-d input with keep_num_dims and one on a flattened per-tensor CONV_2D (VALID,
+    stride 2)): QUANTIZE, CONV_2D (dilation 2, RELU),
     DEPTHWISE_CONV_2D (multiplier 2, stride 2, per-tensor weights), AVERAGE_POOL_2D, MAX_POOL_2D (SAME),
     CONCATENATION, ADD (RELU6), SUB of a constant, MUL, HARD_SWISH, LOGISTIC, TANH, PAD, TRANSPOSE, MEAN, SQUEEZE,
     FULLY_CONNECTED, QUANTIZE (requantize), SOFTMAX, RESHAPE, DEQUANTIZE."""
@@ -407,10 +408,12 @@ def every_op_model(seed=0) -> bytes:
     pd = m.pad(m.binary("MUL", lg, th), [[0, 0], [1, 1], [1, 0], [0, 0]])
     tr = m.transpose(pd, [0, 2, 1, 3])
     fc4 = m.fully_connected(tr, 6, keep_num_dims=True, act="RELU")
+    cv = m.conv(tr, 5, 2, stride=2, padding="VALID", per_channel=False)
+    fcf = m.fully_connected(cv, 4)  # a 4-d input flattened
     mn = m.mean(tr, (1, 2), keep_dims=True)
     sq = m.squeeze(mn, [1, 2])
     fc = m.fully_connected(sq, 10, per_channel=False)
     rq = m.requantize(fc)
     sm = m.unary("SOFTMAX", rq, beta=0.5)
     rs = m.reshape(sm, [-1, 10])
-    return m.build([x], [m.dequantize(rs), fc4])
+    return m.build([x], [m.dequantize(rs), fc4, fcf])
