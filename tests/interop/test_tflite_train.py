@@ -3,13 +3,16 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 pytest.importorskip("ai_edge_litert")
 
+import qjax  # noqa: E402
 from qjax._src.interop import litert_runtime  # noqa: E402
 from qjax._src.interop.tflite import from_tflite  # noqa: E402
 from qjax._src.interop.tflite_train import TFLiteQAT, quantize_bias, quantize_weight  # noqa: E402
+from ..tflite_models import mobilenet_style  # noqa: E402
 from .test_tflite_write import _CHAIN  # noqa: E402
 
 FAMILIES = ("reference", "optimized", "xnnpack")
@@ -64,3 +67,47 @@ def test_init_reproduces_the_imported_model_and_the_gradient_is_the_surrogates()
     out_scale, out_zp = qm.node(qat.trainable[-1]).config()["out_qparams"]
     want_ints = litert_runtime.run(_CHAIN, [x], "reference")[0]
     np.testing.assert_array_equal(np.asarray(y), (want_ints.astype(np.float32) - out_zp) * np.float32(out_scale))
+
+
+def test_qat_round_trip_is_bit_exact_in_litert():
+    # QAT of a MobileNet-style model (xnnpack family) on a seeded 10-class set, written back with to_tflite:
+    # LiteRT's interpreter computes the trained QModel's integers under each family (the written file re-imported
+    # per family; for xnnpack, the trained QModel itself)
+    data = mobilenet_style(0, size=8, width=4)
+    qm = from_tflite(data, kernels="xnnpack")
+    qat = TFLiteQAT(qm)
+    x, y = _dataset(320, (8, 8, 3))
+    xtr, ytr, xte, yte = x[:256], y[:256], x[256:], y[256:]
+
+    def loss_fn(p, xb, yb):
+        prob = qat.apply(p, xb)  # the model ends in SOFTMAX -> DEQUANTIZE: probabilities at 1/256
+        return -jnp.mean(jnp.log(jnp.maximum(jnp.take_along_axis(prob, yb[:, None], 1)[:, 0], 1.0 / 512)))
+
+    opt = optax.adam(1e-2)
+
+    @jax.jit
+    def step(p, s, xb, yb):
+        loss, g = jax.value_and_grad(loss_fn)(p, xb, yb)
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s, loss
+
+    p = qat.init()
+    s = opt.init(p)
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(30):
+        idx = rng.integers(0, len(xtr), 64)
+        p, s, loss = step(p, s, xtr[idx], ytr[idx])
+        losses.append(float(loss))
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+    trained = qat.to_qmodel(p)
+    out = qjax.to_tflite(trained)
+    assert out != data
+    acc0 = float(np.mean(np.argmax(litert_runtime.run(data, [xte], "xnnpack")[0], 1) == yte))
+    for fam in FAMILIES:
+        want = litert_runtime.run(out, [xte], fam)[0]
+        got = np.asarray((trained if fam == "xnnpack" else from_tflite(out, kernels=fam))(xte))
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert int((got != want).sum()) == 0, fam
+        acc1 = float(np.mean(np.argmax(want, 1) == yte))
+        assert acc1 > acc0 + 0.2, (fam, acc0, acc1)

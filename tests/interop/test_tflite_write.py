@@ -90,6 +90,8 @@ def _changed(qm):
 
 
 def test_changed_params_are_written_and_computed_by_litert():
+    # the written params re-import as written under every family; LiteRT computes the changed model's integers
+    # (xnnpack here: one compilation per family is the suite's budget; test_tflite_train runs all three)
     x = _inputs(from_tflite(_CHAIN, kernels="reference"))
     for fam in FAMILIES:
         qm = from_tflite(_CHAIN, kernels=fam)
@@ -110,12 +112,13 @@ def test_changed_params_are_written_and_computed_by_litert():
         sx, sw, sb = (np.asarray(ts[i].quantization.scale, np.float64) for i in fc_op.inputs[:3])
         np.testing.assert_array_equal(sb.astype(np.float32), (sx[0] * sw).astype(np.float32))
         assert np.float32(sx[0]) == np.asarray(qm2.params[dw]["scale"])
+        if fam != "xnnpack":
+            continue
         want = litert_runtime.run(out, [x], fam)[0]
         got = np.asarray(qm2(x))
         assert got.dtype == want.dtype and got.shape == want.shape
         assert int((got != want).sum()) == 0, fam
-        if fam == "reference":  # the change changed the outputs (one family: each model is one more compilation)
-            assert int((np.asarray(qm(x)) != got).sum()) > 0
+        assert int((litert_runtime.run(_CHAIN, [x], fam)[0] != got).sum()) > 0  # the change changed the outputs
 
 
 def test_shared_buffers_are_split():

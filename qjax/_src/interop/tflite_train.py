@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..buffers import own_buffer
 from ..float32 import div_rn, uncontracted
 from ..graph.model import OPS, Ref, node_args, substitute, thaw
 from ..qarray import QArray
@@ -215,7 +216,10 @@ class TFLiteQAT:
         env = dict(zip(self.model.inputs, inputs))
         qparams = self.quantized_params(params)
         for node in self.model.nodes:
-            env[node.name] = OPS[node.op](node.config(), qparams.get(node.name), *node_args(node, env))
+            v = OPS[node.op](node.config(), qparams.get(node.name), *node_args(node, env))
+            # each node's integers in a buffer of their own, as QModel.apply keeps them: XLA's CPU fusion would
+            # copy a node's arithmetic into its consumers (compiled twice as long for a MobileNet-style model)
+            env[node.name] = v.with_values(own_buffer(v.values, v.scale)) if isinstance(v, QArray) else v
         ints = substitute(self._outputs, env)
 
         def as_float(ref):
