@@ -8,8 +8,11 @@ a fused activation, which the builtin kernel refuses), QUANTIZE float32 -> int8/
 uint8 -> uint8 (not int8 <-> uint8), DEQUANTIZE.  Outside those conditions a node runs on the optimized
 builtin kernels, and ``LiteRT("xnnpack")`` refuses it (the importer gives such nodes ``LiteRT("optimized")``).
 
-The multipliers are derived on the host at trace time, as the kernels' ``Prepare`` does: the qparams
-must be concrete (Python / numpy values, or concrete QArray leaves); the values may be traced.
+Parameters the kernels derive in ``Prepare`` (multipliers, shifts, clamp bounds) come from the qparams:
+on the host (numpy, float64) when they are concrete, in the graph when traced (exact float64 quotients on
+32-bit lanes, :mod:`qjax.requant.derive_traced`) — the same integers.  The checks that need values (XNNPACK's
+scale ranges, CONCATENATION's equal qparams, a builtin ADD's output multiplier below one) are made for
+concrete qparams only.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ _ACTIVATION_RANGE = {"builtin": jax.jit(activation_range, static_argnames=("acti
                      "xnnpack": jax.jit(activation_range_xnnpack, static_argnames=("activation", "qmin", "qmax"))}
 
 
-def _scalar(engine, v, what: str, op: str, kind=float):
+def _scalar(engine, v, what: str, op: str, kind=float, traced_ok: bool = False):
     if not is_concrete(v):
+        if traced_ok:  # the op's arithmetic takes the qparam in the graph
+            return jnp.reshape(jnp.asarray(v, jnp.float32 if kind is float else jnp.int32), ())
         refuse(engine, op, f"{what} must be concrete (the kernel derives its parameters at Prepare time)")
     a = np.asarray(v)
     if a.size != 1:
@@ -42,12 +47,13 @@ def _scalar(engine, v, what: str, op: str, kind=float):
     return kind(np.float32(a.reshape(())) if kind is float else a.reshape(()))
 
 
-def _qparams(engine, x, op: str, name: str):
+def _qparams(engine, x, op: str, name: str, traced_ok: bool = False):
     if not isinstance(x, QArray):
         raise TypeError(f"{op}: {name} must be a QArray, got {type(x).__name__}")
     if x.axis is not None:
         refuse(engine, op, f"{name} must be per-tensor quantized")
-    return _scalar(engine, x.scale, f"{name}.scale", op), _scalar(engine, x.zero_point, f"{name}.zero_point", op, int)
+    return (_scalar(engine, x.scale, f"{name}.scale", op, float, traced_ok),
+            _scalar(engine, x.zero_point, f"{name}.zero_point", op, int, traced_ok))
 
 
 def _out_dtype(engine, dtype, op):
@@ -70,10 +76,10 @@ class LiteRTElementwise:
         return rule(activation=activation, scale=np.float32(sy), zero_point=np.int32(zy))
 
     def _binary(self, op, a, b, out_scale, out_zero_point, activation):
-        sa, za = _qparams(self, a, op, "a")
-        sb, zb = _qparams(self, b, op, "b")
-        sy = _scalar(self, out_scale, "out_scale", op)
-        zy = _scalar(self, out_zero_point, "out_zero_point", op, int)
+        sa, za = _qparams(self, a, op, "a", traced_ok=True)
+        sb, zb = _qparams(self, b, op, "b", traced_ok=True)
+        sy = _scalar(self, out_scale, "out_scale", op, float, traced_ok=True)
+        zy = _scalar(self, out_zero_point, "out_zero_point", op, int, traced_ok=True)
         for name, x in (("a", a), ("b", b)):
             if as_qdtype(x.dtype) != qint8:
                 refuse(self, op, f"{name} must be qint8 (LiteRT's int8 kernels), got {as_qdtype(x.dtype).name}")
@@ -94,13 +100,13 @@ class LiteRTElementwise:
             values = te.add_xnnpack(av, bv, za, zb, params, zy, lo, hi)
         else:
             params = te.add_params_builtin(sa, sb, sy)
-            if params[2][1] > 0:
+            if is_concrete(params[2][1]) and params[2][1] > 0:
                 refuse(self, op, f"output multiplier 2*max(sa, sb)/(2**20*sy) >= 1 (sy={sy!r}): outside the kernel's "
                                  "MultiplyByQuantizedMultiplierSmallerThanOneExp domain")
             # int8 SUB is reference_ops::Sub in both builtin families: no NEON paths
             paths = None
             if self.kernels == "optimized" and not subtract:
-                paths = te.optimized_add_paths(a.values.shape, b.values.shape)
+                paths = te.optimized_binary_paths(a.values.shape, b.values.shape, scalar_broadcast_block=8)
             values = te.add_builtin(av, bv, za, zb, params, zy, lo, hi, subtract, paths)
         return _output(values, sy, zy)
 
@@ -117,20 +123,16 @@ class LiteRTElementwise:
         op = "MUL"
         sa, sb, sy, zy, za, zb, lo, hi, av, bv = self._binary(op, a, b, out_scale, out_zero_point, activation)
         if self.kernels == "xnnpack":
-            scale = np.float32(np.float32(sa) * np.float32(sb)) / np.float32(sy)
-            if not (2.0**-16 <= float(scale) < 2.0**8):
+            scale = te.mul_scale_xnnpack(sa, sb, sy)
+            if is_concrete(scale) and not (2.0**-16 <= float(scale) < 2.0**8):
                 refuse(self, op, f"sa*sb/sy={float(scale)!r} outside XNNPACK's [2**-16, 2**8): the delegate does not "
                                  "take it; it runs on LiteRT('optimized')")
             values = te.mul_xnnpack(av, bv, za, zb, jnp.float32(scale), zy, lo, hi)
         else:
-            # mul.cc Prepare: `double real_multiplier = input1->params.scale * input2->params.scale /
-            # output->params.scale` — float32 arithmetic, then widened
-            m, s = te.builtin_multiplier(float(np.float32(np.float32(sa) * np.float32(sb)) / np.float32(sy)))
-            # the optimized NEON body saturates to int16 and adds the zero point in int16 (wrapping); refuse
-            # the scales where that could differ from the scalar arithmetic rather than guess
-            if self.kernels == "optimized" and 255.0 * 255.0 * float(sa) * float(sb) / float(sy) + 1 + abs(zy) >= 32767:
-                refuse(self, op, "sa*sb/sy so large that the NEON body's int16 arithmetic could wrap")
-            values = te.mul_builtin(av, bv, za, zb, (m, s), zy, lo, hi)
+            paths = None
+            if self.kernels == "optimized":
+                paths = te.optimized_binary_paths(a.values.shape, b.values.shape, scalar_broadcast_block=16)
+            values = te.mul_builtin(av, bv, za, zb, te.mul_multiplier_builtin(sa, sb, sy), zy, lo, hi, paths)
         return _output(values, sy, zy)
 
     def tfl_concat(self, xs, axis, out_scale, out_zero_point, activation="NONE"):
@@ -141,15 +143,15 @@ class LiteRTElementwise:
         bytes: differing qparams are refused.  The builtin kernels refuse a fused activation; the XNNPACK
         delegate takes the node and ignores the activation (measured), and so does this rule."""
         op = "CONCATENATION"
-        sy = _scalar(self, out_scale, "out_scale", op)
-        zy = _scalar(self, out_zero_point, "out_zero_point", op, int)
+        sy = _scalar(self, out_scale, "out_scale", op, float, traced_ok=True)
+        zy = _scalar(self, out_zero_point, "out_zero_point", op, int, traced_ok=True)
         if not xs:
             raise ValueError("CONCATENATION: xs must hold at least one QArray")
         for i, x in enumerate(xs):
-            s, z = _qparams(self, x, op, f"xs[{i}]")
+            s, z = _qparams(self, x, op, f"xs[{i}]", traced_ok=True)
             if as_qdtype(x.dtype) != qint8:
                 refuse(self, op, f"xs[{i}] must be qint8, got {as_qdtype(x.dtype).name}")
-            if s != sy or z != zy:
+            if all(is_concrete(v) for v in (s, z, sy, zy)) and (s != sy or z != zy):  # traced: not checkable
                 refuse(self, op, f"xs[{i}] has scale/zero point ({s!r}, {z}) != the output's ({sy!r}, {zy}): LiteRT's "
                                  "int8 CONCATENATION requires equal qparams")
         if activation != "NONE" and self.kernels != "xnnpack":
@@ -161,14 +163,14 @@ class LiteRTElementwise:
         """QUANTIZE: float32 array -> QArray of ``dtype`` (``"int8"``, ``"uint8"``)."""
         op = "QUANTIZE"
         qd = _out_dtype(self, dtype, op)
-        sy = _scalar(self, out_scale, "out_scale", op)
-        zy = _scalar(self, out_zero_point, "out_zero_point", op, int)
+        sy = _scalar(self, out_scale, "out_scale", op, float, traced_ok=True)
+        zy = _scalar(self, out_zero_point, "out_zero_point", op, int, traced_ok=True)
         x = jnp.asarray(x)
         if x.dtype != jnp.float32:
             raise TypeError(f"QUANTIZE: x must be float32, got {x.dtype}")
         s, z = jnp.float32(sy), jnp.int32(zy)
         if self.kernels == "optimized":
-            values = te.quantize_optimized(x, s, te.optimized_quantize_inverse(sy), z, qd.qmin, qd.qmax)
+            values = te.quantize_optimized(x, s, z, qd.qmin, qd.qmax)
         elif self.kernels == "reference":
             values = te.quantize_reference(x, s, z, qd.qmin, qd.qmax)
         else:
@@ -179,21 +181,21 @@ class LiteRTElementwise:
         """QUANTIZE of a quantized tensor (int8/uint8 -> int8/uint8 with new qparams)."""
         op = "QUANTIZE (requantize)"
         qd = _out_dtype(self, dtype, op)
-        si, zi = _qparams(self, x, op, "x")
-        sy = _scalar(self, out_scale, "out_scale", op)
-        zy = _scalar(self, out_zero_point, "out_zero_point", op, int)
+        si, zi = _qparams(self, x, op, "x", traced_ok=True)
+        sy = _scalar(self, out_scale, "out_scale", op, float, traced_ok=True)
+        zy = _scalar(self, out_zero_point, "out_zero_point", op, int, traced_ok=True)
         in_dtype = as_qdtype(x.dtype)
         if in_dtype not in (qint8, quint8):
             refuse(self, op, f"x must be qint8 or quint8, got {in_dtype.name}")
         x1 = x.values.astype(jnp.int32) - jnp.int32(zi)
         if self.kernels == "xnnpack":
-            ratio = np.float32(si) / np.float32(sy)
-            if in_dtype != qd or not (2.0**-8 <= float(ratio) <= 2.0**7):
+            concrete = is_concrete(si) and is_concrete(sy)
+            if in_dtype != qd or (concrete and not (2.0**-8 <= float(np.float32(si) / np.float32(sy)) <= 2.0**7)):
                 refuse(self, op, "the XNNPACK delegate takes int8->int8 / uint8->uint8 with si/so in [2**-8, 2**7] "
                                  "only; the node runs on LiteRT('optimized')")
-            values = te.requantize_xnnpack(x1, int(np.rint(np.float32(256.0) * ratio)), zy, qd.qmin, qd.qmax)
+            values = te.requantize_xnnpack(x1, te.requant_multiplier_xnnpack(si, sy), zy, qd.qmin, qd.qmax)
         else:
-            multiplier = te.builtin_multiplier(float(si) / float(sy))
+            multiplier = te.requant_multiplier_builtin(si, sy)
             # optimized_ops::Requantize has NEON bodies for every int8/uint8 pair; the int8->int8 one was
             # measured (blocks of 16); the others are assumed to share it (checked by the sweep script)
             values = te.requantize_builtin(x1, multiplier, zy, qd.qmin, qd.qmax,
@@ -203,7 +205,7 @@ class LiteRTElementwise:
     def tfl_dequantize(self, x):
         """DEQUANTIZE: QArray -> float32 array."""
         op = "DEQUANTIZE"
-        s, z = _qparams(self, x, op, "x")
+        s, z = _qparams(self, x, op, "x", traced_ok=True)
         if as_qdtype(x.dtype) not in (qint8, quint8):
             refuse(self, op, f"x must be qint8 or quint8, got {as_qdtype(x.dtype).name}")
         if self.kernels == "optimized":

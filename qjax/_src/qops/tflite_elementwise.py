@@ -20,7 +20,7 @@ QM(sb / t)``, ``(Mo, so) = QM(t / (2**20 * sy))``.  Each input is scaled to ``y_
 then ``y = RDPOT(SRDHM(y1 ± y2, Mo), -so) + y_zp`` (SUB subtracts the scaled inputs; ``reference_ops::Sub``
 is the int8 SUB of both builtin families, so SUB is always ``S``), clamped to the activation range.  The
 reference family is ``S`` everywhere; the optimized family's path depends on the element's position (see
-:func:`optimized_add_paths`).
+:func:`optimized_binary_paths`).
 
 **ADD / SUB, XNNPACK** (``xnn_init_qs8_add_minmax_scalar_params``, ``qs8-vadd`` microkernels; SUB is
 ADD with ``b``'s scale negated, ``operators/binary-elementwise-nd.c``): ``ra = fl32(sa/sy)``, ``rb =
@@ -28,8 +28,8 @@ fl32(sb/sy)``, ``shift = 20 - exponent(max(|ra|, |rb|))``, ``Ma = lrintf(ra * 2*
 ``Mb`` likewise (negative for SUB), ``y = ((x1*Ma + x2*Mb + 2**(shift-1)) >> shift) + y_zp`` (int32, one
 rounding, ties toward +inf).
 
-**MUL**: builtin (both families; ``reference_integer_ops::MulElementwise``, the NEON body has the same
-arithmetic): ``(M, s) = QM(fl32(fl32(sa*sb)/sy))`` (``mul.cc`` computes the real multiplier in float32), ``y = RDPOT(SRDHM(x1*x2 << max(s,0), M), max(-s,0)) + y_zp``.
+**MUL**: builtin (both families; ``reference_integer_ops::MulElementwise``; the optimized NEON bodies differ
+only by int16 saturation / wrapping near ``2**15``, :func:`mul_builtin`): ``(M, s) = QM(fl32(fl32(sa*sb)/sy))`` (``mul.cc`` computes the real multiplier in float32), ``y = RDPOT(SRDHM(x1*x2 << max(s,0), M), max(-s,0)) + y_zp``.
 XNNPACK (``xnn_init_qs8_mul_minmax_scalar_params``, ``qs8-vmul-minmax-fp32``): ``y = rint(fl32(float(x1*x2)
 * fl32(fl32(sa*sb)/sy))) + y_zp`` (ties to even).
 
@@ -59,16 +59,22 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..checks import is_concrete
 from ..float32 import div_rn, fma, mul_rn, uncontracted
+from ..requant.derive_traced import float64_quotient, quantize_float64_multiplier
 from ..requant.fixed_point import quantize_multiplier, rounding_divide_by_pot, srdhm
 
 __all__ = [
     "builtin_multiplier",
+    "builtin_multiplier_traced",
     "add_params_builtin",
     "add_params_xnnpack",
-    "optimized_add_paths",
+    "mul_multiplier_builtin",
+    "mul_scale_xnnpack",
+    "requant_multiplier_builtin",
+    "requant_multiplier_xnnpack",
+    "optimized_binary_paths",
     "block_body_mask",
-    "optimized_quantize_inverse",
     "add_builtin",
     "add_xnnpack",
     "mul_builtin",
@@ -103,17 +109,88 @@ def builtin_multiplier(real: float):
     return m, s
 
 
+def builtin_multiplier_traced(a, b, y):
+    """``QuantizeMultiplier(f64(a) * f64(b) / f64(y))`` of traced float32 scalars, in the graph: ``(M, shift)``
+    int32 (:mod:`qjax.requant.derive_traced`'s exact float64 quotient; flushed to ``(0, 0)`` below
+    ``2**-31``)."""
+    f = float64_quotient(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), jnp.asarray(y, jnp.float32))
+    m0, shift, flushed, _ = quantize_float64_multiplier(f, 31, (-31, 30), False)
+    return jnp.where(flushed, 0, m0), jnp.where(flushed, 0, shift)
+
+
+def _all_concrete(*vs) -> bool:
+    return all(is_concrete(v) for v in vs)
+
+
+def _bit_max(a, b):
+    """``max`` of positive float32 values through their bit patterns (XLA's float max flushes subnormals)."""
+    ia, ib = (lax.bitcast_convert_type(jnp.asarray(v, jnp.float32), jnp.int32) for v in (a, b))
+    return lax.bitcast_convert_type(jnp.maximum(ia, ib), jnp.float32)
+
+
 def add_params_builtin(sa, sb, sy):
-    """``((M1, s1), (M2, s2), (Mo, so))`` of ``add.cc`` / ``PrepareGeneralSubOp`` (int8, ``left_shift = 20``)."""
+    """``((M1, s1), (M2, s2), (Mo, so))`` of ``add.cc`` / ``PrepareGeneralSubOp`` (int8, ``left_shift = 20``):
+    Python ints from concrete scales, int32 arrays (in the graph) from traced ones."""
+    if not _all_concrete(sa, sb, sy):
+        # sa / (2 max) = sa * 0.5 / max and 2 max / (2**20 sy) = max * 2**-19 / sy: exact float32 factors
+        sa, sb, sy = (jnp.asarray(v, jnp.float32).reshape(()) for v in (sa, sb, sy))
+        big = _bit_max(sa, sb)
+        m, sh = builtin_multiplier_traced(jnp.stack([sa, sb, big]), jnp.array([0.5, 0.5, 2.0**-19], jnp.float32),
+                                          jnp.stack([big, big, sy]))  # one graph for the three
+        return tuple((m[i], sh[i]) for i in range(3))
     sa, sb, sy = (float(np.float32(v)) for v in (sa, sb, sy))
     twice = 2.0 * max(sa, sb)
     return builtin_multiplier(sa / twice), builtin_multiplier(sb / twice), builtin_multiplier(twice / ((1 << 20) * sy))
 
 
+def mul_multiplier_builtin(sa, sb, sy):
+    """``QuantizeMultiplier(fl32(fl32(sa * sb) / sy))``: ``mul.cc`` Prepare computes the real multiplier in
+    float32 (``input1->params.scale * input2->params.scale / output->params.scale``), then widens it."""
+    if not _all_concrete(sa, sb, sy):
+        return builtin_multiplier_traced(mul_scale_xnnpack(sa, sb, sy), 1.0, 1.0)
+    return builtin_multiplier(float(mul_scale_xnnpack(sa, sb, sy)))
+
+
+def mul_scale_xnnpack(sa, sb, sy):
+    """``fl32(fl32(sa * sb) / sy)`` (also XNNPACK's ``product_output_scale``)."""
+    if not _all_concrete(sa, sb, sy):
+        return div_rn(mul_rn(jnp.asarray(sa, jnp.float32), jnp.asarray(sb, jnp.float32)), jnp.asarray(sy, jnp.float32))
+    return np.float32(np.float32(np.float32(sa) * np.float32(sb)) / np.float32(sy))
+
+
+def requant_multiplier_builtin(si, so):
+    """``QuantizeMultiplier((double)si / (double)so)`` (``quantize.cc`` Prepare)."""
+    if not _all_concrete(si, so):
+        return builtin_multiplier_traced(si, 1.0, so)
+    return builtin_multiplier(float(np.float32(si)) / float(np.float32(so)))
+
+
+def requant_multiplier_xnnpack(si, so):
+    """``lrintf(256 * fl32(si / so))`` (``xnn_init_qs8_cvt_scalar_params``; ties to even)."""
+    if not _all_concrete(si, so):
+        return jnp.round(div_rn(jnp.asarray(si, jnp.float32), jnp.asarray(so, jnp.float32)) * 256.0).astype(jnp.int32)
+    return int(np.rint(np.float32(256.0) * (np.float32(si) / np.float32(so))))
+
+
+def _add_params_xnnpack_traced(sa, sb, sy, sign_b):
+    ra = div_rn(jnp.asarray(sa, jnp.float32), jnp.asarray(sy, jnp.float32))
+    rb = div_rn(jnp.asarray(sb, jnp.float32), jnp.asarray(sy, jnp.float32))
+    big = _bit_max(ra, rb)
+    exponent = (lax.bitcast_convert_type(big, jnp.int32) >> 23) - 127
+    shift = 20 - exponent
+    scale = lax.bitcast_convert_type(jnp.left_shift(shift + 127, 23), jnp.float32)  # 2**shift, exact
+    ma = jnp.round(ra * scale).astype(jnp.int32)  # a power-of-two scaling is exact; lrintf: ties to even
+    mb = jnp.round(rb * scale).astype(jnp.int32) * sign_b
+    return ma, mb, shift
+
+
 def add_params_xnnpack(sa, sb, sy, sign_b: int = 1):
     """``(Ma, Mb, shift)`` of ``xnn_init_qs8_add_minmax_scalar_params`` (``sign_b = -1`` for SUB).
 
-    Raises ValueError outside XNNPACK's range (the delegate leaves such nodes to the builtin kernels)."""
+    Raises ValueError outside XNNPACK's range (the delegate leaves such nodes to the builtin kernels);
+    traced scales are derived in the graph, unchecked."""
+    if not _all_concrete(sa, sb, sy):
+        return _add_params_xnnpack_traced(sa, sb, sy, sign_b)
     ra = np.float32(sa) / np.float32(sy)
     rb = np.float32(np.float32(sb) * np.float32(sign_b)) / np.float32(sy)
     big = max(abs(ra), abs(rb))
@@ -127,14 +204,15 @@ def add_params_xnnpack(sa, sb, sy, sign_b: int = 1):
     return (-ma if ra < 0 else ma), (-mb if rb < 0 else mb), shift
 
 
-def optimized_add_paths(shape_a, shape_b) -> np.ndarray:
-    """Which path (``PATH_*``) the optimized int8 ADD takes for each output element (numpy int8, output shape).
+def optimized_binary_paths(shape_a, shape_b, scalar_broadcast_block: int = 8) -> np.ndarray:
+    """Which path (``PATH_*``) the optimized int8 ADD / MUL takes for each output element (numpy int8, output shape).
 
     Emulates ``ProcessBroadcastShapes`` and ``BinaryBroadcastFiveFold`` (``optimized_ops.h``): no broadcast —
-    one ``AddElementwiseInt8`` call over the flat tensor (NEON body on the first ``16 * (n // 16)``
-    elements); a fivefold broadcast with an inner extent ``y4 > 1`` — ``AddElementwiseInt8`` on each run of
-    ``y4`` output elements; ``y4 == 1`` — ``AddScalarBroadcast`` on runs of ``y3`` (NEON body in blocks of 8);
-    any other broadcast — ``BroadcastAdd6DSlow`` (scalar)."""
+    one ``AddElementwiseInt8`` / ``MulElementwise`` call over the flat tensor (NEON body on the first
+    ``16 * (n // 16)`` elements); a fivefold broadcast with an inner extent ``y4 > 1`` — the elementwise
+    function on each run of ``y4`` output elements; ``y4 == 1`` — ``AddScalarBroadcast`` (NEON body in
+    blocks of ``scalar_broadcast_block = 8``) / ``MulSimpleBroadcast`` (blocks of 16) on runs of ``y3``; any
+    other broadcast — ``BroadcastAdd6DSlow`` / ``BroadcastMul6DSlow`` (scalar)."""
     shape_a, shape_b = tuple(shape_a), tuple(shape_b)
     out_shape = np.broadcast_shapes(shape_a, shape_b)
     n = int(np.prod(out_shape, dtype=np.int64))
@@ -181,13 +259,7 @@ def optimized_add_paths(shape_a, shape_b) -> np.ndarray:
         return np.zeros(out_shape, np.int8)
     if y[4] > 1:
         return runs(y[4], 16, PATH_ELEMENTWISE)
-    return runs(y[3], 8, PATH_SCALAR_BROADCAST)
-
-
-def optimized_quantize_inverse(scale) -> np.float32:
-    """``vdupq_n_f32(1.0f / scale)`` of ``optimized_ops::AffineQuantize``: ``scale`` is a double there, so the
-    reciprocal is a double quotient rounded to float32."""
-    return np.float32(1.0 / float(np.float32(scale)))
+    return runs(y[3], scalar_broadcast_block, PATH_SCALAR_BROADCAST)
 
 
 def block_body_mask(shape, block: int) -> np.ndarray:
@@ -221,7 +293,7 @@ def add_builtin(a, b, za, zb, params, out_zp, lo, hi, subtract: bool = False, pa
     """The builtin int8 ADD / SUB (see the module doc) of int8 ``a``, ``b`` (of one shape: broadcast them
     first) with zero points ``za``, ``zb``; ``params`` from :func:`add_params_builtin`; ``paths`` None (``S``
     everywhere, the reference kernels) or the optimized kernels' per-element ``PATH_*`` of
-    :func:`optimized_add_paths`; int32 clamped to ``[lo, hi]``."""
+    :func:`optimized_binary_paths`; int32 clamped to ``[lo, hi]``."""
     (m1, s1), (m2, s2), (mo, so) = (tuple(jnp.asarray(v, jnp.int32) for v in p) for p in params)
     x1 = a.astype(jnp.int32) - za
     x2 = b.astype(jnp.int32) - zb
@@ -260,12 +332,20 @@ def add_xnnpack(a, b, za, zb, params, out_zp, lo, hi):
 
 
 @jax.jit
-def mul_builtin(a, b, za, zb, multiplier, out_zp, lo, hi):
-    """The builtin int8 MUL: ``multiplier = (M, s)`` from :func:`builtin_multiplier` of ``sa*sb/sy``."""
+def mul_builtin(a, b, za, zb, multiplier, out_zp, lo, hi, paths=None):
+    """The builtin int8 MUL: ``multiplier = (M, s)`` from :func:`mul_multiplier_builtin`; ``paths`` None
+    (the reference kernels) or the optimized kernels' :func:`optimized_binary_paths` (block 16): their NEON
+    bodies saturate the product to int16 (``vqmovn_s32``), add the zero point in int16 (``vaddq_s16``,
+    wrapping) and saturate to int8 — the same values unless ``|M x1 x2| + |zp|`` nears ``2**15``."""
     m, s = (jnp.asarray(v, jnp.int32) for v in multiplier)
     x1, x2 = _broadcast_offsets(a, b, za, zb)
     p = jnp.left_shift(x1 * x2, jnp.maximum(s, 0))
-    return jnp.clip(rounding_divide_by_pot(srdhm(p, m), jnp.maximum(-s, 0)) + out_zp, lo, hi)
+    raw = rounding_divide_by_pot(srdhm(p, m), jnp.maximum(-s, 0))
+    out = raw + out_zp
+    if paths is not None:
+        vec = jnp.clip(_wrap16(jnp.clip(raw, -32768, 32767) + out_zp), -128, 127)
+        out = jnp.where(paths == PATH_SCALAR, out, vec)
+    return jnp.clip(out, lo, hi)
 
 
 @jax.jit
@@ -316,11 +396,15 @@ def quantize_reference(x, scale, zp, qmin, qmax):
 
 
 @jax.jit
-def quantize_optimized(x, scale, inverse, zp, qmin, qmax):
-    """``optimized_ops::AffineQuantize``: NEON body (blocks of 8) and scalar tail (see the module doc);
-    ``inverse = fl32(1.0 / (double)scale)`` (:func:`optimized_quantize_inverse`, host-side)."""
+def quantize_optimized(x, scale, zp, qmin, qmax):
+    """``optimized_ops::AffineQuantize``: NEON body (blocks of 8) and scalar tail (see the module doc).
+
+    The body's ``vdupq_n_f32(1.0f / scale)`` divides in double (``scale`` is a double there) and rounds to
+    float32: that is the correctly rounded float32 reciprocal, as double rounding through binary64 is
+    innocuous for a quotient of binary32 numbers (53 >= 2*24 + 2, Figueroa)."""
     x = jnp.asarray(x, jnp.float32)
-    body = _to_int32_x86(jnp.round(mul_rn(x, jnp.float32(inverse)))) + jnp.int32(zp)  # vcvtnq: ties to even
+    inverse = div_rn(jnp.float32(1.0), jnp.asarray(scale, jnp.float32))
+    body = _to_int32_x86(jnp.round(mul_rn(x, inverse))) + jnp.int32(zp)  # vcvtnq: ties to even
     tail = _to_int32_x86(_round_half_away_exact_quotient(x, jnp.float32(scale))) + jnp.int32(zp)
     mask = block_body_mask(x.shape, 8)
     return jnp.clip(jnp.where(mask, body, tail), qmin, qmax)
