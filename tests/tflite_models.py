@@ -385,13 +385,14 @@ def mobilenet_style(seed=0, *, float_io=True, size=16, width=8) -> bytes:
     return m.build([x], [y])
 
 
-def every_op_model(seed=0) -> bytes:
+def every_op_model(seed=0, *, logistic=True) -> bytes:
     """One model with every op :func:`qjax.from_tflite` imports (float input; three outputs: the float softmax,
     an int8 FULLY_CONNECTED on a 4-d input with keep_num_dims and one on a flattened per-tensor CONV_2D (VALID,
     stride 2)): QUANTIZE, CONV_2D (dilation 2, RELU),
     DEPTHWISE_CONV_2D (multiplier 2, stride 2, per-tensor weights), AVERAGE_POOL_2D, MAX_POOL_2D (SAME),
     CONCATENATION, ADD (RELU6), SUB of a constant, MUL, HARD_SWISH, LOGISTIC, TANH, PAD, TRANSPOSE, MEAN, SQUEEZE,
-    FULLY_CONNECTED, QUANTIZE (requantize), SOFTMAX, RESHAPE, DEQUANTIZE."""
+    FULLY_CONNECTED, QUANTIZE (requantize), SOFTMAX, RESHAPE, DEQUANTIZE.  ``logistic=False``: the LOGISTIC
+    replaced by a second TANH (qjax refuses XNNPACK's LOGISTIC: its table is not reproduced)."""
     m = CalibratedBuilder(seed, _calibration(seed, (8, 8, 4)))
     x = m.input()
     q = m.quantize(x)
@@ -404,7 +405,7 @@ def every_op_model(seed=0) -> bytes:
     sub = m.binary("SUB", add, m.constant(m.rng.uniform(-1, 2, (1, 1, 1, 16))))
     mul = m.binary("MUL", sub, d2)
     hs = m.unary("HARD_SWISH", mul)
-    lg, th = m.unary("LOGISTIC", hs), m.unary("TANH", hs)
+    lg, th = m.unary("LOGISTIC" if logistic else "TANH", hs), m.unary("TANH", hs)
     pd = m.pad(m.binary("MUL", lg, th), [[0, 0], [1, 1], [1, 0], [0, 0]])
     tr = m.transpose(pd, [0, 2, 1, 3])
     fc4 = m.fully_connected(tr, 6, keep_num_dims=True, act="RELU")
