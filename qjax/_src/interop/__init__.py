@@ -2,6 +2,8 @@
 
 ``torch.py`` (torch.fx; dispatches TorchScript modules on), ``torchscript.py`` (TorchScript archives),
 both on ``torch_common.py`` (torch tensors as QArrays, memory formats, an import's engine and settings).
+``tflite.py`` (LiteRT / TFLite int8 flatbuffers, on ``litert_runtime.py``, the interpreter as oracle), with
+``tflite_check.py`` (``qjax verify`` / ``qjax explain`` of ``.tflite`` models).
 """
 
 
