@@ -11,7 +11,6 @@ from hypothesis import given, settings, strategies as st
 
 pytest.importorskip("ai_edge_litert")
 
-from qjax._src.engines.base import EngineRefusal  # noqa: E402
 from qjax._src.engines.litert import LiteRT  # noqa: E402
 from qjax._src.interop import litert_runtime  # noqa: E402
 from qjax._src.qarray import QArray  # noqa: E402
@@ -219,16 +218,29 @@ def test_tanh_other_output_scale():
     _lut_case("TANH", "tfl_tanh", (0.03, 5), (0.011, -7))
 
 
-@pytest.mark.parametrize("in_q", [(0.05, 0), (0.0130225270986557, -83), (0.2, 40)])
-def test_logistic_builtin_tables_and_xnnpack_refusal(in_q):
+# qparams where the builtin float sigmoid and XNNPACK's double one (plus its float zero-point add) differ
+LOGISTIC_SPLITS = [(0.0130225270986557, -83), (0.15322069823741913, 87), (0.07676950842142105, -7)]
+
+
+@pytest.mark.parametrize("in_q", [(0.05, 0), (0.2, 40), (0.03087746538221836, -26)] + LOGISTIC_SPLITS)
+def test_logistic_tables(in_q):
     model = build_unary("LOGISTIC", ALL_INT8.shape, in_q, (1 / 256, -128))
     assert litert_runtime.delegated_ops(model) == {0}
-    for k in ("reference", "optimized"):
-        want = litert_runtime.run(model, [ALL_INT8], k)[0]
-        got = ENGINES[k].tfl_logistic(qarray(ALL_INT8, in_q), 1 / 256, -128)
-        np.testing.assert_array_equal(np.asarray(got.values), want, err_msg=k)
-    with pytest.raises(EngineRefusal, match="LOGISTIC"):
-        ENGINES["xnnpack"].tfl_logistic(qarray(ALL_INT8, in_q), 1 / 256, -128)
+    want = _lut_case("LOGISTIC", "tfl_logistic", in_q, (1 / 256, -128))
+    if in_q in LOGISTIC_SPLITS:
+        assert np.any(want["reference"] != want["xnnpack"])
+
+
+def test_logistic_xnnpack_adds_the_zero_point_in_float():
+    """(0.1532207, 87), q = 78: 256 * sigmoid = 51.4999971 rounds to 51 before the zero point is added, but
+    fl(51.4999971 - 128) = -76.5 rounds (to even) to -76, which is what XNNPACK outputs."""
+    in_q = LOGISTIC_SPLITS[1]
+    model = build_unary("LOGISTIC", ALL_INT8.shape, in_q, (1 / 256, -128))
+    want = litert_runtime.run(model, [ALL_INT8], "xnnpack")[0].ravel()
+    x = F32(F32(78 - 87) * F32(in_q[0]))
+    y = F32(np.exp(np.float64(x)) / (1 + np.exp(np.float64(x))))
+    assert np.rint(F32(y * 256)) - 128 == -77  # rounding before the zero point is added
+    assert want[78 + 128] == -76 and ta.lut_xnnpack("logistic", *in_q, 1 / 256, -128)[78 + 128] == -76
 
 
 @pytest.mark.parametrize("in_q,out_q", [((0.05, 0), (0.03, -20)), ((0.1, -30), (0.025, -100)),

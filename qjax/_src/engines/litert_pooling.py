@@ -9,7 +9,7 @@ Which arithmetic each family runs (checked against ``ai-edge-litert`` 2.3.0 on x
 * MEAN: reference ``QuantizedMeanOrSum``; optimized: its 4-D H, W keep_dims kernel, else the reference;
   XNNPACK: its float32 qs8 reduce.
 * LOGISTIC / TANH: the builtin kernels (reference and optimized) share one float LUT; XNNPACK builds
-  its own (TANH reproduced; LOGISTIC refused, see :meth:`tfl_logistic`).
+  its own from its reference kernel (double-precision sigmoid, ties to even).
 * HARD_SWISH: reference and optimized share the int16 fixed-point rule.
 * SOFTMAX: reference gemmlowp fixed point; optimized (and XNNPACK) the float32 table.
 """
@@ -95,20 +95,21 @@ class LiteRTPooling:
         return _out(ta.apply_lut(x.values, ta.lut_hard_swish_reference(si, zi, so, zo)), so, zo)
 
     def tfl_logistic(self, x, out_scale, out_zero_point):
-        """LOGISTIC (output scale 1/256): the builtin kernels' float LUT; XNNPACK's table is refused."""
+        """LOGISTIC (output scale 1/256): the builtin kernels' float LUT; XNNPACK's double-precision one."""
         si, zi, so, zo = _concrete_qparams("LOGISTIC", x, out_scale, out_zero_point)
         if so != F32(1.0 / 256.0):
             raise ValueError(f"LOGISTIC: output scale {so!r}; LiteRT's int8 kernel requires 1/256")
         if self.kernels == "xnnpack":
-            refuse(self, "LOGISTIC", "XNNPACK's qs8 sigmoid table differs from a libm float sigmoid on "
-                   "rare near-tie entries (its own f32 sigmoid); not reproduced")
-        return _out(ta.apply_lut(x.values, ta.lut_builtin("logistic", si, zi, so, zo)), so, zo)
+            lut = ta.lut_xnnpack("logistic", si, zi, so, zo)
+        else:
+            lut = ta.lut_builtin("logistic", si, zi, so, zo)
+        return _out(ta.apply_lut(x.values, lut), so, zo)
 
     def tfl_tanh(self, x, out_scale, out_zero_point):
         """TANH: the builtin kernels' float LUT (half away from zero); XNNPACK's (ties to even)."""
         si, zi, so, zo = _concrete_qparams("TANH", x, out_scale, out_zero_point)
         if self.kernels == "xnnpack":
-            lut = ta.lut_xnnpack_tanh(si, zi, so, zo)
+            lut = ta.lut_xnnpack("tanh", si, zi, so, zo)
         else:
             lut = ta.lut_builtin("tanh", si, zi, so, zo)
         return _out(ta.apply_lut(x.values, lut), so, zo)

@@ -12,9 +12,9 @@ gathered in JAX (:func:`apply_lut`).  Each table is checked entry by entry again
   ``y = 1.0f / (1.0f + expf(-x))`` or ``tanhf(x)`` in float32, ``out = clamp(TfLiteRound(fl(y *
   fl(1 / s_out))) + z_out)`` (``TfLiteRound``: half away from zero).  LOGISTIC requires
   ``s_out == 1/256`` (Prepare fails otherwise).
-* **TANH, XNNPACK** (``src/operators/lut-elementwise-nc.c``, ``create_lut_elementwise_nc``):
-  ``x = fl(float(q - z_in) * s_in)``, ``out = clamp(lrintf(fl(tanhf(x) * fl(1 / s_out))) + z_out)``
-  (``lrintf``: ties to even).
+* **LOGISTIC / TANH, XNNPACK** (:func:`lut_xnnpack`): its reference kernel run over the 256 inputs --
+  ``x = fl((q - z_in) * s_in)``, ``y = float(e / (1 + e))`` with ``e = exp(double(x))`` or ``tanhf(x)``,
+  ``out = clamp(nearbyint(fl(fl(y * fl(1 / s_out)) + z_out)))`` (ties to even).
 * **HARD_SWISH** (not delegated to XNNPACK; ``reference_ops::HardSwish`` in ``reference/hard_swish.h``
   with ``HardSwishPrepare``'s multipliers): int16 fixed point -- ``v = (q - z_in) * 128``; ``a =
   SRDHM16(v, M_out)`` with ``M_out`` the int16 (``DownScaleInt32ToInt16Multiplier``) of
@@ -55,7 +55,7 @@ from .tflite_pooling import tflite_quantize_multiplier
 __all__ = [
     "apply_lut",
     "lut_builtin",
-    "lut_xnnpack_tanh",
+    "lut_xnnpack",
     "hard_swish_params",
     "lut_hard_swish_reference",
     "softmax_optimized_table",
@@ -95,14 +95,27 @@ def lut_builtin(kind: str, in_scale: float, in_zero_point: int, out_scale: float
 
 
 @functools.lru_cache(maxsize=4096)
-def lut_xnnpack_tanh(in_scale: float, in_zero_point: int, out_scale: float, out_zero_point: int):
-    """XNNPACK's qs8 TANH table (``create_lut_elementwise_nc``), int32 (256,) indexed by ``q + 128``."""
+def lut_xnnpack(kind: str, in_scale: float, in_zero_point: int, out_scale: float, out_zero_point: int):
+    """XNNPACK's qs8 LOGISTIC (``kind="logistic"``) / TANH (``"tanh"``) table, int32 (256,) indexed by ``q + 128``.
+
+    XNNPACK has no qs8 sigmoid / tanh kernel: ``unary-elementwise-nc.c`` (``init_lut_op_with_config``) runs
+    its reference kernel (``src/reference/unary-elementwise.cc``, ``unary_ukernel_quantized``) over the 256
+    inputs: ``x = fl((float(q) - float(z_in)) * s_in)``; ``SigmoidOp``: ``e = exp(double(x))``,
+    ``y = float(e / (1 + e))`` (1 above 100, 0 below -100); ``TanHOp``: ``tanhf(x)``; then
+    ``quantize``: ``nearbyint(fl(fl(y * fl(1 / s_out)) + float(z_out)))`` (ties to even; the zero point is
+    added in float, which can round a near-half product onto the half) clamped to int8."""
     q = np.arange(-128, 128)
     with np.errstate(over="ignore", invalid="ignore"):
-        x = ((q - int(in_zero_point)).astype(F32) * F32(in_scale)).astype(F32)
-        y = tr.libm("tanhf", x)
-        r = np.rint((y * (F32(1) / F32(out_scale))).astype(F32))
-    return np.clip(r + int(out_zero_point), -128, 127).astype(np.int32)
+        x = ((q.astype(F32) - F32(int(in_zero_point))) * F32(in_scale)).astype(F32)
+        if kind == "logistic":
+            e = np.exp(x.astype(np.float64))
+            y = np.where(x > 100, 1.0, np.where(x < -100, 0.0, e / (1.0 + e))).astype(F32)
+        elif kind == "tanh":
+            y = tr.libm("tanhf", x)
+        else:
+            raise ValueError(f"kind={kind!r}; use 'logistic' or 'tanh'")
+        v = ((y * (F32(1) / F32(out_scale))).astype(F32) + F32(int(out_zero_point))).astype(F32)
+    return np.clip(np.rint(v), -128, 127).astype(np.int32)
 
 
 # --- HARD_SWISH (reference_ops::HardSwish), emulated in Python integers with int16 semantics ---
