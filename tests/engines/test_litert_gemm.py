@@ -192,3 +192,44 @@ def test_refusals():
     wasym = qjax.QArray(np.ones((2, 4), np.int8), np.float32(1.0), np.int32(3), qjax.qint8)
     with pytest.raises(ValueError, match="symmetric"):
         eng.tfl_fully_connected(xfc, wasym, None, np.float32(8.0), np.int32(0))
+
+
+def _uint8_conv_model(sx, sw, sy, zy, w_i8, bias):
+    """A per-tensor uint8 CONV_2D (TFLite's legacy quantization: uint8 weights with zero point 128)."""
+    from ..tflite_models import TFLiteBuilder, schema
+    b = TFLiteBuilder()
+    o, kh, kw, c = w_i8.shape
+    xi = b.tensor((1, 3, 3, c), np.uint8, scale=sx, zero_point=128)
+    wi = b.tensor(w_i8.shape, np.uint8, scale=sw, zero_point=128, data=(w_i8.astype(np.int32) + 128).astype(np.uint8))
+    bi = b.tensor((o,), np.int32, scale=np.float32(sx * sw), zero_point=0, data=bias)
+    yi = b.tensor((1, 3 - kh + 1, 3 - kw + 1, o), np.uint8, scale=sy, zero_point=zy)
+    opt = schema.Conv2DOptionsT()
+    opt.padding, opt.strideH, opt.strideW, opt.dilationHFactor, opt.dilationWFactor = schema.Padding.VALID, 1, 1, 1, 1
+    b.op("CONV_2D", [xi, wi, bi], [yi], opt)
+    return b.build([xi], [yi])
+
+
+def test_gemmlowp_preset_is_litert_uint8_reference_conv():
+    """The ``gemmlowp`` preset = LiteRT's uint8 CONV_2D reference kernel, multiplier from ``fl32(sx*sw)`` included
+    (the exact double product, the preset's old rule, misses the crafted accumulators)."""
+    from qjax._src.engines.hardware import PRESETS
+    sx, sw, sy, zy = np.float32(0.04141221), np.float32(0.0015918362), np.float32(0.27237007), 128
+    rng = np.random.default_rng(0)
+    w = np.zeros((4, 1, 1, 3), np.int8)
+    w[:2, 0, 0, 0] = 1  # channels 0, 1: acc = bias (+ x - 128 on channel 0 of the input)
+    w[2:] = rng.integers(-127, 128, (2, 1, 1, 3))
+    bias = np.array([-39252, 336736, 1000, -2000], np.int32)
+    x = np.full((1, 3, 3, 3), 128, np.uint8)
+    x[..., 1:] = rng.integers(0, 256, (1, 3, 3, 2))
+    want = litert_runtime.run(_uint8_conv_model(sx, sw, sy, zy, w, bias), [x], "reference")[0]
+    geom = ConvGeometry((1, 1), ((0, 0), (0, 0)), (1, 1), 1)
+    spec = PRESETS["gemmlowp"]
+    hwio = w.transpose(1, 2, 3, 0)
+
+    def conv(spec):
+        bias_f = (bias.astype(np.float64) * np.float64(sx) * np.float64(sw)).astype(np.float32)
+        return np.asarray(spec.conv(jnp.asarray(x), sx, np.int32(128), jnp.asarray(hwio), sw, np.int32(0), False,
+                                    bias_f, sy, np.int32(zy), geom, False))
+
+    np.testing.assert_array_equal(conv(spec), want)
+    assert (conv(spec.replace(per_tensor_product="float64"))[..., 1] != want[..., 1]).all()

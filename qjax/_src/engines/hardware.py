@@ -57,6 +57,7 @@ __all__ = ["HardwareSpec", "PRESETS", "get_spec", "parse_spec", "conv_integer", 
 
 STYLES = ("gemmlowp", "single", "dyadic")
 OVERFLOW = ("wrap", "saturate")
+PRODUCTS = ("float64", "float32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +74,9 @@ class HardwareSpec(TorchCpuOps):
     accumulator_bits: int = 32
     accumulator_overflow: str = "wrap"
     output_range: tuple | None = None
+    # how a per-tensor multiplier forms sx*sw: "float64" (exact) or "float32" (rounded to float32 first, as
+    # TFLite's uint8 kernels do: kernel_util.cc GetQuantizedConvolutionMultipler); per channel it is float64
+    per_tensor_product: str = "float64"
     torch_engine = None  # no torch kernel computes integer-only arithmetic (export: qjax.hardware.export)
 
     def __post_init__(self):
@@ -109,6 +113,8 @@ class HardwareSpec(TorchCpuOps):
             check_mode(getattr(self, arg), arg)
         if not 8 <= self.accumulator_bits <= 32:
             raise ValueError(f"accumulator_bits={self.accumulator_bits}; use 8..32")
+        if self.per_tensor_product not in PRODUCTS:
+            raise ValueError(f"per_tensor_product={self.per_tensor_product!r}; use one of {PRODUCTS}")
         if self.accumulator_overflow not in OVERFLOW:
             raise ValueError(f"accumulator_overflow={self.accumulator_overflow!r}; use one of {OVERFLOW}")
         if self.output_range is not None:
@@ -123,7 +129,8 @@ class HardwareSpec(TorchCpuOps):
         acc = f"int{self.accumulator_bits}" + ("" if self.accumulator_bits == 32 else f" {self.accumulator_overflow}")
         return (f"{self.name}: {self.multiplier} multiplier {self.multiplier_bits} bits (shift {self.shift_range}), "
                 f"requant {self.requant_rounding}, bias {self.bias_rounding}, quantize {self.quantize_rounding}, "
-                f"acc {acc}" + (f", out {self.output_range}" if self.output_range else ""))
+                f"acc {acc}" + (f", out {self.output_range}" if self.output_range else "")
+                + (", per-tensor sx*sw in float32" if self.per_tensor_product == "float32" else ""))
 
 
     # -- the engine ------------------------------------------------------------------------------------
@@ -165,11 +172,17 @@ class HardwareSpec(TorchCpuOps):
 
 
 PRESETS: dict[str, HardwareSpec] = {
-    # TFLite / gemmlowp reference kernels: QuantizeMultiplier, MultiplyByQuantizedMultiplier,
-    # std::round (half away) for bias and input quantization
-    "gemmlowp": HardwareSpec("gemmlowp"),
-    # TFLite built with TFLITE_SINGLE_ROUNDING: one rounding of the 64-bit product, ties up
-    "tflite_single": HardwareSpec("tflite_single", multiplier="single", requant_rounding="half_up"),
+    # TFLite's uint8 (quint8) CONV_2D kernels (reference_ops::Conv; LiteRT 2.3.0's BUILTIN_REF, checked):
+    # QuantizeMultiplier of double(fl32(sx*sw)) / double(sy) (GetQuantizedConvolutionMultipler; per channel:
+    # double(sx)*double(sw)/double(sy), PopulateConvolutionQuantizationParams), MultiplyByQuantizedMultiplier
+    # (SRDHM, RoundingDivideByPOT half away), std::round (half away) for bias and input quantization.
+    # Not LiteRT's FULLY_CONNECTED reference kernel (float requantization since 2.2.0), nor its optimized
+    # kernels (both roundings half up), nor XNNPACK (float32): those are the litert engines.
+    "gemmlowp": HardwareSpec("gemmlowp", per_tensor_product="float32"),
+    # TFLite built with TFLITE_SINGLE_ROUNDING: one rounding of the 64-bit product, ties up (no LiteRT
+    # wheel is built so; the multiplier as for "gemmlowp")
+    "tflite_single": HardwareSpec("tflite_single", multiplier="single", requant_rounding="half_up",
+                                  per_tensor_product="float32"),
     # HAWQ-V3 / TVM QNN dyadic numbers (TVM's default rounding "UPWARD" = half up)
     "dyadic16": HardwareSpec("dyadic16", multiplier="dyadic", multiplier_bits=16, shift_range=(0, 62),
                              requant_rounding="half_up"),
@@ -194,7 +207,7 @@ def get_spec(spec) -> HardwareSpec:
 
 _KEYS = {"bits": ("multiplier_bits", int), "multiplier": ("multiplier", str), "rounding": ("requant_rounding", str),
          "bias": ("bias_rounding", str), "quantize": ("quantize_rounding", str), "acc": ("accumulator_bits", int),
-         "overflow": ("accumulator_overflow", str)}
+         "overflow": ("accumulator_overflow", str), "product": ("per_tensor_product", str)}
 
 
 def parse_spec(text: str) -> HardwareSpec:

@@ -69,11 +69,16 @@ def derive_layer(x_scale, w_scale, out_scale, bias, out_channels: int, spec, whe
 
     Returns ``(bias_q or None, m0, shift, lost)`` with ``bias_q``, ``m0``, ``shift`` int32 ``(O,)``:
     ``bias_q = round(b / (sx*sw))`` (``spec.bias_rounding``; the float64 product of two float32
-    values is exact) and ``(m0, shift)`` from :func:`derive_multiplier` of ``M = sx*sw/sy``.
+    values is exact) and ``(m0, shift)`` from :func:`derive_multiplier` of ``M = sx*sw/sy`` — with
+    ``sx*sw`` rounded to float32 first for per-tensor weights under ``spec.per_tensor_product="float32"``.
     """
     sx, sw, sy = as_float64(x_scale), as_float64(w_scale), as_float64(out_scale)
     atw = np.broadcast_to(sx * sw, (out_channels,))
-    m0, shift, lost = derive_multiplier(atw / sy, spec, where)
+    prod = atw
+    if getattr(spec, "per_tensor_product", "float64") == "float32" and np.ndim(sw) == 0:
+        # TFLite's uint8 kernels: static_cast<double>(input->params.scale * filter->params.scale)
+        prod = atw.astype(np.float32).astype(np.float64)
+    m0, shift, lost = derive_multiplier(prod / sy, spec, where)
     bq = None
     if bias is not None:
         bq = round_offline(as_float64(bias) / atw, spec.bias_rounding, rng)

@@ -97,6 +97,7 @@ from jax import lax
 
 from .. import int64 as i64
 from ..checks import QuantizationError, check_scale, is_concrete
+from ..float32 import mul_rn
 from .derive import derive_add, derive_layer
 from .integer_only import ADD_LEFT_SHIFT
 
@@ -434,7 +435,11 @@ def derive_layer_traced(x_scale, w_scale, out_scale, bias, out_channels: int, sp
     sx = jnp.broadcast_to(jnp.asarray(x_scale, jnp.float32), shape)
     sw = jnp.broadcast_to(jnp.asarray(w_scale, jnp.float32), shape)
     sy = jnp.broadcast_to(jnp.asarray(out_scale, jnp.float32), shape)
-    m0, shift = derive_multiplier_traced(sx, sw, sy, spec)
+    if getattr(spec, "per_tensor_product", "float64") == "float32" and jnp.ndim(w_scale) == 0:
+        # M = f64(fl32(sx*sw)) / f64(sy): the float32 product, times an exact 1
+        m0, shift = derive_multiplier_traced(mul_rn(sx, sw), jnp.ones_like(sx), sy, spec)
+    else:
+        m0, shift = derive_multiplier_traced(sx, sw, sy, spec)
     bq = None
     if bias is not None:
         bq, _ = round_bias_flags(jnp.broadcast_to(jnp.asarray(bias, jnp.float32), shape), sx, sw, spec.bias_rounding)
