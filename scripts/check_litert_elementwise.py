@@ -97,8 +97,8 @@ def main(cases: int = 24):
                 int(np.sum(got != want)), got.size, i % 2 == 0)
             for other in lr.KERNELS:
                 if other != rule and (other != "xnnpack" or rdelegated):
-                    score("REQUANTIZE", other, k, t.LiteRT(other).tfl_requantize(qv, so, zo, np.dtype(dout).name).values,
-                          want)
+                    got = t.LiteRT(other).tfl_requantize(qv, so, zo, np.dtype(dout).name).values
+                    score("REQUANTIZE", other, k, got, want)
     print(f"{'op':<12}{'family':<40}{'mismatches':>12}{'outputs':>10}{'tie-case outputs':>18}")
     for (op, k), (bad, n, ties) in sorted(counts.items()):
         print(f"{op:<12}{k:<40}{bad:>12}{n:>10}{ties:>18}")

@@ -11,8 +11,8 @@ RoundingDivideByPOT (half away from zero), ``RUP(x, e) = floor((x + 2**(e-1)) / 
 = 20``; with ``t = 2 * max(sa, sb)`` (double of the float32 scales) ``(M1, s1) = QM(sa / t)``, ``(M2, s2) =
 QM(sb / t)``, ``(Mo, so) = QM(t / (2**20 * sy))``.  Each input is scaled to ``y_i`` by one of three paths:
 
-* ``S`` (the scalar loop, ``reference_integer_ops::AddElementwise`` / ``MultiplyByQuantizedMultiplierSmallerThanOneExp``):
-  ``RDPOT(SRDHM(x << 20, M), -s)``;
+* ``S`` (the scalar loop: ``reference_integer_ops::AddElementwise``,
+  ``MultiplyByQuantizedMultiplierSmallerThanOneExp``): ``RDPOT(SRDHM(x << 20, M), -s)``;
 * ``E`` (the NEON body of ``optimized_integer_ops::AddElementwiseInt8``, on x86 through NEON_2_SSE):
   ``SRDHM(x << (20 + s), M)`` (the right shift first, exact, then one rounding);
 * ``B`` (the NEON body of ``AddScalarBroadcast``): ``SRDHM(x << 20, M) >> -s`` (a truncating shift).
@@ -28,8 +28,14 @@ fl32(sb/sy)``, ``shift = 20 - exponent(max(|ra|, |rb|))``, ``Ma = lrintf(ra * 2*
 ``Mb`` likewise (negative for SUB), ``y = ((x1*Ma + x2*Mb + 2**(shift-1)) >> shift) + y_zp`` (int32, one
 rounding, ties toward +inf).
 
-**MUL**: builtin (both families; ``reference_integer_ops::MulElementwise``; the optimized NEON bodies differ
-only by int16 saturation / wrapping near ``2**15``, :func:`mul_builtin`): ``(M, s) = QM(fl32(fl32(sa*sb)/sy))`` (``mul.cc`` computes the real multiplier in float32), ``y = RDPOT(SRDHM(x1*x2 << max(s,0), M), max(-s,0)) + y_zp``.
+The optimized NEON bodies then narrow to int16 with ``vmovn_s32`` (wrapping), add ``y_zp`` in int16
+(wrapping) and saturate to int8 — visible only when ``|y|`` passes ``2**15`` (output/input scale ratios
+near 200).
+
+**MUL**: builtin (both families; ``reference_integer_ops::MulElementwise``): ``(M, s) = QM(fl32(fl32(sa*sb)
+/ sy))`` (``mul.cc`` computes the real multiplier in float32), ``y = RDPOT(SRDHM(x1*x2 << max(s,0), M),
+max(-s,0)) + y_zp``; the optimized NEON bodies (``MulElementwise`` / ``MulSimpleBroadcast``, blocks of 16)
+saturate that to int16 (``vqmovn_s32``) and add ``y_zp`` in int16, wrapping (:func:`mul_builtin`).
 XNNPACK (``xnn_init_qs8_mul_minmax_scalar_params``, ``qs8-vmul-minmax-fp32``): ``y = rint(fl32(float(x1*x2)
 * fl32(fl32(sa*sb)/sy))) + y_zp`` (ties to even).
 
@@ -434,7 +440,8 @@ def requantize_builtin(x1, multiplier, out_zp, qmin, qmax, optimized: bool = Fal
 
 @jax.jit
 def requantize_xnnpack(x1, multiplier: int, out_zp, qmin, qmax):
-    """XNNPACK ``qs8-vcvt`` / ``qu8-vcvt``: ``((x1 * M + 128) >> 8) + zo`` saturated (``M = lrintf(256 * fl32(si/so))``)."""
+    """XNNPACK ``qs8-vcvt`` / ``qu8-vcvt``: ``((x1 * M + 128) >> 8) + zo`` saturated
+    (``M = lrintf(256 * fl32(si/so))``, :func:`requant_multiplier_xnnpack`)."""
     acc = x1 * jnp.asarray(multiplier, jnp.int32) + jnp.int32(128)
     return jnp.clip(jnp.right_shift(acc, 8) + jnp.int32(out_zp), qmin, qmax)
 
