@@ -20,7 +20,8 @@ from . import common as C
 README = os.path.join(C.HERE, "README.md")
 # results file -> module whose table() renders it
 NAMES = {"deployment_gap": "deployment_gap", "rounding": "rounding", "rounding_deviation": "rounding", "learned": "learned",
-         "learned_same_lr": "learned", "learned_w4_long": "learned", "qwix_compare": "qwix_compare"}
+         "learned_same_lr": "learned", "learned_w4_long": "learned", "qwix_compare": "qwix_compare",
+         "tflite_qat": "tflite_qat"}
 
 
 def render(name):
@@ -45,7 +46,7 @@ def main(argv=None):
         for n, module in NAMES.items():
             path = os.path.join(C.RESULTS, n + ".json")
             mod = importlib.import_module(f"experiments.{module}")
-            if os.path.exists(path) and n != "rounding_deviation":
+            if os.path.exists(path) and hasattr(mod, "plot") and n != "rounding_deviation":
                 with open(path) as f:
                     mod.plot(json.load(f), os.path.join(C.RESULTS, n + ".png"))
     blocks = {n: render(n) for n in NAMES}
