@@ -20,6 +20,7 @@ import dataclasses
 import fractions
 import functools
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -31,7 +32,8 @@ from ..requant import tflite as rq
 from . import litert_runtime
 from .tflite import from_tflite, read_model
 
-__all__ = ["TFLiteCheckError", "sample_inputs", "verify_tflite", "first_divergence", "explain_tflite",
+__all__ = ["TFLiteCheckError", "sample_inputs", "verify_tflite", "first_divergence", "compare_intermediates",
+           "explain_tflite",
            "describe_requantization", "is_tflite", "load_tflite_inputs"]
 
 # the rules requant_params names -> the requant.tflite functions computing them
@@ -45,8 +47,10 @@ def _interpreter_all_tensors(data: bytes, kernels: str, inputs):
     lite = litert_runtime.require_litert()
     r = lite.OpResolverType
     resolver = {"reference": r.BUILTIN_REF, "optimized": r.BUILTIN_WITHOUT_DEFAULT_DELEGATES, "xnnpack": r.AUTO}
-    it = lite.Interpreter(model_content=bytes(data), experimental_preserve_all_tensors=True, num_threads=1,
-                          experimental_op_resolver_type=resolver[kernels])
+    with warnings.catch_warnings():  # "intended for debugging purposes only": what it is used for here
+        warnings.simplefilter("ignore", UserWarning)
+        it = lite.Interpreter(model_content=bytes(data), experimental_preserve_all_tensors=True, num_threads=1,
+                              experimental_op_resolver_type=resolver[kernels])
     for d, x in zip(it.get_input_details(), inputs):
         it.resize_tensor_input(d["index"], list(np.shape(x)))
     it.allocate_tensors()
@@ -183,13 +187,14 @@ def compare_outputs(got, want, steps):
     return total, bad, worst, first
 
 
-def first_divergence(qm, data: bytes, inputs, kernels: str):
-    """The first node (in execution order) whose output differs from the interpreter's tensor, as a dict (node,
-    source, mismatches, size, index, qjax, litert) — or None.  XNNPACK-delegated operators' tensors are skipped
-    (the delegate does not write them back)."""
+def compare_intermediates(qm, data: bytes, inputs, kernels: str) -> list:
+    """Every node's output vs the interpreter's tensor (``experimental_preserve_all_tensors``), in execution
+    order: ``[(node, mismatches, size, first index or None, qjax value, LiteRT value)]``.  XNNPACK-delegated
+    operators' tensors are skipped (the delegate does not write them back)."""
     it = _interpreter_all_tensors(data, kernels, inputs)
     _, values = qm.capture(*inputs)
     skip = set(qm.info.get("delegated", ()))
+    rows = []
     for n in qm.nodes:
         cfg = n.config()
         tensor = dict(cfg.get("tensors", ())).get("output")
@@ -201,10 +206,18 @@ def first_divergence(qm, data: bytes, inputs, kernels: str):
         if got.shape != want.shape:
             continue
         diff = (got.view(np.int32) != want.view(np.int32)) if got.dtype == np.float32 else (got != want)
-        if diff.any():
-            idx = tuple(int(i) for i in np.argwhere(diff)[0])
-            return dict(node=n.name, source=n.source, mismatches=int(diff.sum()), size=int(diff.size), index=idx,
-                        qjax=got[idx].item(), litert=want[idx].item())
+        idx = tuple(int(i) for i in np.argwhere(diff)[0]) if diff.any() else None
+        rows.append((n, int(diff.sum()), int(diff.size), idx, None if idx is None else got[idx].item(),
+                     None if idx is None else want[idx].item()))
+    return rows
+
+
+def first_divergence(qm, data: bytes, inputs, kernels: str):
+    """The first node (in execution order) whose output differs from the interpreter's tensor, as a dict (node,
+    source, mismatches, size, index, qjax, litert) — or None (:func:`compare_intermediates`)."""
+    for n, bad, size, idx, got, want in compare_intermediates(qm, data, inputs, kernels):
+        if bad:
+            return dict(node=n.name, source=n.source, mismatches=bad, size=size, index=idx, qjax=got, litert=want)
     return None
 
 
