@@ -315,3 +315,16 @@ def test_add_optimized_neon_body_truncates_to_int16():
             total[k] += v
         diff += int(np.sum(out["optimized"][0] != out["reference"][0]))
     assert total == {k: 0 for k in KERNELS} and diff > 0
+
+
+def test_quantize_special_values():
+    """inf, NaN, values past int32: x86's float->int conversions give INT32_MIN, which the zero point then
+    shifts (builtin kernels); XNNPACK clamps at 32767 first (NaN included) and saturates."""
+    specials = np.array([1e10, -1e10, np.inf, -np.inf, np.nan, -np.nan, 3e38, -3e38, 2.2e9, -2.2e9, 1e-45, -0.0, 5e4],
+                        np.float32)
+    x = np.stack([specials, np.roll(specials, 5), np.roll(specials, 9)])  # NEON body and tail positions
+    for dtype, q in ((np.int8, (0.05, 3)), (np.int8, (0.05, -7)), (np.uint8, (0.1, 130))):
+        model = convert_model("QUANTIZE", x.shape, np.float32, dtype, None, q)
+        for k in KERNELS:
+            got = LiteRT(k).tfl_quantize(x, np.float32(q[0]), q[1], np.dtype(dtype).name)
+            np.testing.assert_array_equal(np.asarray(got.values), lr.run(model, [x], k)[0], err_msg=k)
