@@ -108,7 +108,8 @@ def lut_xnnpack(kind: str, in_scale: float, in_zero_point: int, out_scale: float
     with np.errstate(over="ignore", invalid="ignore"):
         x = ((q.astype(F32) - F32(int(in_zero_point))) * F32(in_scale)).astype(F32)
         if kind == "logistic":
-            e = np.exp(x.astype(np.float64))
+            # std::exp(double): the C library's exp, as Python's math.exp calls it
+            e = np.asarray([math.exp(v) if abs(v) <= 100 else 0.0 for v in x.astype(np.float64).tolist()])
             y = np.where(x > 100, 1.0, np.where(x < -100, 0.0, e / (1.0 + e))).astype(F32)
         elif kind == "tanh":
             y = tr.libm("tanhf", x)
