@@ -1,4 +1,4 @@
-"""Sweep LiteRT's int8 CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED against ai-edge-litert's interpreter.
+"""Sweep LiteRT's int8 CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED / TRANSPOSE_CONV against ai-edge-litert's interpreter.
 
 For every case (random geometry, scales, zero points, per-tensor / per-channel weights, fused activation;
 a share of tie-seeking cases with power-of-two scales, clamp-bound ties, effective scales above 1) it runs
@@ -9,7 +9,8 @@ the interpreter with each op resolver and ``LiteRT(kernels)`` with each family's
 * the cross table: each family's rule against every other family's interpreter output (how much the data
   tells the families apart).
 
-Usage: ``python scripts/check_litert_gemm.py [--cases N] [--seed S]`` (N cases per op; ~1 s each).
+Usage: ``python scripts/check_litert_gemm.py [--cases N] [--seed S] [--ops conv,dw,fc,tconv]`` (N cases per op;
+~1 s each).  ``tconv`` is TRANSPOSE_CONV.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from tests.engines.litert_gemm_cases import (  # noqa: E402
-    OPS, accumulators, fc_rounding_case, interpreter_outputs, make_case, qjax_output)
+    OPS, accumulators, build_tconv_model, fc_rounding_case, interpreter_outputs, make_case, make_tconv_case,
+    qjax_output, qjax_tconv_output)
 from qjax._src.engines.base import EngineRefusal  # noqa: E402
 from qjax._src.interop import litert_runtime  # noqa: E402
 from qjax._src.requant.tflite import effective_scales  # noqa: E402
@@ -34,6 +36,10 @@ FAMILIES = litert_runtime.KERNELS
 
 def _case(rng, op, i):
     kind = i % 10
+    if op == "tconv":
+        shape = dict(n=int(rng.integers(1, 4)), hw=(int(rng.integers(1, 9)), int(rng.integers(1, 9))),
+                     c=int(rng.integers(1, 17)), o=int(rng.integers(1, 33)))
+        return make_tconv_case(rng, ties=kind in (1, 2, 3, 4), shape=shape), ("ties" if kind in (1, 2, 3, 4) else "random")
     shape = {}
     if op == "fc":
         shape = dict(n=int(rng.integers(1, 257)), k=int(rng.integers(1, 97)), o=int(rng.integers(1, 33)))
@@ -68,24 +74,30 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=40, help="cases per op")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ops", default="conv,dw,fc,tconv", help="comma-separated: conv, dw, fc, tconv")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
     total = {k: [0, 0, 0] for k in FAMILIES}  # mismatches, outputs, ties
-    for op in OPS:
+    for op in args.ops.split(","):
         own = {k: [0, 0, 0] for k in FAMILIES}
         cross = {(a, b): 0 for a in FAMILIES for b in FAMILIES}
         kinds, refused, not_delegated = {}, 0, 0
         extra = [fc_rounding_case(a) for a in (63, 99, 127)] if op == "fc" else []
         for i in range(args.cases + len(extra)):
             case, kind = (_case(rng, op, i) if i < args.cases else (extra[i - args.cases], "double rounding"))
-            outs = interpreter_outputs(case)
+            if op == "tconv":
+                model = build_tconv_model(case)
+                outs = {k: litert_runtime.run(model, [case["x"]], k)[0] for k in FAMILIES}
+                outs["xnnpack_delegated"] = 0 in litert_runtime.delegated_ops(model)
+            else:
+                outs = interpreter_outputs(case)
             not_delegated += not outs["xnnpack_delegated"]
             ties = _ties(case, outs["reference"])
             got = {}
             for k in FAMILIES:
                 try:
-                    got[k] = qjax_output(case, k)
+                    got[k] = qjax_tconv_output(case, k) if op == "tconv" else qjax_output(case, k)
                 except EngineRefusal:
                     got[k] = None
             for k in FAMILIES:

@@ -195,6 +195,15 @@ def accumulators(case) -> np.ndarray:
     w = case["w"].astype(np.int64)
     if case["op"] == "fc":
         return x @ w.T + case["bias"]
+    if case["op"] == "tconv":  # scatter x[i, j] * w[:, ky, kx] to (i*s + ky, j*s + kx), crop pad_top / pad_left
+        n, h, wd, _ = x.shape
+        (sh, sw), (o, kh, kw, _) = case["stride"], w.shape
+        (pt, _), (pl, _) = explicit_padding(case["padding"], case["out"][1:3], (kh, kw), case["stride"])
+        full = np.zeros((n, (h - 1) * sh + kh + case["out"][1], (wd - 1) * sw + kw + case["out"][2], o), np.int64)
+        for ky in range(kh):
+            for kx in range(kw):
+                full[:, ky:ky + sh * (h - 1) + 1:sh, kx:kx + sw * (wd - 1) + 1:sw] += x @ w[:, ky, kx, :].T
+        return full[:, pt:pt + case["out"][1], pl:pl + case["out"][2]] + case["bias"]
     n, h, wd, c = x.shape
     (kh, kw), (sh, sw), (dh, dw) = case["kernel"], case["stride"], case["dilation"]
     (pt, pb), (pl, pr) = explicit_padding(case["padding"], (h, wd), (kh, kw), (sh, sw), (dh, dw))
@@ -262,3 +271,54 @@ def np_output(case, requant, *params, xnnpack_clamp: bool = False):
     """The case's output under a candidate requantization ``requant(acc, *params)`` and clamp."""
     lo, hi = np_clamp_bounds(case["activation"], case["sy"], case["zy"], xnnpack_clamp)
     return np.clip(requant(accumulators(case), *params) + case["zy"], lo, hi)
+
+
+# -- TRANSPOSE_CONV ---------------------------------------------------------------------------------------------
+
+def make_tconv_case(rng, *, ties: bool = False, per_channel=None, shape=None) -> dict:
+    """A random TRANSPOSE_CONV case: ``w`` OHWI, output ``(N, OH, OW, O)`` with ``OH = H*s`` (SAME) or
+    ``(H-1)*s + k`` (VALID), or the given ``shape`` dict."""
+    g = dict(shape or {})
+    g.setdefault("n", int(rng.integers(1, 3)))
+    g.setdefault("hw", (int(rng.integers(1, 7)), int(rng.integers(1, 7))))
+    g.setdefault("kernel", (int(rng.integers(1, 5)), int(rng.integers(1, 5))))
+    g.setdefault("stride", (int(rng.integers(1, 4)), int(rng.integers(1, 4))))
+    g.setdefault("padding", str(rng.choice(["SAME", "VALID"])))
+    g.setdefault("c", int(rng.integers(1, 10)))
+    g.setdefault("o", int(rng.integers(1, 20)))
+    case = make_case(rng, "conv", ties=ties, per_channel=per_channel,
+                     shape=dict(n=g["n"], hw=g["hw"], kernel=g["kernel"], stride=(1, 1), dilation=(1, 1),
+                                padding="VALID", c=g["c"], o=g["o"]))
+    case.update(op="tconv", stride=g["stride"], padding=g["padding"], x=case["x"][:, :g["hw"][0], :g["hw"][1]])
+    case["out"] = (g["n"],) + tuple(h * s if g["padding"] == "SAME" else (h - 1) * s + k
+                                    for h, s, k in zip(g["hw"], g["stride"], g["kernel"])) + (g["o"],)
+    return case
+
+
+def build_tconv_model(case) -> bytes:
+    b = TFLiteBuilder()
+    shp = b.tensor((4,), np.int32, data=np.asarray(case["out"], np.int32))
+    wi = b.tensor(case["w"].shape, np.int8, scale=case["sw"], zero_point=0, axis=0, data=case["w"])
+    xi = b.tensor(case["x"].shape, np.int8, scale=case["sx"], zero_point=case["zx"])
+    bias_scale = (np.float32(case["sx"]) * np.asarray(case["sw"], np.float32)).astype(np.float32)
+    bi = b.tensor(case["bias"].shape, np.int32, scale=bias_scale, zero_point=0, data=case["bias"])
+    yi = b.tensor(case["out"], np.int8, scale=case["sy"], zero_point=case["zy"])
+    o = schema.TransposeConvOptionsT()
+    o.padding = getattr(schema.Padding, case["padding"])
+    o.strideH, o.strideW = case["stride"]
+    o.fusedActivationFunction = getattr(schema.ActivationFunctionType, case["activation"])
+    b.op("TRANSPOSE_CONV", [shp, wi, xi, bi], [yi], o, version=4)
+    return b.build([xi], [yi])
+
+
+def qjax_tconv_output(case, kernels: str) -> np.ndarray:
+    sw = np.asarray(case["sw"], np.float32)
+    per_channel = sw.size > 1
+    x = qjax.QArray(case["x"], np.float32(case["sx"]), np.int32(case["zx"]), qjax.qint8)
+    wq = qjax.QArray(case["w"].transpose(1, 2, 3, 0), sw if per_channel else sw.reshape(()),
+                     np.zeros(sw.shape, np.int32) if per_channel else np.int32(0), qjax.qint8,
+                     axis=3 if per_channel else None)
+    y = LiteRT(kernels).tfl_transpose_conv(x, wq, np.asarray(case["bias"], np.int32), np.float32(case["sy"]),
+                                           np.int32(case["zy"]), case["out"], case["stride"], case["padding"],
+                                           case["activation"])
+    return np.asarray(y.values)

@@ -22,8 +22,8 @@ from qjax._src.qops.tflite_common import explicit_padding  # noqa: E402
 from qjax._src.requant import tflite as rq  # noqa: E402
 
 from .litert_gemm_cases import (  # noqa: E402
-    accumulators, fc_rounding_case, interpreter_outputs, make_case, np_gemmlowp, np_half_up, np_output, np_xnnpack,
-    qjax_output)
+    accumulators, build_tconv_model, fc_rounding_case, interpreter_outputs, make_case, make_tconv_case, np_gemmlowp,
+    np_half_up, np_output, np_xnnpack, qjax_output, qjax_tconv_output)
 
 FAMILIES = litert_runtime.KERNELS
 
@@ -233,3 +233,18 @@ def test_gemmlowp_preset_is_litert_uint8_reference_conv():
 
     np.testing.assert_array_equal(conv(spec), want)
     assert (conv(spec.replace(per_tensor_product="float64"))[..., 1] != want[..., 1]).all()
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_transpose_conv_matches_interpreter(ties):
+    """TRANSPOSE_CONV (int8, per-channel and per-tensor): SAME with stride 2 (crop), VALID with stride (1, 3)."""
+    rng = np.random.default_rng(3)
+    for geometry in (dict(n=2, hw=(3, 4), kernel=(3, 3), stride=(2, 2), padding="SAME", c=3, o=10),
+                     dict(n=1, hw=(4, 3), kernel=(2, 4), stride=(1, 3), padding="VALID", c=5, o=9)):
+        case = make_tconv_case(rng, ties=ties, shape=geometry, per_channel=geometry["o"] == 10)
+        model = build_tconv_model(case)
+        delegated = 0 in litert_runtime.delegated_ops(model)
+        for k in FAMILIES:
+            want = litert_runtime.run(model, [case["x"]], k)[0]
+            got = qjax_tconv_output(case, k if k != "xnnpack" or delegated else "optimized")
+            np.testing.assert_array_equal(got, want, err_msg=f"TRANSPOSE_CONV {k} {geometry}")

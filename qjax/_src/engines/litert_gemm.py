@@ -33,9 +33,10 @@ from jax import lax
 from ..checks import is_concrete
 from ..dtypes import qint8
 from ..kernels.conv import conv_accumulate
+from ..kernels.conv_transpose import conv_transpose_accumulate
 from ..kernels.linear import linear_accumulate
 from ..qarray import QArray
-from ..qops.tflite_common import activation_range
+from ..qops.tflite_common import activation_range, explicit_padding
 from ..requant import tflite as rq
 from .base import refuse
 
@@ -70,6 +71,19 @@ def _signed_to_offset(xv, zx):
 def _conv_int8(xv, zx, wv, bias, params, zy, lo, hi, *, rule, strides, padding, dilation, groups):
     xu, zu = _signed_to_offset(xv, zx)
     acc = conv_accumulate(xu, zu, wv, 0, strides=strides, padding=padding, dilation=dilation, groups=groups)
+    return _requantize(acc + bias, rule, params, zy, lo, hi).astype(jnp.int8)
+
+
+@functools.partial(jax.jit, static_argnames=("rule", "strides", "crop", "out_spatial"))
+def _transpose_conv_int8(xv, zx, wv, bias, params, zy, lo, hi, *, rule, strides, crop, out_spatial):
+    xu, zu = _signed_to_offset(xv, zx)
+    kernel = wv.shape[:2]
+    full = tuple((n - 1) * s + k for n, s, k in zip(xu.shape[1:3], strides, kernel))
+    # the full scatter out[i*s + k] cropped to [pad_lo, pad_lo + out): symmetric padding pad_lo, the end moved
+    # by a (possibly negative) output padding
+    acc = conv_transpose_accumulate(xu, zu, jnp.transpose(wv, (2, 3, 0, 1)), 0, strides=strides, padding=crop,
+                                    output_padding=tuple(2 * p + o - f for p, o, f in zip(crop, out_spatial, full)),
+                                    dilation=(1, 1), groups=1)
     return _requantize(acc + bias, rule, params, zy, lo, hi).astype(jnp.int8)
 
 
@@ -158,4 +172,33 @@ class LiteRTGemm:
         lo, hi = output_range(rule, activation, sy, out_zero_point)
         values = _fc_int8(x.values, x.zero_point, w.values, bias, tuple(jnp.asarray(p) for p in params),
                           jnp.asarray(out_zero_point, _I32), lo, hi, rule=rule)
+        return _output(values, sy, out_zero_point)
+
+    def tfl_transpose_conv(self, x, w, bias, out_scale, out_zero_point, output_shape, strides, padding,
+                           activation="NONE"):
+        """TRANSPOSE_CONV: ``x`` QArray qint8 ``(N, H, W, C)``; ``w`` QArray qint8 HWIO ``(KH, KW, C, O)`` (TFLite's
+        OHWI filter transposed ``(1, 2, 3, 0)``) per channel (``axis=3``) or per tensor; ``bias`` int32 ``(O,)``
+        or None; ``output_shape`` the op's ``(N, OH, OW, O)``; ``strides`` ``(sh, sw)``; ``padding`` ``"SAME"`` /
+        ``"VALID"`` -> QArray qint8 ``output_shape``.
+
+        ``out[n, y, x, o] = sum x[n, i, j, c] * w[ky, kx, c, o]`` over ``y = i*sh - pad_top + ky`` (likewise
+        ``x``), ``pad_top`` the SAME/VALID padding of a forward convolution from ``(OH, OW)`` (``kernels/
+        transpose_conv.cc``, ``ComputePaddingHeightWidth``); requantized as CONV_2D's multipliers with the
+        family's rule (optimized: ``optimized_ops::Quantize``'s channel blocks, as DEPTHWISE_CONV_2D)."""
+        op = "TRANSPOSE_CONV"
+        out_shape = tuple(int(d) for d in output_shape)
+        if (w.ndim != 4 or x.ndim != 4 or x.shape[-1] != w.shape[2] or len(out_shape) != 4
+                or out_shape[0] != x.shape[0] or out_shape[3] != w.shape[3]):
+            raise ValueError(f"{op}: x {tuple(x.shape)} (NHWC), w {tuple(w.shape)} (HWIO, I == C) and output_shape "
+                             f"{out_shape} (N, OH, OW, O) do not fit")
+        n = w.shape[-1]
+        bias = _check_operands(op, x, w, bias, n, 3)
+        sy = _scale(out_scale)
+        rule, params = rq.requant_params(self.kernels, op, x.scale, w.scale, sy, n)
+        strides = tuple(int(s) for s in strides)
+        crop = tuple(lo for lo, _ in explicit_padding(padding, out_shape[1:3], w.shape[:2], strides))
+        lo, hi = output_range(rule, activation, sy, out_zero_point)
+        values = _transpose_conv_int8(x.values, x.zero_point, w.values, bias, tuple(jnp.asarray(p) for p in params),
+                                      jnp.asarray(out_zero_point, _I32), lo, hi, rule=rule, strides=strides,
+                                      crop=crop, out_spatial=out_shape[1:3])
         return _output(values, sy, out_zero_point)

@@ -250,20 +250,24 @@ def _rule_of(kernels: str, op: str, groups: int) -> str:
         return "double_float" if op == "FULLY_CONNECTED" else "reference"
     if op == "CONV_2D" and groups != 1:  # conv.cc: grouped convolution runs on kReference only
         return "reference"
-    return "optimized_depthwise" if op == "DEPTHWISE_CONV_2D" else "half_up"
+    # DEPTHWISE_CONV_2D and TRANSPOSE_CONV (optimized_integer_ops::TransposeConvV2) end in optimized_ops::Quantize
+    return "optimized_depthwise" if op in ("DEPTHWISE_CONV_2D", "TRANSPOSE_CONV") else "half_up"
 
 
 def requant_params(kernels: str, op: str, x_scale, w_scale, out_scale, n: int, groups: int = 1):
     """``(rule, params)``: the requantization the ``kernels`` family applies to ``op`` (``"CONV_2D"``,
     ``"DEPTHWISE_CONV_2D"``, ``"FULLY_CONNECTED"``) and its per-channel ``(n,)`` parameters.
 
+    TRANSPOSE_CONV takes the multipliers of CONV_2D (``transpose_conv.cc``: PopulateConvolutionQuantizationParams)
+    and the depthwise rule under the optimized kernels (both end in ``optimized_ops::Quantize``).
+
     ``rule`` names the function of this module (``"reference"``: :func:`requantize_reference`, ``"half_up"``,
     ``"optimized_depthwise"``, ``"double_float"``, ``"xnnpack"``: :func:`requantize_xnnpack_fp32`) whose
     arguments after the accumulator are ``params``.  Concrete scales are derived with numpy (and out-of-range
     effective scales raise ValueError); traced ones in the graph, where the range is not checked.
     """
-    if op not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
-        raise ValueError(f"op={op!r}; use CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED")
+    if op not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"):
+        raise ValueError(f"op={op!r}; use CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED or TRANSPOSE_CONV")
     rule = _rule_of(kernels, op, groups)
     per_tensor = int(np.prod(np.shape(w_scale))) == 1  # TFLite: per channel iff the filter has > 1 scale
     # GetQuantizedConvolutionMultipler (a float32 product) serves the optimized per-tensor FULLY_CONNECTED only
