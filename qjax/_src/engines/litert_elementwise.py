@@ -25,15 +25,20 @@ from ..checks import is_concrete
 from ..dtypes import as_qdtype, qint8, quint8
 from ..qarray import QArray
 from ..qops import tflite_elementwise as te
-from ..qops.tflite_common import activation_range, activation_range_xnnpack
+from ..qops.tflite_common import ACTIVATIONS, activation_range, activation_range_xnnpack
 from .base import refuse
 
 __all__ = ["LiteRTElementwise"]
 
 _OUT_DTYPES = {"int8": qint8, "uint8": quint8}
-# the fused-activation bounds, compiled once per activation (scale and zero point traced)
-_ACTIVATION_RANGE = {"builtin": jax.jit(activation_range, static_argnames=("activation", "qmin", "qmax")),
-                     "xnnpack": jax.jit(activation_range_xnnpack, static_argnames=("activation", "qmin", "qmax"))}
+
+def _every_activation(rule):
+    """The fused-activation bounds of every activation at once: one compilation per rule (qparams traced)."""
+    return jax.jit(lambda scale, zero_point: {a: rule(a, scale, zero_point) for a in ACTIVATIONS})
+
+
+_ACTIVATION_RANGE = {"builtin": _every_activation(activation_range),
+                     "xnnpack": _every_activation(activation_range_xnnpack)}
 
 
 def _scalar(engine, v, what: str, op: str, kind=float, traced_ok: bool = False):
@@ -72,8 +77,10 @@ class LiteRTElementwise:
     Binary ops broadcast numpy-style; all take and return per-tensor QArrays (qint8 unless stated)."""
 
     def _activation_range(self, activation, sy, zy):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation={activation!r}; int8 kernels fuse one of {ACTIVATIONS}")
         rule = _ACTIVATION_RANGE["xnnpack" if self.kernels == "xnnpack" else "builtin"]
-        return rule(activation=activation, scale=np.float32(sy), zero_point=np.int32(zy))
+        return rule(jnp.float32(sy), jnp.int32(zy))[activation]
 
     def _binary(self, op, a, b, out_scale, out_zero_point, activation):
         sa, za = _qparams(self, a, op, "a", traced_ok=True)
