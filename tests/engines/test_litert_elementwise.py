@@ -126,14 +126,14 @@ SHAPES = [((2, 3, 4, 17), (2, 3, 4, 17)), ((2, 3, 4, 17), (17,)), ((2, 1, 4, 17)
 @pytest.mark.parametrize("kind", ["ADD", "SUB", "MUL"])
 def test_binary_ties_and_broadcasts(kind):
     rng = np.random.default_rng({"ADD": 1, "SUB": 2, "MUL": 3}[kind])
-    total = {k: 0 for k in KERNELS}
+    total = {}
     for i, (sa, sb) in enumerate(SHAPES):
         for decimal in (False, True):
             a, b, qa, qb, qy = tie_binary_case(rng, kind, sa, sb, decimal)
             for act in ("NONE", ["RELU", "RELU6", "RELU_N1_TO_1"][i % 3]):
                 for k, v in mismatches(run_binary(kind, a, b, qa, qb, qy, act)).items():
-                    total[k] += v
-    assert total == {k: 0 for k in KERNELS}
+                    total[k] = total.get(k, 0) + v
+    assert total == {k: 0 for k in KERNELS}  # every family ran (XNNPACK took every node)
 
 
 def test_binary_data_separates_the_families():
@@ -328,3 +328,19 @@ def test_quantize_special_values():
         for k in KERNELS:
             got = LiteRT(k).tfl_quantize(x, np.float32(q[0]), q[1], np.dtype(dtype).name)
             np.testing.assert_array_equal(np.asarray(got.values), lr.run(model, [x], k)[0], err_msg=k)
+
+
+def test_xnnpack_leaves_out_of_range_scales_to_the_builtin_kernels():
+    """ADD with sa/sy = 300 (XNNPACK's range is [2**-10, 2**8)): not delegated, so the "xnnpack" model runs the
+    optimized kernel there; LiteRT("xnnpack") refuses such a node and LiteRT("optimized") reproduces it."""
+    from qjax._src.engines.base import EngineRefusal
+
+    rng = np.random.default_rng(14)
+    a = rng.integers(-128, 128, (2, 3, 4, 17)).astype(np.int8)
+    b = rng.integers(-128, 128, (2, 3, 4, 17)).astype(np.int8)
+    qa, qb, qy = (3.0, 0), (0.01, 1), (0.01, 2)
+    model = binary_model("ADD", a.shape, b.shape, qa, qb, qy)
+    assert 0 not in lr.delegated_ops(model)
+    with pytest.raises(EngineRefusal, match="XNNPACK"):
+        qjax_binary("xnnpack", "ADD", a, b, qa, qb, qy)
+    np.testing.assert_array_equal(qjax_binary("optimized", "ADD", a, b, qa, qb, qy), lr.run(model, [a, b], "xnnpack")[0])
