@@ -12,7 +12,7 @@ import qjax  # noqa: E402
 from qjax._src.interop import litert_runtime  # noqa: E402
 from qjax._src.interop.tflite import from_tflite  # noqa: E402
 from qjax._src.interop.tflite_train import TFLiteQAT, quantize_bias, quantize_weight  # noqa: E402
-from ..tflite_models import mobilenet_style  # noqa: E402
+from ..tflite_models import every_op_model, mobilenet_style  # noqa: E402
 from .test_tflite_write import _CHAIN  # noqa: E402
 
 FAMILIES = ("reference", "optimized", "xnnpack")
@@ -69,6 +69,28 @@ def test_init_reproduces_the_imported_model_and_the_gradient_is_the_surrogates()
     np.testing.assert_array_equal(np.asarray(y), (want_ints.astype(np.float32) - out_zp) * np.float32(out_scale))
 
 
+def test_the_surrogate_follows_every_op():
+    # the float surrogate (what the gradient is of) of a model with every imported op stays within a few output
+    # steps of the interpreter's integers: each surrogate op has the op's semantics (a wrong pooling window, pad
+    # value, activation or layout would be tens of steps off)
+    data = every_op_model(0)
+    qm = from_tflite(data, kernels="reference")
+    qat = TFLiteQAT(qm)
+    x = np.random.default_rng(5).standard_normal((16, 8, 8, 4)).astype(np.float32)
+    ys = jax.jit(qat.surrogate)(qat.init(), x)
+    wants = litert_runtime.run(data, [x], "reference")
+    assert len(ys) == len(wants) == 3
+    for ref, got, want in zip(qm.output, ys, wants):
+        cfg = qm.node(qm.node(ref.name).args[0].name).config()  # the op producing the output
+        if want.dtype == np.float32:  # after DEQUANTIZE: its input's step
+            step, want_f = cfg["in_qparams"][0][0], want
+        else:
+            (step, zp), want_f = cfg["out_qparams"], None
+            want_f = (want.astype(np.float32) - zp) * np.float32(step)
+        d = np.rint(np.abs(np.asarray(got) - want_f) / step)  # whole steps
+        assert np.median(d) <= 1 and np.percentile(d, 95) <= 3, (ref.name, np.median(d), np.percentile(d, 95))
+
+
 def test_qat_round_trip_is_bit_exact_in_litert():
     # QAT of a MobileNet-style model (xnnpack family) on a seeded 10-class set, written back with to_tflite:
     # LiteRT's interpreter computes the trained QModel's integers under each family (the written file re-imported
@@ -104,10 +126,14 @@ def test_qat_round_trip_is_bit_exact_in_litert():
     out = qjax.to_tflite(trained)
     assert out != data
     acc0 = float(np.mean(np.argmax(litert_runtime.run(data, [xte], "xnnpack")[0], 1) == yte))
+    wants = {}
     for fam in FAMILIES:
-        want = litert_runtime.run(out, [xte], fam)[0]
+        wants[fam] = want = litert_runtime.run(out, [xte], fam)[0]
         got = np.asarray((trained if fam == "xnnpack" else from_tflite(out, kernels=fam))(xte))
         assert got.dtype == want.dtype and got.shape == want.shape
         assert int((got != want).sum()) == 0, fam
         acc1 = float(np.mean(np.argmax(want, 1) == yte))
         assert acc1 > acc0 + 0.2, (fam, acc0, acc1)
+    # the data tell the families apart: the xnnpack-trained integers are not what the reference kernels compute
+    # (53 of 640 outputs differ), so a QModel on the wrong family's arithmetic fails the comparison above
+    assert int((wants["xnnpack"] != wants["reference"]).sum()) > 0
