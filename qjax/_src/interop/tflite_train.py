@@ -15,8 +15,9 @@ file, dequantized ``(q - z_y) · s_y`` (float outputs as they are):
 
 * weights (``SymmetricPerChannelQuantizeValues``): ``w_q = clamp(TfLiteRound(w / s_w[c]), -127, 127)`` —
   ``TfLiteRound`` is ``std::round`` (half away from zero); the converter multiplies by ``127 / max|w|``, the
-  inverse it derived its ``s_w = max|w| / 127`` from; at a given ``s_w`` the quotient is the exact float32
-  division (both agree wherever ``s_w`` is the converter's);
+  inverse it derived its ``s_w = max|w| / 127`` from (two float32 roundings, no ``max|w|`` kept in the file); at
+  a given ``s_w`` the quotient here is the correctly rounded float32 division — the two can differ only where
+  ``w / s_w`` lies within an ulp of a half.  Either way the integers written are the ones the forward used;
 * biases (``SymmetricPerChannelBiasQuantize``): ``b_q = clamp(TfLiteRound(b · fl32(1.0 / fl32(s_x · s_w[c]))),
   -(2^31 - 1), 2^31 - 1)`` — the bias scale is the float32 product, its inverse the double quotient rounded to
   float32, the product with ``b`` float32 (and the clamp at float32's largest value below ``2^31``).
