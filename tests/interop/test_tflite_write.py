@@ -57,16 +57,25 @@ def test_unchanged_model_is_byte_identical():
         assert to_tflite(qm.with_params(params)) == data
 
 
-def test_constant_operands_are_written():
-    # every_op_model's SUB of a constant: its int8 values (and qparams) are the node's const_b param
+def test_constant_operands_and_per_tensor_weights_are_written():
+    # every_op_model's SUB of a constant (its int8 values are the node's const_b param) and its depthwise conv
+    # with per-tensor weights (new values and a new scale, re-bound with with_qparams)
     qm = from_tflite(every_op_model(0), kernels="reference")
     (sub,) = [n.name for n in qm.nodes if n.op == "tfl_binary" and n.config()["kind"] == "sub"]
+    (dw,) = [n.name for n in qm.nodes if n.op == "tfl_conv" and n.config()["depthwise"]]
     params = {k: dict(v) for k, v in qm.params.items()}
     c = params[sub]["const_b"]
     params[sub]["const_b"] = c.with_values((np.asarray(c.values) // 3).astype(np.int8))
-    back = from_tflite(to_tflite(qm.with_params(params)), kernels="reference")
+    w = params[dw]["weight"]
+    assert w.axis is None
+    params[dw]["weight"] = qjax.QArray((np.asarray(w.values) // 2).astype(np.int8), np.float32(np.asarray(w.scale) * 2),
+                                       np.int32(0), "qint8")
+    back = from_tflite(to_tflite(with_qparams(qm, params)), kernels="reference")
     np.testing.assert_array_equal(np.asarray(back.params[sub]["const_b"].values), np.asarray(c.values) // 3)
     assert np.asarray(back.params[sub]["const_b"].scale) == np.asarray(c.scale)
+    bw = back.params[dw]["weight"]
+    assert bw.axis is None and np.asarray(bw.scale) == np.float32(np.asarray(w.scale) * 2)
+    np.testing.assert_array_equal(np.asarray(bw.values), np.asarray(w.values) // 2)
 
 
 def _changed(qm):
