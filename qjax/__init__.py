@@ -6,7 +6,8 @@ The public surface (implementation lives in the private ``qjax._src``):
   integer ops :func:`conv` / :func:`conv_transpose` / :func:`linear`, the float-output ops
   :func:`linear_dynamic` / :func:`embedding` / :func:`embedding_bag`, imported models (:func:`from_torch`,
   :func:`from_torchscript`, :func:`from_tflite` — LiteRT int8 flatbuffers —, :class:`QModel`), :func:`verify`
-  and :func:`explain`;
+  and :func:`explain`; :func:`to_tflite` writes a ``from_tflite`` model's params back, :class:`TFLiteQAT` trains
+  them with the family's exact integers;
 * :mod:`qjax.engines` — the arithmetic of every op, one engine per runtime (fbgemm, qnnpack, onednn,
   x86, reference, integer-only hardware specs) and the protocol for your own;
 * :mod:`qjax.hardware` — integer-only INT8 hardware: specs, model conversion, deviation reports, export;
