@@ -51,7 +51,7 @@ def _check_all(case):
     return outs
 
 
-@settings(deadline=None, max_examples=20, derandomize=True)
+@settings(deadline=None, max_examples=16, derandomize=True)
 @given(op=st.sampled_from(["conv", "dw", "fc"]), geometry=st.integers(0, 1), seed=st.integers(0, 2**32 - 1),
        ties=st.booleans(), per_channel=st.booleans())
 def test_matches_interpreter(op, geometry, seed, ties, per_channel):
@@ -235,16 +235,19 @@ def test_gemmlowp_preset_is_litert_uint8_reference_conv():
     assert (conv(spec.replace(per_tensor_product="float64"))[..., 1] != want[..., 1]).all()
 
 
-@pytest.mark.parametrize("ties", [False, True])
-def test_transpose_conv_matches_interpreter(ties):
-    """TRANSPOSE_CONV (int8, per-channel and per-tensor): SAME with stride 2 (crop), VALID with stride (1, 3)."""
+@pytest.mark.parametrize("ties,geometry", [
+    (True, dict(n=2, hw=(3, 4), kernel=(3, 3), stride=(2, 2), padding="SAME", c=3, o=10)),
+    (False, dict(n=1, hw=(4, 3), kernel=(2, 4), stride=(1, 3), padding="VALID", c=5, o=9))])
+def test_transpose_conv_matches_interpreter(ties, geometry):
+    """TRANSPOSE_CONV (int8): SAME with stride 2 (a crop), per channel, on ties; VALID with stride (1, 3) per tensor."""
     rng = np.random.default_rng(3)
-    for geometry in (dict(n=2, hw=(3, 4), kernel=(3, 3), stride=(2, 2), padding="SAME", c=3, o=10),
-                     dict(n=1, hw=(4, 3), kernel=(2, 4), stride=(1, 3), padding="VALID", c=5, o=9)):
-        case = make_tconv_case(rng, ties=ties, shape=geometry, per_channel=geometry["o"] == 10)
-        model = build_tconv_model(case)
-        delegated = 0 in litert_runtime.delegated_ops(model)
-        for k in FAMILIES:
-            want = litert_runtime.run(model, [case["x"]], k)[0]
-            got = qjax_tconv_output(case, k if k != "xnnpack" or delegated else "optimized")
-            np.testing.assert_array_equal(got, want, err_msg=f"TRANSPOSE_CONV {k} {geometry}")
+    case = make_tconv_case(rng, ties=ties, shape=geometry, per_channel=geometry["o"] == 10)
+    model = build_tconv_model(case)
+    delegated = 0 in litert_runtime.delegated_ops(model)
+    assert delegated  # so that the XNNPACK rule is the one checked
+    want = {k: litert_runtime.run(model, [case["x"]], k)[0] for k in FAMILIES}
+    for k in FAMILIES:
+        got = qjax_tconv_output(case, k)
+        np.testing.assert_array_equal(got, want[k], err_msg=f"TRANSPOSE_CONV {k} {geometry}")
+        if ties:  # the data tells the families apart
+            assert all((got != want[b]).any() for b in FAMILIES if b != k), k
