@@ -231,6 +231,20 @@ def test_logistic_tables(in_q):
         assert np.any(want["reference"] != want["xnnpack"])
 
 
+def test_logistic_other_output_qparams_only_on_xnnpack():
+    """The builtin kernels' Prepare requires an output scale of 1/256; the XNNPACK delegate takes any."""
+    in_q, out_q = (0.05, 3), (0.005, -100)
+    model = build_unary("LOGISTIC", ALL_INT8.shape, in_q, out_q)
+    want = litert_runtime.run(model, [ALL_INT8], "xnnpack")[0]
+    got = ENGINES["xnnpack"].tfl_logistic(qarray(ALL_INT8, in_q), *out_q)
+    np.testing.assert_array_equal(np.asarray(got.values), want)
+    for k in ("reference", "optimized"):
+        with pytest.raises(RuntimeError):
+            litert_runtime.run(model, [ALL_INT8], k)
+        with pytest.raises(ValueError, match="LOGISTIC"):
+            ENGINES[k].tfl_logistic(qarray(ALL_INT8, in_q), *out_q)
+
+
 def test_logistic_xnnpack_adds_the_zero_point_in_float():
     """(0.1532207, 87), q = 78: 256 * sigmoid = 51.4999971 rounds to 51 before the zero point is added, but
     fl(51.4999971 - 128) = -76.5 rounds (to even) to -76, which is what XNNPACK outputs."""

@@ -95,13 +95,15 @@ class LiteRTPooling:
         return _out(ta.apply_lut(x.values, ta.lut_hard_swish_reference(si, zi, so, zo)), so, zo)
 
     def tfl_logistic(self, x, out_scale, out_zero_point):
-        """LOGISTIC (output scale 1/256): the builtin kernels' float LUT; XNNPACK's double-precision one."""
+        """LOGISTIC: the builtin kernels' float LUT (their Prepare requires the output scale 1/256); XNNPACK's
+        double-precision one (any output qparams)."""
         si, zi, so, zo = _concrete_qparams("LOGISTIC", x, out_scale, out_zero_point)
-        if so != F32(1.0 / 256.0):
-            raise ValueError(f"LOGISTIC: output scale {so!r}; LiteRT's int8 kernel requires 1/256")
         if self.kernels == "xnnpack":
             lut = ta.lut_xnnpack("logistic", si, zi, so, zo)
         else:
+            if so != F32(1.0 / 256.0):
+                raise ValueError(f"LOGISTIC: output scale {so!r}; LiteRT's builtin int8 kernel requires 1/256 "
+                                 "(activations.cc, SigmoidPrepare)")
             lut = ta.lut_builtin("logistic", si, zi, so, zo)
         return _out(ta.apply_lut(x.values, lut), so, zo)
 
