@@ -30,12 +30,11 @@ import qjax  # noqa: E402
 from qjax._src.interop.tflite_check import compare_intermediates, sample_inputs, verify_tflite  # noqa: E402
 from tflite_models import every_op_model, mobilenet_style  # noqa: E402
 
-# name -> build(seed, kernels); XNNPACK's LOGISTIC is refused (its table is not reproduced), so the every-op
-# model has a second TANH in its place under "xnnpack"
+# name -> build(seed, kernels)
 MODELS = {
     "mobilenet_style (float I/O)": lambda s, k: mobilenet_style(s),
     "mobilenet_style (int8 I/O)": lambda s, k: mobilenet_style(s, float_io=False),
-    "every_op_model": lambda s, k: every_op_model(s, logistic=k != "xnnpack"),
+    "every_op_model": lambda s, k: every_op_model(s),
 }
 
 

@@ -392,7 +392,7 @@ def every_op_model(seed=0, *, logistic=True) -> bytes:
     DEPTHWISE_CONV_2D (multiplier 2, stride 2, per-tensor weights), AVERAGE_POOL_2D, MAX_POOL_2D (SAME),
     CONCATENATION, ADD (RELU6), SUB of a constant, MUL, HARD_SWISH, LOGISTIC, TANH, PAD, TRANSPOSE, MEAN, SQUEEZE,
     FULLY_CONNECTED, QUANTIZE (requantize), SOFTMAX, RESHAPE, DEQUANTIZE.  ``logistic=False``: the LOGISTIC
-    replaced by a second TANH (qjax refuses XNNPACK's LOGISTIC: its table is not reproduced)."""
+    replaced by a second TANH."""
     m = CalibratedBuilder(seed, _calibration(seed, (8, 8, 4)))
     x = m.input()
     q = m.quantize(x)
