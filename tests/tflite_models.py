@@ -230,6 +230,31 @@ class CalibratedBuilder:
         self.b.op("DEPTHWISE_CONV_2D" if depthwise else "CONV_2D", ins, [y], o, version=3 if depthwise else 3)
         return y
 
+    def transpose_conv(self, x, cout, k=3, stride=2, padding="SAME", act="NONE", per_channel=True, bias=True):
+        """TRANSPOSE_CONV (weights OHWI; output ``H * s`` for SAME, ``(H - 1) * s + k`` for VALID)."""
+        v = self.f[x]
+        bsz, h, w_, c = v.shape
+        wf = self.rng.normal(0, np.sqrt(2.0 / (k * k * c)), (cout, k, k, c))
+        wt, wq, ws = self._weights(wf, 0, per_channel)
+        oh, ow = (h * stride, w_ * stride) if padding == "SAME" else ((h - 1) * stride + k, (w_ - 1) * stride + k)
+        ph = max((h - 1) * stride + k - oh, 0) // 2
+        pw = max((w_ - 1) * stride + k - ow, 0) // 2
+        full = np.zeros((bsz, (h - 1) * stride + k, (w_ - 1) * stride + k, cout))
+        for i in range(k):
+            for j in range(k):
+                full[:, i:i + (h - 1) * stride + 1:stride, j:j + (w_ - 1) * stride + 1:stride] += np.einsum(
+                    "bhwc,oc->bhwo", v, wq[:, i, j, :])
+        out = full[:, ph:ph + oh, pw:pw + ow]
+        ins = [self.int32([1, oh, ow, cout]), wt, x]
+        if bias:
+            bt, bf = self._bias(cout, x, ws)
+            out, ins = out + bf, ins + [bt]
+        y = self._act(_float_act(out, act))
+        o = schema.TransposeConvOptionsT()
+        o.padding, o.strideH, o.strideW, o.fusedActivationFunction = _PAD[padding], stride, stride, _ACT[act]
+        self.b.op("TRANSPOSE_CONV", ins, [y], o, version=4)
+        return y
+
     def fully_connected(self, x, n_out, act="NONE", per_channel=True, keep_num_dims=False, bias=True):
         v = self.f[x]
         k = v.shape[-1] if keep_num_dims else int(np.prod(v.shape[1:]))

@@ -243,6 +243,31 @@ def test_input_dtype_and_shape_are_checked():
         qm(np.zeros((1, 2, 3, 3), np.int8))
 
 
+def test_transpose_conv_vs_interpreter():
+    def tconv(m, x):
+        return [m.transpose_conv(x, 5, 3, stride=2, padding="SAME", act="RELU"),
+                m.transpose_conv(x, 3, 2, stride=3, padding="VALID", per_channel=False)]
+
+    m = CalibratedBuilder(5, _calibration(5, (4, 3, 6)))
+    x = m.input(np.int8)
+    model = m.build([x], tconv(m, x))
+    xs = _int8_inputs(np.random.default_rng(4), (4, 3, 6), 4)
+    bad = 0
+    for kernels in FAMILIES:
+        qm = from_tflite(model, kernels=kernels)
+        p = qm.params["transpose_conv_0"]
+        assert p["weight"].shape == (3, 3, 6, 5) and p["weight"].axis == 3  # OHWI -> HWIO
+        for k in range(4):  # the constant output_shape fixes the batch at 1
+            got, want = _run_both(model, [xs[k:k + 1]], kernels, qm)
+            assert [g.shape for g in got] == [(1, 8, 6, 5), (1, 11, 8, 3)]
+            bad += _mismatches(got, want)
+    assert bad == 0
+    with pytest.raises(RuntimeError, match="SizeOfDimension"):
+        litert_runtime.run(model, [xs], "reference")
+    with pytest.raises(GraphError, match="fixes the batch at 1"):
+        qm(xs)
+
+
 # -- models end to end ----------------------------------------------------------------------------------------------
 
 

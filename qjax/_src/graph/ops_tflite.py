@@ -55,7 +55,8 @@ def register_op(name):
 __all__ = ["TFL_OPS"]
 
 #: the node ops this module registers
-TFL_OPS = ("tfl_input", "tfl_output", "tfl_const", "tfl_conv", "tfl_fully_connected", "tfl_binary", "tfl_pool",
+TFL_OPS = ("tfl_input", "tfl_output", "tfl_const", "tfl_conv", "tfl_transpose_conv", "tfl_fully_connected",
+           "tfl_binary", "tfl_pool",
            "tfl_mean", "tfl_concat", "tfl_unary", "tfl_quantize", "tfl_dequantize", "tfl_shape")
 
 
@@ -171,6 +172,21 @@ def tfl_conv_node(cfg, p, x):
     w, (scale, zp) = _weight(p, cfg), _out(p, cfg)
     fn = cfg["engine"].tfl_depthwise_conv if cfg["depthwise"] else cfg["engine"].tfl_conv
     return fn(x, w, p.get("bias"), scale, zp, _geometry(cfg, x), cfg["activation"])
+
+
+@register_op("tfl_transpose_conv")
+def tfl_transpose_conv_node(cfg, p, x):
+    """TRANSPOSE_CONV: ``x`` (N, H, W, C) -> the model's ``output_shape`` (N, OH, OW, O).  Its batch is fixed by
+    the constant ``output_shape``: another input batch is refused, as the interpreter refuses it
+    (``transpose_conv.cc``: ``SizeOfDimension(input, 0) != SizeOfDimension(output, 0)``)."""
+    x = _requalified(x, cfg["in_qparams"][0], cfg["node"])
+    w, (scale, zp) = _weight(p, cfg), _out(p, cfg)
+    shape = tuple(cfg["output_shape"])
+    if x.shape[0] != shape[0]:
+        raise GraphError(f"node {cfg['node']}: TRANSPOSE_CONV's constant output_shape {shape} fixes the batch at "
+                         f"{shape[0]}; an input of batch {x.shape[0]} is refused (LiteRT refuses it too)")
+    return cfg["engine"].tfl_transpose_conv(x, w, p.get("bias"), scale, zp, shape, cfg["strides"],
+                                            cfg["padding_mode"], cfg["activation"])
 
 
 @register_op("tfl_fully_connected")

@@ -7,6 +7,8 @@ the node ops of :mod:`qjax.graph.ops_tflite`:
 ===========================================  ==========================================================
 CONV_2D, DEPTHWISE_CONV_2D                   ``tfl_conv`` (weights OHWI / 1HW(C·M) -> HWIO; dilation,
                                              depth multiplier, SAME/VALID as explicit padding)
+TRANSPOSE_CONV                               ``tfl_transpose_conv`` (weights OHWI -> HWIO; the constant
+                                             output shape fixes the batch, as in LiteRT)
 FULLY_CONNECTED                              ``tfl_fully_connected`` (input flattened to rows of K;
                                              ``keep_num_dims``)
 ADD, SUB, MUL                                ``tfl_binary`` (a constant operand as ``const_a``/``const_b``)
@@ -415,6 +417,34 @@ class _Importer:
 
     def op_depthwise_conv_2d(self, op, inputs, outputs, o):
         self.conv(inputs, outputs, o, depthwise=True)
+
+    def op_transpose_conv(self, op, inputs, outputs, o):
+        """TRANSPOSE_CONV: inputs (output_shape, weights OHWI, x, bias?); weights -> HWIO ``(KH, KW, C, O)``."""
+        g = self.g
+        shape_t, wi, x, out = inputs[0], inputs[1], inputs[2], outputs[0]
+        out_shape = self.constant_ints(shape_t, "output_shape")
+        xq = self.quantized_in(x)
+        oq, p = self.out_params(out)
+        data, scale, qdim = self.weights(wi, "weights")
+        xshape = g.shape(x)
+        if len(xshape) != 4 or data.ndim != 4 or len(out_shape) != 4:
+            self.fail(f"input {xshape}, weights {data.shape}, output_shape {out_shape}: 4-d NHWC expected")
+        n_out, kh, kw, ci = data.shape
+        if ci != xshape[3] or out_shape[3] != n_out:
+            self.fail(f"weights {data.shape} do not fit input {xshape} and output_shape {out_shape}")
+        wscale, axis = self.per_channel_scale(scale, qdim, n_out, 0, wi)
+        zero = np.zeros(np.shape(wscale), np.int32)
+        p = dict(p, weight=QArray(np.ascontiguousarray(np.transpose(data, (1, 2, 3, 0))), wscale, zero, "int8", axis))
+        btensors = ()
+        if len(inputs) > 3 and inputs[3] >= 0:
+            bias, btensors = self.bias([x, wi, inputs[3]], n_out)
+            p["bias"] = bias
+        act = self.activation(o) if hasattr(o, "fusedActivationFunction") else "NONE"
+        static = dict(output_shape=out_shape, strides=(int(o.strideH or 1), int(o.strideW or 1)),
+                      padding_mode=_PADDING[int(o.padding or 0)], activation=act, in_qparams=(xq,),
+                      w_scale=Static(wscale), out_qparams=oq)
+        self.emit("tfl_transpose_conv", (self.ref(x),), static.items(), p, out,
+                  tensors=(("weight", wi),) + btensors)
 
     def op_fully_connected(self, op, inputs, outputs, o):
         x, wi, out = inputs[0], inputs[1], outputs[0]
