@@ -251,3 +251,20 @@ def test_transpose_conv_matches_interpreter(ties, geometry):
         np.testing.assert_array_equal(got, want[k], err_msg=f"TRANSPOSE_CONV {k} {geometry}")
         if ties:  # the data tells the families apart
             assert all((got != want[b]).any() for b in FAMILIES if b != k), k
+
+
+def test_gemmlowp_preset_float_product_offline_equals_in_graph():
+    """``per_tensor_product="float32"``: numpy's derive_layer and the traced twin give the same integers, and they
+    differ from the exact double product on some scales."""
+    from qjax._src.engines.hardware import PRESETS
+    from qjax._src.requant.derive import derive_layer
+    from qjax._src.requant.derive_traced import derive_layer_traced
+    spec = PRESETS["gemmlowp"]
+    rng = np.random.default_rng(1)
+    sx, sw, sy = (np.exp(rng.uniform(-9, -1, 512)).astype(np.float32) for _ in range(3))
+    traced = jax.jit(jax.vmap(lambda a, b, c: derive_layer_traced(a, b, c, None, 1, spec)[1:]))(sx, sw, sy)
+    offline = np.array([derive_layer(a, b, c, None, 1, spec)[1:3] for a, b, c in zip(sx, sw, sy)])[..., 0]
+    np.testing.assert_array_equal(np.stack([np.asarray(t)[:, 0] for t in traced], -1), offline)
+    exact = np.array([derive_layer(a, b, c, None, 1, spec.replace(per_tensor_product="float64"))[1]
+                      for a, b, c in zip(sx, sw, sy)])[:, 0]
+    assert (exact != offline[:, 0]).sum() > 100
