@@ -50,9 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..buffers import own_buffer
 from ..float32 import div_rn, uncontracted
-from ..graph.model import OPS, Ref, node_args, substitute, thaw
+from ..graph.model import Ref, node_args, substitute, thaw
 from ..qarray import QArray
 from ..qops.tflite_common import explicit_padding
 from ..rounding import round_float
@@ -214,14 +213,10 @@ class TFLiteQAT:
     # -- forward: the integer model ------------------------------------------------------------------
     def _exact(self, params, *inputs):
         """``(float outputs, integer outputs)`` of the integer model on ``params``."""
-        env = dict(zip(self.model.inputs, inputs))
-        qparams = self.quantized_params(params)
-        for node in self.model.nodes:
-            v = OPS[node.op](node.config(), qparams.get(node.name), *node_args(node, env))
-            # each node's integers in a buffer of their own, as QModel.apply keeps them: XLA's CPU fusion would
-            # copy a node's arithmetic into its consumers (compiled twice as long for a MobileNet-style model)
-            env[node.name] = v.with_values(own_buffer(v.values, v.scale)) if isinstance(v, QArray) else v
-        ints = substitute(self._outputs, env)
+        # QModel.apply: the node ops in order, each node's integers in a buffer of their own
+        ints = self.model.apply(self.quantized_params(params), *inputs)
+        outs = self._outputs if isinstance(self._outputs, tuple) else (self._outputs,)
+        env = dict(zip((r.name for r in outs), ints if isinstance(self._outputs, tuple) else (ints,)))
 
         def as_float(ref):
             v = env[ref.name]
