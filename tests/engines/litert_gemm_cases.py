@@ -247,6 +247,12 @@ def np_half_up(acc, m0, shift):
     return np.where(right > 0, (v + ((np.int64(1) << right) >> 1)) >> right, v)
 
 
+def np_single_half_up(acc, m0, shift):
+    """TFLITE_SINGLE_ROUNDING / ruy's newest kernels: ``(acc * M0 + 2**(30 - shift)) >> (31 - shift)``."""
+    t = 31 - np.asarray(shift, np.int64)
+    return (np.asarray(acc, np.int64) * np.asarray(m0, np.int64) + (np.int64(1) << (t - 1))) >> t
+
+
 def np_xnnpack(acc, scale):
     return np.rint(np.asarray(acc, np.int64).astype(np.float32) * np.asarray(scale, np.float32)).astype(np.int64)
 
