@@ -1,4 +1,4 @@
-"""LiteRT's CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED, per kernel family (a mixin of ``LiteRT``).
+"""LiteRT's CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED / TRANSPOSE_CONV, per kernel family (a mixin of ``LiteRT``).
 
 Every family computes the same exact int32 accumulator ``acc = sum (x - zx) * w + bias`` (wrapping int32,
 as all three kernels' registers; padding taps contribute 0) and differs in the requantization
@@ -16,7 +16,8 @@ optimized     both roundings half up (ruy);           half up; per-tensor weight
 xnnpack       ``rint(fl32(fl32(acc) * fl32(fl32(sx*sw_c)/sy)))``, clamp bounds rounded to even
 ============  ======================================  ==========================================
 
-with ``M_c = double(sx) * double(sw_c) / double(sy)``.  The kernels derive their multipliers at Prepare
+with ``M_c = double(sx) * double(sw_c) / double(sy)``; TRANSPOSE_CONV requantizes as DEPTHWISE_CONV_2D (its
+optimized kernel ends in the same ``optimized_ops::Quantize``).  The kernels derive their multipliers at Prepare
 time: here on the host from concrete scales (checked), or in the graph from traced ones (the same integers;
 :func:`qjax._src.requant.tflite.requant_params`).  The arithmetic is jitted with the geometry static.
 """
