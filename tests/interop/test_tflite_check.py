@@ -97,3 +97,13 @@ def test_cli_user_errors_are_one_line(argv, flag, path, tmp_path, capsys):
 def test_kernels_is_refused_for_torch_models():
     with pytest.raises(VerifyError, match="applies to .tflite models"):
         verify("tests.test_verify:tiny_resnet_factory", kernels="reference")
+
+
+def test_verify_runs_a_fixed_batch_model_at_its_batch():
+    # a TRANSPOSE_CONV's constant output_shape pins the batch (LiteRT refuses another): verified one sample a batch
+    m = CalibratedBuilder(6, _calibration(6, (3, 3, 4)))
+    x = m.input(np.int8)
+    data = m.build([x], [m.transpose_conv(x, 3, 3, stride=2)])
+    assert qjax.from_tflite(data, kernels="reference").info["fixed_batch"] == 1
+    rep = verify(data, n=3, batch_size=8, kernels="reference")
+    assert rep.batch_size == 1 and rep.batches == 3 and rep.mismatches == 0 and rep.outputs == 3 * 6 * 6 * 3

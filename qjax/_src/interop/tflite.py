@@ -35,7 +35,9 @@ DEQUANTIZE), a tuple when there are several.  Inside, quantized tensors are :cla
 
 ``model.info`` (``meta``): ``tflite_model`` (the flatbuffer's bytes), ``kernels``, ``isa``, ``delegated`` (the
 operator indices XNNPACK took; empty unless ``kernels="xnnpack"``), ``input_specs`` / ``output_specs``
-(``(name, shape, dtype)`` per tensor), ``node_of_operator`` (operator index -> node name).
+(``(name, shape, dtype)`` per tensor), ``node_of_operator`` (operator index -> node name), ``fixed_batch`` (the
+batch a RESHAPE to a fixed shape or a TRANSPOSE_CONV's constant output shape pins the model to, as LiteRT refuses
+other batches there; None when any batch runs).
 
 Anything else is refused at import with a one-line :class:`TFLiteImportError` naming the operator (its
 index and name) or the tensor and the rule.
@@ -199,6 +201,7 @@ class _Importer:
         self.nodes, self.params, self.value = [], {}, {}  # value: tensor index -> Ref
         self.node_of_op = {}
         self.op_index, self.op_name = -1, ""
+        self.fixed_batch = None  # the batch a fixed-shape RESHAPE / TRANSPOSE_CONV pins the model to
 
     # errors and small readers -------------------------------------------------------------------------
     def fail(self, rule: str):
@@ -328,7 +331,8 @@ class _Importer:
         specs = lambda ts: tuple((g.tensor_name(int(t)), g.shape(int(t)), g.dtype(int(t))) for t in ts)  # noqa: E731
         meta = dict(source="tflite", tflite_model=self.data, kernels=self.kernels, isa=LiteRT().isa,
                     delegated=tuple(sorted(self.delegated)), input_specs=specs(_ints(g.sg.inputs)),
-                    output_specs=specs(_ints(g.sg.outputs)), node_of_operator=tuple(sorted(self.node_of_op.items())))
+                    output_specs=specs(_ints(g.sg.outputs)), node_of_operator=tuple(sorted(self.node_of_op.items())),
+                    fixed_batch=self.fixed_batch)
         return QModel(inputs, self.nodes, outs[0] if len(outs) == 1 else tuple(outs), self.params, meta)
 
     # GEMM -------------------------------------------------------------------------------------------------
@@ -443,6 +447,7 @@ class _Importer:
         static = dict(output_shape=out_shape, strides=(int(o.strideH or 1), int(o.strideW or 1)),
                       padding_mode=_PADDING[int(o.padding or 0)], activation=act, in_qparams=(xq,),
                       w_scale=Static(wscale), out_qparams=oq)
+        self.fixed_batch = self.fixed_batch or out_shape[0]
         self.emit("tfl_transpose_conv", (self.ref(x),), static.items(), p, out,
                   tensors=(("weight", wi),) + btensors)
 
@@ -590,6 +595,8 @@ class _Importer:
             shape = self.g.shape(out)
         if sum(d == -1 for d in shape) > 1 or any(d < -1 for d in shape):
             self.fail(f"new shape {shape}: at most one -1 and no other negative size")
+        if -1 not in shape:  # LiteRT then refuses any other batch than the model's
+            self.fixed_batch = self.fixed_batch or (self.g.shape(x)[0] if self.g.shape(x) else None)
         self.emit("tfl_shape", (self.ref(x),), dict(kind="reshape", shape=shape).items(), None, out, engine=False)
 
     def op_squeeze(self, op, inputs, outputs, o):

@@ -240,6 +240,8 @@ def verify_tflite(model, *, kernels="xnnpack", n=256, batch_size=64, seed=0, inp
     if total_n < 1:
         raise TFLiteCheckError("n", f"{n} is not a positive number of inputs")
     batch_size = min(int(batch_size), total_n)
+    # a fixed-shape RESHAPE / TRANSPOSE_CONV pins the batch (LiteRT refuses another one there too)
+    batch_size = qm.info.get("fixed_batch") or batch_size
     batches = -(-total_n // batch_size)
     steps = _output_steps(qm)
 
