@@ -13,7 +13,7 @@ from qjax._src.interop import litert_runtime  # noqa: E402
 from qjax._src.interop.tflite import from_tflite  # noqa: E402
 from qjax._src.interop.tflite_train import TFLiteQAT, quantize_bias, quantize_weight  # noqa: E402
 from ..tflite_models import every_op_model, mobilenet_style  # noqa: E402
-from .test_tflite_write import _CHAIN  # noqa: E402
+from .test_tflite_write import _CHAIN, _transpose_convs  # noqa: E402
 
 FAMILIES = ("reference", "optimized", "xnnpack")
 
@@ -89,6 +89,21 @@ def test_the_surrogate_follows_every_op():
             want_f = (want.astype(np.float32) - zp) * np.float32(step)
         d = np.rint(np.abs(np.asarray(got) - want_f) / step)  # whole steps
         assert np.median(d) <= 1 and np.percentile(d, 95) <= 3, (ref.name, np.median(d), np.percentile(d, 95))
+
+
+def test_the_surrogate_follows_transpose_conv():
+    # TRANSPOSE_CONV's surrogate (a stride-dilated convolution with the flipped kernel, cropped as TFLite pads)
+    data = _transpose_convs()
+    qm = from_tflite(data, kernels="reference")
+    qat = TFLiteQAT(qm)
+    assert len(qat.trainable) == 2
+    xs = np.random.default_rng(4).integers(-128, 128, (4, 1, 4, 5, 2)).astype(np.int8)  # output_shape fixes batch 1
+    sur, p = jax.jit(qat.surrogate), qat.init()
+    got = np.concatenate([np.asarray(sur(p, x)) for x in xs])
+    want = np.concatenate([litert_runtime.run(data, [x], "reference")[0] for x in xs])
+    step, zp = qm.node(qm.node(qm.output.name).args[0].name).config()["out_qparams"]
+    d = np.rint(np.abs(got - (want.astype(np.float32) - zp) * np.float32(step)) / step)
+    assert np.median(d) <= 1 and np.percentile(d, 95) <= 3, (np.median(d), np.percentile(d, 95))
 
 
 def test_qat_round_trip_is_bit_exact_in_litert():

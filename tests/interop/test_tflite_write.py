@@ -130,6 +130,42 @@ def test_changed_params_are_written_and_computed_by_litert():
         assert int((litert_runtime.run(_CHAIN, [x], fam)[0] != got).sum()) > 0  # the change changed the outputs
 
 
+def _transpose_convs(seed=0):
+    """int8 (1, 4, 5, 2) -> TRANSPOSE_CONV 5x5 /2 SAME (3 channels, RELU; the crop starts at 1) -> TRANSPOSE_CONV 2x2
+    /1 VALID (2 channels)."""
+    m = CalibratedBuilder(seed, np.random.default_rng(seed).uniform(-1, 1, (4, 4, 5, 2)))
+    x = m.input(np.int8)
+    h = m.transpose_conv(x, 3, 5, stride=2, padding="SAME", act="RELU")
+    y = m.transpose_conv(h, 2, 2, stride=1, padding="VALID")
+    return m.build([x], [y])
+
+
+def test_transpose_conv_weights_are_written_in_ohwi():
+    data = _transpose_convs()
+    qm = from_tflite(data, kernels="reference")
+    assert to_tflite(qm) == data
+    params = {k: dict(v) for k, v in qm.params.items()}
+    names = [n.name for n in qm.nodes if n.op == "tfl_transpose_conv"]
+    rng = np.random.default_rng(2)
+    for n in names:
+        w = params[n]["weight"]
+        params[n]["weight"] = w.with_values(rng.integers(-127, 128, w.shape).astype(np.int8))
+        params[n]["weight"] = qjax.QArray(np.asarray(params[n]["weight"].values),
+                                          (np.asarray(w.scale) * 1.5).astype(np.float32), np.zeros(w.shape[3], np.int32),
+                                          "qint8", 3)
+    out = to_tflite(with_qparams(qm, params))
+    back = from_tflite(out, kernels="reference")
+    for n in names:
+        for attr in ("values", "scale"):
+            np.testing.assert_array_equal(np.asarray(getattr(back.params[n]["weight"], attr)),
+                                          np.asarray(getattr(params[n]["weight"], attr)))
+    m = schema.ModelT.InitFromPackedBuf(bytearray(out), 0)
+    ts = m.subgraphs[0].tensors
+    for op in m.subgraphs[0].operators:  # the bias scales follow the new weight scales: (output_shape, w, x, bias)
+        sx, sw, sb = (np.asarray(ts[op.inputs[i]].quantization.scale, np.float64) for i in (2, 1, 3))
+        np.testing.assert_array_equal(sb.astype(np.float32), (sx[0] * sw).astype(np.float32))
+
+
 def test_shared_buffers_are_split():
     # two convs whose weight tensors share one buffer: changing one leaves the other's data alone
     m = schema.ModelT.InitFromPackedBuf(bytearray(_shared_weights_model()), 0)

@@ -1,7 +1,7 @@
 """Quantization-aware training of an imported ``.tflite`` model with its LiteRT family's exact arithmetic.
 
-``qat = TFLiteQAT(qm)`` (``qm`` from :func:`qjax.from_tflite`) makes the model's CONV_2D, DEPTHWISE_CONV_2D
-and FULLY_CONNECTED parameters trainable floats::
+``qat = TFLiteQAT(qm)`` (``qm`` from :func:`qjax.from_tflite`) makes the model's CONV_2D, DEPTHWISE_CONV_2D,
+TRANSPOSE_CONV and FULLY_CONNECTED parameters trainable floats::
 
     params = qat.init()                  # {node: {"kernel": w_q · s_w, "bias": b_q · fl32(s_x · s_w)}}
     y = qat.apply(params, *inputs)       # float32 outputs, forward = the integer model bit for bit
@@ -60,7 +60,7 @@ from ..ste.exact import exact_forward, zero_cotangent
 __all__ = ["TFLiteQAT", "quantize_weight", "quantize_bias", "TRAINABLE_OPS"]
 
 #: the node ops whose weights and biases become trainable floats
-TRAINABLE_OPS = ("tfl_conv", "tfl_fully_connected")
+TRAINABLE_OPS = ("tfl_conv", "tfl_transpose_conv", "tfl_fully_connected")
 #: float32's largest value below 2**31: the float clamp before the int32 cast (the converter's SafeCast saturates)
 _I32_F32_MAX = 2147483520.0
 
@@ -325,6 +325,23 @@ def _s_conv(qat, node, cfg, p, tp, x):
     return _fq_out(qat, node, _activation(y, cfg["activation"]), cfg)
 
 
+def _s_transpose_conv(qat, node, cfg, p, tp, x):
+    """TRANSPOSE_CONV: every input cell adds ``x · w`` into a ``((H - 1) s + K, (W - 1) s + K)`` canvas, cropped to
+    the model's ``output_shape`` from ``total // 2`` (``total = max((H - 1) s + K - OH, 0)``, TFLite's padding) —
+    as a convolution of the stride-dilated input with the spatially flipped HWIO kernel."""
+    w, b = _weights(qat, node, p, tp)
+    kh, kw = w.shape[:2]
+    (sh, sw), (_, oh, ow, _) = cfg["strides"], cfg["output_shape"]
+    full = lax.conv_general_dilated(x, w[::-1, ::-1], (1, 1), ((kh - 1, kh - 1), (kw - 1, kw - 1)), lhs_dilation=(sh, sw),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ph = max((x.shape[1] - 1) * sh + kh - oh, 0) // 2
+    pw = max((x.shape[2] - 1) * sw + kw - ow, 0) // 2
+    y = full[:, ph:ph + oh, pw:pw + ow]
+    if b is not None:
+        y = y + b
+    return _fq_out(qat, node, _activation(y, cfg["activation"]), cfg)
+
+
 def _s_fully_connected(qat, node, cfg, p, tp, x):
     w, b = _weights(qat, node, p, tp)
     o, k = w.shape
@@ -405,6 +422,6 @@ def _s_shape(qat, node, cfg, p, tp, x):
 
 
 _SURROGATES = {"tfl_input": _s_input, "tfl_output": _s_output, "tfl_const": _s_const, "tfl_conv": _s_conv,
-               "tfl_fully_connected": _s_fully_connected, "tfl_binary": _s_binary, "tfl_concat": _s_concat,
+               "tfl_transpose_conv": _s_transpose_conv, "tfl_fully_connected": _s_fully_connected, "tfl_binary": _s_binary, "tfl_concat": _s_concat,
                "tfl_quantize": _s_quantize, "tfl_dequantize": _s_dequantize, "tfl_unary": _s_unary,
                "tfl_pool": _s_pool, "tfl_mean": _s_mean, "tfl_shape": _s_shape}

@@ -6,7 +6,8 @@ tensors its parameters came from (``cfg["tensors"]``: ``(("weight", i), ("bias",
 (``ModelT.InitFromPackedBuf``), replaces in those tensors
 
 * ``weight`` (and constant operands ``const_a`` / ``const_b``): the int8 values (moved from qjax's layout to
-  TFLite's: CONV_2D HWIO ``(KH, KW, I, O)`` -> OHWI ``(O, KH, KW, I)``; DEPTHWISE_CONV_2D ``(KH, KW, 1, C*M)``
+  TFLite's: CONV_2D / TRANSPOSE_CONV HWIO ``(KH, KW, I, O)`` -> OHWI ``(O, KH, KW, I)``; DEPTHWISE_CONV_2D
+  ``(KH, KW, 1, C*M)``
   -> ``(1, KH, KW, C*M)``; FULLY_CONNECTED ``(O, K)`` as is), the scales (per channel along TFLite's
   ``quantized_dimension``: 0 for CONV_2D / FULLY_CONNECTED, 3 for DEPTHWISE_CONV_2D) and zero points;
 * ``bias``: the int32 values, and the bias tensor's scales ``s_x * s_w[c]`` when ``s_x`` or ``s_w`` changed
@@ -54,11 +55,14 @@ def _schema():
 def weight_layout(op: str, depthwise: bool = False):
     """``(perm, quantized_dimension)``: ``np.transpose(qjax_weight, perm)`` is TFLite's layout for ``op``.
 
-    ``tfl_conv`` HWIO -> OHWI (axis 0), depthwise ``(KH, KW, 1, C*M)`` -> ``(1, KH, KW, C*M)`` (axis 3),
+    ``tfl_conv`` / ``tfl_transpose_conv`` HWIO -> OHWI (axis 0), depthwise ``(KH, KW, 1, C*M)`` -> ``(1, KH, KW,
+    C*M)`` (axis 3),
     ``tfl_fully_connected`` ``(O, K)`` unchanged (axis 0); any other op's constant: unchanged, axis 0.
     """
     if op == "tfl_conv":
         return ((2, 0, 1, 3), 3) if depthwise else ((3, 0, 1, 2), 0)
+    if op == "tfl_transpose_conv":  # TRANSPOSE_CONV's weights are OHWI too
+        return (3, 0, 1, 2), 0
     return None, 0
 
 
@@ -293,8 +297,11 @@ def to_tflite(qm, *, check_delegation: bool = True) -> bytes:
             s, z = _quant(tensors[ins[0]])
             _set_quant(schema, tensors[outs[0]], s, z, 0)
             changed_q.add(outs[0])
-        if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and len(ins) > 2 and ins[2] >= 0:
-            x, w, b = ins[0], ins[1], ins[2]
+        # the (input, weights, bias) of the GEMM ops; TRANSPOSE_CONV's inputs are (output_shape, weights, input, bias)
+        xwb = (ins[0], ins[1], ins[2]) if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and \
+            len(ins) > 2 else (ins[2], ins[1], ins[3]) if name == "TRANSPOSE_CONV" and len(ins) > 3 else None
+        if xwb is not None and xwb[2] >= 0:
+            x, w, b = xwb
             if (x in changed_q or w in changed_q) and tensors[b].quantization is not None:
                 sx, _ = _quant(tensors[x])
                 sw, _ = _quant(tensors[w])
