@@ -137,6 +137,9 @@ class TFLiteQAT:
         meta = dict(qm.meta)
         if "tflite_model" not in meta:
             raise ValueError("TFLiteQAT: qm must be a QModel from qjax.from_tflite (tfl_* nodes, meta['tflite_model'])")
+        missing = sorted({n.op for n in qm.nodes if n.op not in _SURROGATES})
+        if missing:
+            raise ValueError(f"TFLiteQAT: no float surrogate for the node ops {missing} (the gradient needs one)")
         self.model = qm
         self.trainable = tuple(n.name for n in qm.nodes if n.op in TRAINABLE_OPS)
         self._qparams = self._static_qparams(qm)
