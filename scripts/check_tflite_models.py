@@ -1,6 +1,7 @@
 """qjax.from_tflite vs LiteRT's interpreter on whole models, under the three kernel families, over many batches.
 
-The MobileNet-style model (float I/O and int8 I/O) and the every-op model of ``tests/tflite_models.py``, built with
+The MobileNet-style model (float I/O and int8 I/O), the every-op model and the TRANSPOSE_CONV decoder of
+``tests/tflite_models.py``, built with
 several seeds, each imported with ``kernels="reference" / "optimized" / "xnnpack"`` and compared batch by batch
 (:func:`qjax.interop.tflite_check.verify_tflite`: float inputs uniform over the input QUANTIZE's range with half
 the rows exact rounding ties; int8 inputs uniform with rows of extremes).  Prints outputs compared and mismatching
@@ -28,13 +29,14 @@ import numpy as np  # noqa: E402
 
 import qjax  # noqa: E402
 from qjax._src.interop.tflite_check import compare_intermediates, sample_inputs, verify_tflite  # noqa: E402
-from tflite_models import every_op_model, mobilenet_style  # noqa: E402
+from tflite_models import decoder_style, every_op_model, mobilenet_style  # noqa: E402
 
 # name -> build(seed, kernels)
 MODELS = {
     "mobilenet_style (float I/O)": lambda s, k: mobilenet_style(s),
     "mobilenet_style (int8 I/O)": lambda s, k: mobilenet_style(s, float_io=False),
     "every_op_model": lambda s, k: every_op_model(s),
+    "decoder_style (TRANSPOSE_CONV)": lambda s, k: decoder_style(s),  # batch 1 (fixed by TRANSPOSE_CONV)
 }
 
 
@@ -59,7 +61,8 @@ def main(argv=None) -> int:
                 qm = qjax.from_tflite(model, kernels=kernels)
                 inner = inner_bad = 0
                 for k in range(args.inner):
-                    xs = sample_inputs(qm, np.random.default_rng([seed, 10_000 + k]), args.batch_size)
+                    rows = qm.info.get("fixed_batch") or args.batch_size
+                    xs = sample_inputs(qm, np.random.default_rng([seed, 10_000 + k]), rows)
                     for _, bad, size, *_ in compare_intermediates(qm, model, xs, kernels):
                         inner, inner_bad = inner + size, inner_bad + bad
                 print(f"{name:30s} {seed:4d} {kernels:10s} {rep['outputs']:9d} {rep['mismatches']:8d} {inner:9d} "

@@ -443,3 +443,16 @@ def every_op_model(seed=0, *, logistic=True) -> bytes:
     sm = m.unary("SOFTMAX", rq, beta=0.5)
     rs = m.reshape(sm, [-1, 10])
     return m.build([x], [m.dequantize(rs), fc4, fcf])
+
+
+def decoder_style(seed=0, *, size=8) -> bytes:
+    """An encoder-decoder int8 model with TRANSPOSE_CONV (float I/O, batch 1: the transposed conv's constant output
+    shape pins it): QUANTIZE -> CONV 3x3/2 + RELU6 -> TRANSPOSE_CONV 3x3/2 (SAME) + RELU -> ADD of the quantized
+    input's 1x1 projection -> DEQUANTIZE."""
+    m = CalibratedBuilder(seed, _calibration(seed, (size, size, 3)))
+    x = m.input()
+    q = m.quantize(x)
+    h = m.conv(q, 8, 3, stride=2, act="RELU6")
+    up = m.transpose_conv(h, 4, 3, stride=2, padding="SAME", act="RELU")
+    skip = m.conv(q, 4, 1)
+    return m.build([x], [m.dequantize(m.binary("ADD", up, skip))])
