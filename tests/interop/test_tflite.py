@@ -243,6 +243,21 @@ def test_input_dtype_and_shape_are_checked():
         qm(np.zeros((1, 2, 3, 3), np.int8))
 
 
+def test_uint8_model_edges():
+    # uint8 in -> QUANTIZE (uint8 -> int8) -> QUANTIZE (int8 -> uint8) out, as older converters' models do
+    b = TFLiteBuilder()
+    x = b.tensor((1, 4, 4, 3), np.uint8, scale=0.05, zero_point=128)
+    q = b.tensor((1, 4, 4, 3), np.int8, scale=0.05, zero_point=0)
+    y = b.tensor((1, 4, 4, 3), np.uint8, scale=0.07, zero_point=120)
+    b.op("QUANTIZE", [x], [q])
+    b.op("QUANTIZE", [q], [y])
+    model = b.build([x], [y])
+    xs = np.random.default_rng(0).integers(0, 256, (3, 4, 4, 3)).astype(np.uint8)
+    for kernels in FAMILIES:
+        got, want = _run_both(model, [xs], kernels)
+        assert got[0].dtype == np.uint8 and _mismatches(got, want) == 0, kernels
+
+
 def test_transpose_conv_vs_interpreter():
     def tconv(m, x):
         return [m.transpose_conv(x, 5, 3, stride=2, padding="SAME", act="RELU"),
