@@ -37,7 +37,7 @@ from ..kernels.conv import conv_accumulate
 from ..kernels.conv_transpose import conv_transpose_accumulate
 from ..kernels.linear import linear_accumulate
 from ..qarray import QArray
-from ..qops.tflite_common import activation_range, explicit_padding
+from ..qops.tflite_common import activation_range, activation_range_xnnpack, explicit_padding
 from ..requant import tflite as rq
 from .base import refuse
 
@@ -55,7 +55,7 @@ def output_range(rule: str, activation: str, out_scale, out_zero_point):
     """``(lo, hi)`` int32: the fused activation's clamp as the rule's kernels compute it (XNNPACK rounds the
     float bounds to even, the builtin kernels half away: ``qops.tflite_common.activation_range``)."""
     if rule == "xnnpack":
-        return rq.xnnpack_output_range(activation, out_scale, out_zero_point)
+        return activation_range_xnnpack(activation, out_scale, out_zero_point)
     return activation_range(activation, out_scale, out_zero_point)
 
 

@@ -38,7 +38,7 @@ parameters come from the float32 scales ``sx``, ``sw_c``, ``sy``:
   ``scale_c = fl32(fl32(sx * sw_c) / sy)`` (``input_scale * kernel_scale / output_scale``) and
   ``R_c(acc) = rint(fl32(fl32(acc) * scale_c))`` (``cvtps2dq``: ties to even).  Its clamp bounds come
   from ``xnn_qs8_quantize(f) = lrintf(clamp(fl32(f / sy) + zy, -128, 127))`` (ties to even; see
-  :func:`xnnpack_output_range`) where the builtin kernels round half away.
+  :func:`qjax.qops.tflite_common.activation_range_xnnpack`) where the builtin kernels round half away.
 
 All functions take int32 accumulators (any shape, channel last) and return int32.  :func:`requant_params`
 derives a family's parameters as the kernels' Prepare does: on the host (numpy, float64) from concrete
@@ -69,7 +69,6 @@ __all__ = [
     "requantize_optimized_depthwise",
     "requantize_double_float",
     "requantize_xnnpack_fp32",
-    "xnnpack_output_range",
 ]
 
 _I32 = jnp.int32
@@ -222,27 +221,6 @@ def requantize_xnnpack_fp32(acc, scale):
 
 
 #: the float range XNNPACK's delegate gives each fused activation (``ConvertActivationToOutputRange``)
-_XNN_RANGES = {"NONE": (-np.inf, np.inf), "RELU": (0.0, np.inf), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0)}
-
-
-def xnnpack_output_range(activation: str, scale, zero_point):
-    """``(out_min, out_max)`` int32: ``xnn_qs8_quantize(f, sy, zy) = lrintf(clamp(fl32(f / sy) + zy, -128, 127))``
-    of the activation's float bounds (``src/xnnpack/quantization.h``; ties to even)."""
-    if activation not in _XNN_RANGES:
-        raise ValueError(f"activation={activation!r}; XNNPACK fuses one of {tuple(_XNN_RANGES)}")
-    zp = jnp.asarray(zero_point, jnp.float32)
-    sy = jnp.asarray(scale, jnp.float32)
-
-    def quantize(f):
-        if np.isinf(f):  # inf / sy + zy clamps to the int8 bound
-            return jnp.int32(127 if f > 0 else -128)
-        v = div_rn(jnp.float32(f), sy) + zp  # a division then an add: nothing to contract
-        return jnp.rint(jnp.clip(v, -128.0, 127.0)).astype(_I32)
-
-    lo, hi = _XNN_RANGES[activation]
-    return quantize(lo), quantize(hi)
-
-
 # -- a family's parameters, from concrete (host) or traced (in-graph) scales -------------------------------------
 
 def _rule_of(kernels: str, op: str, groups: int) -> str:
