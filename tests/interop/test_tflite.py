@@ -337,6 +337,8 @@ def test_every_op_model(kernels):
     got, want = _run_both(model, [x], kernels, qm)
     assert len(got) == 3 and got[1].dtype == got[2].dtype == np.int8 and got[0].dtype == np.float32
     assert _mismatches(got, want) == 0
+    other = litert_runtime.run(model, [x], "reference")
+    assert _mismatches(other, want) > 0  # the data tell this family from the reference kernels
     if kernels == "xnnpack":  # a mix: the delegate leaves AVERAGE_POOL_2D, HARD_SWISH, SQUEEZE, SOFTMAX behind
         left = {n.source.split()[2] for n in qm.nodes if n.config().get("engine") == LiteRT("optimized")}
         assert {"AVERAGE_POOL_2D", "HARD_SWISH", "SOFTMAX"} <= left
