@@ -103,7 +103,8 @@ def _explain(args) -> int:
     _quiet_torch()
     if args.model:
         if not (args.layer and args.index):
-            print("qjax explain --model needs --layer NAME and --index n,c,h,w", file=sys.stderr)
+            print("qjax explain --model needs --layer NAME and --index n,c,h,w (n,h,w,c for a .tflite conv; row,o "
+                  "for a linear / FULLY_CONNECTED)", file=sys.stderr)
             return 2
         from ._src.interop.tflite_check import is_tflite
 
@@ -229,7 +230,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="a TorchScript file, a .tflite model or a factory module:function returning the "
                                    "converted model")
     p.add_argument("--layer", help="graph node name of a conv/linear layer (see QModel.summary())")
-    p.add_argument("--index", help="output element, e.g. 0,3,5,7 (n,c,h,w) or 2,1 for linear")
+    p.add_argument("--index", help="output element, e.g. 0,3,5,7 (n,c,h,w; n,h,w,c for .tflite models) or 2,1 for "
+                                   "linear / FULLY_CONNECTED")
     p.add_argument("--shape", help="per-sample input shape for a random input, e.g. 3,224,224")
     p.add_argument("--inputs", help=".npy/.npz file of inputs")
     p.add_argument("--batch-size", type=int, default=1)
