@@ -240,7 +240,7 @@ def main(argv=None) -> int:
                    help=".tflite models: LiteRT's kernel family (op resolver; default xnnpack, the interpreter's)")
     p.set_defaults(func=_explain)
 
-    v = sub.add_parser("verify", help="compare a torch quantized model with its qjax import on many inputs")
+    v = sub.add_parser("verify", help="compare a quantized model (torch, torch.export or LiteRT .tflite) with its qjax import on many inputs")
     v.add_argument("model", help="a TorchScript file (torch.jit.save), a torch.export.save file (.pt2), a LiteRT "
                                  "model (.tflite) or a factory module:function")
     v.add_argument("--arithmetic", choices=("converted", "inductor"), default=None,
