@@ -230,7 +230,7 @@ def test_fixed_batch_reshape_is_refused_as_litert_refuses_it():
     x = np.zeros((2, 2, 2, 3), np.int8)
     with pytest.raises(RuntimeError, match="num_input_elements != num_output_elements"):
         litert_runtime.run(model, [x], "reference")
-    with pytest.raises(GraphError, match="RESHAPE into the model's fixed shape"):
+    with pytest.raises(GraphError, match="the model fixes the batch at 1"):
         from_tflite(model, kernels="reference")(x)
     assert np.asarray(from_tflite(model, kernels="reference")(x[:1])).shape == (1, 12)
 
@@ -366,5 +366,79 @@ def test_with_qparams_rebinds_changed_scales():
     assert _mismatches(base, want) > 0  # the change matters: the rebinding is what makes it match
 
 
+def test_dequantize_then_quantize_survives_with_qparams():
+    b = TFLiteBuilder()
+    x = b.tensor((1, 4), np.int8, scale=0.05, zero_point=3)
+    f = b.tensor((1, 4), np.float32)
+    b.op("DEQUANTIZE", [x], [f], version=2)
+    y = b.tensor((1, 4), np.int8, scale=0.07, zero_point=-1)
+    b.op("QUANTIZE", [f], [y])
+    data = b.build([x], [y])
+    xs = np.arange(-64, 64, 8, dtype=np.int8).reshape(4, 4)
+    qm = with_qparams(from_tflite(data, kernels="reference"))
+    assert qm.node("quantize_1").config()["in_qparams"] == (None,)  # DEQUANTIZE's output is float32
+    assert _mismatches([qm(xs)], litert_runtime.run(data, [xs], "reference")) == 0
+
+
+def test_bias_less_convs_are_refused_in_one_line():
+    calib = np.random.default_rng(0).uniform(0, 1, (4, 5, 5, 3))
+    m = CalibratedBuilder(0, calib)
+    x = m.input(np.int8)
+    conv = m.build([x], [m.conv(x, 4, 3, bias=False)])
+    with pytest.raises(RuntimeError):  # LiteRT refuses it too (conv.cc: has_bias)
+        litert_runtime.run(conv, [np.zeros((1, 5, 5, 3), np.int8)], "reference")
+    m = CalibratedBuilder(0, calib)
+    x = m.input(np.int8)
+    dw = m.build([x], [m.conv(x, 3, 3, depthwise=True, bias=False)])
+    for model, match in ((conv, r"operator 0 \(CONV_2D\): has no bias.*has_bias"),
+                         (dw, r"operator 0 \(DEPTHWISE_CONV_2D\): has no bias.*segfault")):
+        with pytest.raises(TFLiteImportError, match=match) as e:
+            from_tflite(model, kernels="reference")
+        assert "\n" not in str(e.value)
+
+
+def test_a_constant_activation_pins_the_batch():
+    from .test_tflite_write import _concat_const_model
+
+    data = _concat_const_model()
+    qm = from_tflite(data, kernels="reference")
+    assert qm.info["fixed_batch"] == 1
+    x = np.random.default_rng(1).integers(-128, 128, (2, 3, 3, 4)).astype(np.int8)
+    with pytest.raises(RuntimeError):  # LiteRT refuses batch 2 as well
+        litert_runtime.run(data, [x], "reference")
+    with pytest.raises(GraphError, match="input 0: the model fixes the batch at 1") as e:
+        qm(x)
+    assert "\n" not in str(e.value).split("\n-----")[0]
+    assert _mismatches([qm(x[:1])], litert_runtime.run(data, [x[:1]], "reference")) == 0
+
+
+def test_unsupported_op_lists_only_ops():
+    b = TFLiteBuilder()
+    x = b.tensor((1, 4), np.int8, scale=0.05, zero_point=3)
+    y = b.tensor((1, 4), np.int8, scale=1 / 16, zero_point=127)
+    b.op("LOG_SOFTMAX", [x], [y])
+    with pytest.raises(TFLiteImportError, match=r"LOG_SOFTMAX\): is not supported; qjax imports ADD, ") as e:
+        from_tflite(b.build([x], [y]), kernels="reference")
+    listed = str(e.value).split("qjax imports ")[1].split(", ")
+    assert "INDEX" not in listed and "NAME" not in listed and "CONV_2D" in listed and "PADV2" in listed
+
+
+def test_isa_is_the_hosts_and_simd_families_need_x86_64(monkeypatch):
+    import platform
+
+    from qjax._src.interop import tflite
+
+    assert from_tflite(_tiny(), kernels="reference").info["isa"] == tflite.host_isa()
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert from_tflite(_tiny(), kernels="reference").info["isa"] == "aarch64"  # reference: ISA-independent
+    for k in ("optimized", "xnnpack"):
+        with pytest.raises(ValueError, match=f"kernels='{k}'.*x86_64 only, this host is aarch64"):
+            from_tflite(_tiny(), kernels=k)
+
+
 def test_public_api():
-    assert qjax.from_tflite is not None and "from_tflite" in qjax.__all__
+    from qjax._src.interop import tflite, tflite_write
+
+    qm = qjax.from_tflite(_tiny(), kernels="reference")  # a lazy wrapper (ai-edge-litert is optional)
+    assert qm.nodes == tflite.from_tflite(_tiny(), kernels="reference").nodes and "from_tflite" in qjax.__all__
+    assert qjax.to_tflite is tflite_write.to_tflite and "to_tflite" in qjax.__all__

@@ -152,3 +152,22 @@ def test_qat_round_trip_is_bit_exact_in_litert():
     # the data tell the families apart: the xnnpack-trained integers are not what the reference kernels compute
     # (53 of 640 outputs differ), so a QModel on the wrong family's arithmetic fails the comparison above
     assert int((wants["xnnpack"] != wants["reference"]).sum()) > 0
+
+
+def test_a_shared_weight_tensor_is_one_trainable_leaf():
+    # two convs reading one weight tensor: one "kernel" leaf, so training keeps them equal and to_tflite can write it
+    from .test_tflite_write import _shared_weights_model
+
+    data = _shared_weights_model()
+    qm = from_tflite(data, kernels="reference")
+    qat = TFLiteQAT(qm)
+    c0, c1 = qat.trainable
+    params = qat.init()
+    assert "kernel" in params[c0] and "kernel" not in params[c1] and "bias" in params[c1]
+    x = np.random.default_rng(2).integers(-128, 128, (2, 5, 5, 4)).astype(np.int8)
+    g = jax.grad(lambda p: jnp.sum(qat.apply(p, x) ** 2))(params)
+    params = jax.tree_util.tree_map(lambda p, d: p - 0.05 * jnp.sign(d), params, g)
+    qm2 = qat.to_qmodel(params)
+    out = qjax.to_tflite(qm2)
+    assert int((np.asarray(qm2(x)) != litert_runtime.run(out, [x], "reference")[0]).sum()) == 0
+    assert int((np.asarray(qm2(x)) != np.asarray(qm(x))).sum()) > 0  # the step changed the model

@@ -10,7 +10,7 @@ from qjax._src.graph import QModel  # noqa: E402
 from qjax._src.interop import litert_runtime  # noqa: E402
 from qjax._src.interop.tflite import from_tflite, with_qparams  # noqa: E402
 from qjax._src.interop.tflite_write import to_tflite  # noqa: E402
-from ..tflite_models import CalibratedBuilder, every_op_model, mobilenet_style, schema  # noqa: E402
+from ..tflite_models import CalibratedBuilder, TFLiteBuilder, every_op_model, mobilenet_style, schema  # noqa: E402
 
 FAMILIES = ("reference", "optimized", "xnnpack")
 
@@ -166,40 +166,136 @@ def test_transpose_conv_weights_are_written_in_ohwi():
         np.testing.assert_array_equal(sb.astype(np.float32), (sx[0] * sw).astype(np.float32))
 
 
+def _litert_mismatches(data, qm, x, kernels="reference") -> int:
+    want = litert_runtime.run(data, [x], kernels)[0]
+    got = np.asarray(qm(x))
+    assert got.dtype == want.dtype and got.shape == want.shape
+    return int((got != want).sum())
+
+
 def test_shared_buffers_are_split():
-    # two convs whose weight tensors share one buffer: changing one leaves the other's data alone
-    m = schema.ModelT.InitFromPackedBuf(bytearray(_shared_weights_model()), 0)
+    # two convs (with biases: LiteRT's int8 CONV_2D needs one) whose weight tensors share one buffer: changing one
+    # leaves the other's data alone, and LiteRT computes what the changed QModel computes
+    data = _shared_weights_model(split_tensors=True)
+    m = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
     ts = m.subgraphs[0].tensors
     w0, w1 = (next(t for t in ts if t.name.decode() == n) for n in ("w0", "w1"))
     assert w0.buffer == w1.buffer
-    qm = from_tflite(_shared_weights_model(), kernels="reference")
+    qm = from_tflite(data, kernels="reference")
     c0, c1 = _node(qm, "tfl_conv")
     params = {k: dict(v) for k, v in qm.params.items()}
     w = params[c0]["weight"]
     params[c0]["weight"] = w.with_values((np.asarray(w.values) // 2).astype(np.int8))
-    back = from_tflite(to_tflite(qm.with_params(params)), kernels="reference")
+    qm2 = qm.with_params(params)
+    out = to_tflite(qm2)
+    back = from_tflite(out, kernels="reference")
     np.testing.assert_array_equal(np.asarray(back.params[c0]["weight"].values), np.asarray(w.values) // 2)
     np.testing.assert_array_equal(np.asarray(back.params[c1]["weight"].values), np.asarray(qm.params[c1]["weight"].values))
+    x = np.random.default_rng(4).integers(-128, 128, (3, 5, 5, 4)).astype(np.int8)
+    assert _litert_mismatches(out, qm2, x) == 0
+    assert _litert_mismatches(data, qm2, x) > 0  # the split buffer is what LiteRT reads
 
 
-def _shared_weights_model():
+def _shared_weights_model(split_tensors=False):
+    """Two 3x3 convs with biases reading one weight buffer (``split_tensors``: two tensors ``w0``, ``w1`` on it)
+    or one weight tensor (both operators read tensor ``w0``)."""
     m = CalibratedBuilder(3, np.random.default_rng(3).uniform(0, 1, (8, 5, 5, 4)))
     x = m.input(np.int8)
-    h = m.conv(x, 4, 3, act="RELU", bias=False)
-    y = m.conv(h, 4, 3, bias=False)
+    h = m.conv(x, 4, 3, act="RELU")
+    y = m.conv(h, 4, 3)
     mt = schema.ModelT.InitFromPackedBuf(bytearray(m.build([x], [y])), 0)
     ts = mt.subgraphs[0].tensors
     ops = mt.subgraphs[0].operators
     a, b = ts[ops[0].inputs[1]], ts[ops[1].inputs[1]]
     a.name, b.name = b"w0", b"w1"
-    mt.buffers[b.buffer].data = np.asarray(mt.buffers[a.buffer].data).copy()  # the same integers ...
-    b.buffer = a.buffer  # ... in one buffer, as converters deduplicate constants
-    b.quantization = a.quantization
+    if split_tensors:
+        mt.buffers[b.buffer].data = np.asarray(mt.buffers[a.buffer].data).copy()  # the same integers ...
+        b.buffer = a.buffer  # ... in one buffer, as converters deduplicate constants
+        b.quantization = a.quantization
+    else:
+        ops[1].inputs = np.asarray([ops[1].inputs[0], ops[0].inputs[1], ops[1].inputs[2]], np.int32)
+    # the second bias's scale must be s_h * s_w again (LiteRT's Prepare checks it)
+    sh = np.float64(ts[ops[1].inputs[0]].quantization.scale[0])
+    sw = np.asarray(ts[ops[1].inputs[1]].quantization.scale, np.float64)
+    ts[ops[1].inputs[2]].quantization.scale = (sh * sw).astype(np.float32)
+    ts[ops[1].inputs[2]].quantization.zeroPoint = np.zeros(sw.shape, np.int64)
     import flatbuffers
 
     bld = flatbuffers.Builder(1024)
     bld.Finish(mt.Pack(bld), file_identifier=b"TFL3")
     return bytes(bld.Output())
+
+
+def _concat_const_model():
+    """int8 (1, 3, 3, 4) ++ a constant int8 (1, 3, 3, 2) along C (one qparams for all: LiteRT's int8 rule)."""
+    rng = np.random.default_rng(7)
+    q = dict(scale=0.05, zero_point=3)
+    b = TFLiteBuilder()
+    x = b.tensor((1, 3, 3, 4), np.int8, **q)
+    k = b.tensor((1, 3, 3, 2), np.int8, **q, data=rng.integers(-128, 128, (1, 3, 3, 2)))
+    y = b.tensor((1, 3, 3, 6), np.int8, **q)
+    o = schema.ConcatenationOptionsT()
+    o.axis = 3
+    b.op("CONCATENATION", [x, k], [y], o, version=2)
+    return b.build([x], [y])
+
+
+def test_constant_activation_values_are_written():
+    data = _concat_const_model()
+    qm = from_tflite(data, kernels="reference")
+    (const,) = _node(qm, "tfl_const")
+    params = {k: dict(v) for k, v in qm.params.items()}
+    v = params[const]["value"]
+    params[const]["value"] = v.with_values((np.asarray(v.values) // 2).astype(np.int8))
+    qm2 = qm.with_params(params)
+    out = to_tflite(qm2)
+    assert out != data
+    x = np.random.default_rng(0).integers(-128, 128, (1, 3, 3, 4)).astype(np.int8)
+    assert _litert_mismatches(out, qm2, x) == 0
+    assert _litert_mismatches(data, qm2, x) > 0
+
+
+def test_pad_fills_with_the_changed_zero_point():
+    # PAD fills with its input's zero point: after the producer's zero point changes, qjax and LiteRT fill with the new
+    m = CalibratedBuilder(5, np.random.default_rng(5).uniform(0, 1, (8, 4, 4, 3)))
+    x = m.input(np.int8)
+    h = m.pad(m.conv(x, 4, 3, act="RELU"), [[0, 0], [1, 1], [1, 1], [0, 0]])
+    data = m.build([x], [m.conv(h, 3, 3)])
+    qm = from_tflite(data, kernels="reference")
+    conv = _node(qm, "tfl_conv")[0]
+    params = {k: dict(v) for k, v in qm.params.items()}
+    params[conv]["zero_point"] = np.int32(np.asarray(params[conv]["zero_point"]) + 20)
+    qm2 = with_qparams(qm, params)
+    out = to_tflite(qm2)
+    xs = np.random.default_rng(6).integers(-128, 128, (2, 4, 4, 3)).astype(np.int8)
+    assert _litert_mismatches(out, qm2, xs) == 0
+
+
+def test_params_qparams_changed_without_rebinding_are_refused():
+    # qm(x) computes with the nodes' static qparams; to_tflite refuses params that disagree with them
+    qm = from_tflite(_CHAIN, kernels="reference")
+    conv = _node(qm, "tfl_conv")[0]
+    params = {k: dict(v) for k, v in qm.params.items()}
+    params[conv]["scale"] = np.float32(np.asarray(params[conv]["scale"]) * 1.5)
+    with pytest.raises(ValueError, match="differ from the static.*with_qparams") as e:
+        to_tflite(qm.with_params(params))
+    assert "\n" not in str(e.value)
+    x = _inputs(qm)
+    qm2 = with_qparams(qm, params)
+    assert _litert_mismatches(to_tflite(qm2), qm2, x) == 0
+
+
+def test_a_written_model_every_family_must_prepare():
+    # CONCATENATION's int8 operands must share the output's qparams (concatenation.cc): a new constant scale breaks it
+    qm = from_tflite(_concat_const_model(), kernels="reference")
+    (const,) = _node(qm, "tfl_const")
+    params = {k: dict(v) for k, v in qm.params.items()}
+    v = params[const]["value"]
+    params[const]["value"] = qjax.QArray(np.asarray(v.values), np.float32(np.asarray(v.scale) * 2), np.asarray(v.zero_point),
+                                         "qint8")
+    with pytest.raises(ValueError, match="cannot prepare the written model") as e:
+        to_tflite(with_qparams(qm, params))
+    assert "\n" not in str(e.value)
 
 
 def test_errors_are_one_line():

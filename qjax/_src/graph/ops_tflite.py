@@ -52,7 +52,7 @@ def register_op(name):
 
     return deco
 
-__all__ = ["TFL_OPS"]
+__all__ = ["TFL_OPS", "stale_qparams", "reshape_target", "squeeze_axes", "pad_fill"]
 
 #: the node ops this module registers
 TFL_OPS = ("tfl_input", "tfl_output", "tfl_const", "tfl_conv", "tfl_transpose_conv", "tfl_fully_connected",
@@ -72,6 +72,34 @@ def _check_same(node, what, param, static):
         raise GraphError(f"node {node}: params' {what} differ from the graph's static qparams (LiteRT derives its "
                          "multipliers from them at Prepare time); re-bind the model with "
                          "qjax.interop.tflite.with_qparams(model, params)")
+
+
+def stale_qparams(cfg, p):
+    """The first of ``p``'s (concrete) qparams that differs from the node's static ones, as ``"what: params'
+    value, static value"``, or None.  :func:`qjax.to_tflite` refuses a model with any (the QModel's call computes
+    with the static ones: inside its ``jit`` the params are tracers and cannot be checked there)."""
+    if not p:
+        return None
+    node = cfg.get("node")
+    checks = []
+    if "out_qparams" in cfg and "scale" in p:
+        checks += [("output scale", p["scale"], np.float32(cfg["out_qparams"][0])),
+                   ("output zero point", p["zero_point"], np.int32(cfg["out_qparams"][1]))]
+    if "w_scale" in cfg and p.get("weight") is not None:
+        checks.append(("weight scale", p["weight"].scale, np.asarray(cfg["w_scale"].value, np.float32)))
+    for slot, key in enumerate(("const_a", "const_b")):
+        if p.get(key) is not None:
+            qp = cfg["in_qparams"][slot]
+            checks += [(f"{key} scale", p[key].scale, np.float32(qp[0])),
+                       (f"{key} zero point", p[key].zero_point, np.int32(qp[1]))]
+    if p.get("value") is not None and "out_qparams" in cfg:
+        checks += [("value scale", p["value"].scale, np.float32(cfg["out_qparams"][0])),
+                   ("value zero point", p["value"].zero_point, np.int32(cfg["out_qparams"][1]))]
+    for what, got, want in checks:
+        got = np.asarray(got)
+        if got.shape != np.shape(want) or not np.array_equal(got.astype(np.asarray(want).dtype), want):
+            return f"node {node}: params' {what} {got.tolist()} differ from the static {np.asarray(want).tolist()}"
+    return None
 
 
 def _static_qarray(values, scale, zero_point, dtype, axis=None):
@@ -134,6 +162,11 @@ def tfl_input_node(cfg, p, x):
     if len(x.shape) != len(shape) or tuple(x.shape[1:]) != tuple(shape[1:]):
         raise TypeError(f"input {cfg['index']}: the model takes shape (N, {', '.join(map(str, shape[1:]))}), got "
                         f"{tuple(x.shape)}")
+    batch = cfg.get("fixed_batch")
+    if batch is not None and x.shape[0] != batch:
+        raise GraphError(f"input {cfg['index']}: the model fixes the batch at {batch} (a fixed-shape RESHAPE, a "
+                         f"TRANSPOSE_CONV's output_shape or a constant activation; LiteRT refuses other batches too), "
+                         f"got {x.shape[0]}")
     if cfg["qparams"] is None:
         return jnp.asarray(x)
     scale, zp = cfg["qparams"]
@@ -283,7 +316,7 @@ def tfl_mean_node(cfg, p, x):
 # -- value-preserving ops ---------------------------------------------------------------------------------
 
 
-def _reshape_target(cfg, shape):
+def reshape_target(cfg, shape):
     """RESHAPE's output shape for an input of ``shape``: the model's new shape with its one ``-1`` inferred
     (``kernels/reshape.cc``, ``GetOutputShape``); a fixed shape that does not hold the input is refused, as the
     interpreter refuses it when an input is resized."""
@@ -302,23 +335,34 @@ def _reshape_target(cfg, shape):
     return tuple(target)
 
 
+def squeeze_axes(axes, shape) -> tuple:
+    """SQUEEZE's axes: the model's (non-negative), or every size-1 dim when it gives none (``squeeze.cc``)."""
+    return tuple(axes) or tuple(i for i, d in enumerate(shape) if d == 1)
+
+
+def pad_fill(pad_value, zero_point):
+    """The integer a quantized PAD / PADV2 fills with: PADV2's constant (``pad_value``), else the input's zero
+    point (``pad.cc``: ``pad_value = output->params.zero_point``; the output shares the input's qparams)."""
+    return np.asarray(zero_point).reshape(()).item() if pad_value is None else pad_value
+
+
 @register_op("tfl_shape")
 def tfl_shape_node(cfg, p, x):
     """RESHAPE (``shape``), SQUEEZE (``axes``, empty: every size-1 dim), TRANSPOSE (``perm``), PAD / PADV2
-    (``paddings`` per dim; quantized tensors are filled with ``pad_value`` — the output zero point for PAD —,
-    float ones with 0.0): the values moved, the qparams kept."""
+    (``paddings`` per dim; quantized tensors are filled with :func:`pad_fill` — PADV2's ``pad_value``, for PAD
+    (``pad_value`` None) the input's zero point, read at run time so that a changed zero point moves the fill
+    with it —, float ones with 0.0): the values moved, the qparams kept."""
     kind = cfg["kind"]
     q = x if isinstance(x, QArray) else None
     v = q.values if q is not None else x
     if kind == "reshape":
-        v = v.reshape(_reshape_target(cfg, v.shape))
+        v = v.reshape(reshape_target(cfg, v.shape))
     elif kind == "squeeze":
-        axes = cfg["axes"] or tuple(i for i, d in enumerate(v.shape) if d == 1)
-        v = jnp.squeeze(v, axis=axes)
+        v = jnp.squeeze(v, axis=squeeze_axes(cfg["axes"], v.shape))
     elif kind == "transpose":
         v = jnp.transpose(v, cfg["perm"])
     elif kind == "pad":
-        fill = cfg["pad_value"] if q is not None else 0.0
+        fill = pad_fill(cfg["pad_value"], q.zero_point) if q is not None else 0.0
         v = jnp.pad(v, cfg["paddings"], constant_values=jnp.asarray(fill, v.dtype))
     else:
         raise GraphError(f"unknown shape op {kind} (node {cfg.get('node')})")

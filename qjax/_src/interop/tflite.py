@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 
 import numpy as np
 
@@ -57,7 +58,7 @@ from ..qarray import QArray
 from ..qops.tflite_common import ACTIVATIONS, explicit_padding
 from . import litert_runtime
 
-__all__ = ["from_tflite", "TFLiteImportError", "read_model", "with_qparams", "KERNELS"]
+__all__ = ["from_tflite", "TFLiteImportError", "read_model", "with_qparams", "output_qparams", "host_isa", "KERNELS"]
 
 #: the ``kernels=`` values (LiteRT's op resolvers; see :mod:`qjax.interop.litert_runtime`)
 KERNELS = litert_runtime.KERNELS
@@ -248,7 +249,11 @@ class _Importer:
         if qp is None:
             self.fail(f"{self.g.name(i)} ({what}) is a float constant; qjax computes quantized tensors")
         name = f"const_{i}"
-        self.nodes.append(Node(name, "tfl_const", (), (("node", name), ("out_qparams", qp)), self.g.name(i)))
+        shape = self.g.shape(i)
+        if shape:  # a constant activation's batch is the model's: LiteRT's ops refuse operands of other batches
+            self.fixed_batch = self.fixed_batch or shape[0]
+        self.nodes.append(Node(name, "tfl_const", (), (("node", name), ("out_qparams", qp), ("tensors", (("value", i),))),
+                               self.g.name(i)))
         self.params[name] = {"value": self.const_qarray(i, data, qp)}
         self.value[i] = Ref(name)
         return self.value[i]
@@ -317,7 +322,7 @@ class _Importer:
                 self.op_name = f"CUSTOM {cc!r}"
             fn = getattr(self, f"op_{self.op_name.lower()}", None) if self.op_name.isidentifier() else None
             if fn is None:
-                supported = sorted(n[3:].upper() for n in dir(self) if n.startswith("op_"))
+                supported = sorted(n[3:].upper() for n in dir(self) if n.startswith("op_") and callable(getattr(self, n)))
                 self.fail(f"is not supported; qjax imports {', '.join(supported)}")
             fn(op, _ints(op.inputs), _ints(op.outputs), op.builtinOptions)
         outs = []
@@ -329,7 +334,10 @@ class _Importer:
                                    f"model output {k} ({g.name(t)})"))
             outs.append(Ref(name))
         specs = lambda ts: tuple((g.tensor_name(int(t)), g.shape(int(t)), g.dtype(int(t))) for t in ts)  # noqa: E731
-        meta = dict(source="tflite", tflite_model=self.data, kernels=self.kernels, isa=LiteRT().isa,
+        if self.fixed_batch is not None:  # the input nodes refuse another batch in one line (as LiteRT does)
+            self.nodes = [Node(n.name, n.op, n.args, n.static + (("fixed_batch", self.fixed_batch),), n.source)
+                          if n.op == "tfl_input" else n for n in self.nodes]
+        meta = dict(source="tflite", tflite_model=self.data, kernels=self.kernels, isa=host_isa(),
                     delegated=tuple(sorted(self.delegated)), input_specs=specs(_ints(g.sg.inputs)),
                     output_specs=specs(_ints(g.sg.outputs)), node_of_operator=tuple(sorted(self.node_of_op.items())),
                     fixed_batch=self.fixed_batch)
@@ -402,6 +410,11 @@ class _Importer:
             want_dim, groups = 0, c // ci
         wscale, axis = self.per_channel_scale(scale, qdim, n_out, want_dim, wi)
         bias, btensors = self.bias(inputs, n_out)
+        if bias is None and not depthwise:  # conv.cc Prepare: TF_LITE_ENSURE(context, has_bias) for int8
+            self.fail("has no bias; LiteRT's int8 CONV_2D requires one (conv.cc: has_bias)")
+        if bias is None:  # reference computes it, the optimized per-channel kernel reads the missing bias
+            self.fail("has no bias; LiteRT's optimized int8 DEPTHWISE_CONV_2D kernel crashes (segfault) without "
+                      "one, so qjax refuses it for every family")
         strides = (int(o.strideH or 1), int(o.strideW or 1))
         dilation = (int(o.dilationHFactor or 1), int(o.dilationWFactor or 1))
         mode = _PADDING[int(o.padding or 0)]
@@ -625,7 +638,7 @@ class _Importer:
         if len(flat) != 2 * rank or any(v < 0 for v in flat):
             self.fail(f"paddings {flat}: ({rank}, 2) non-negative sizes expected")
         paddings = tuple((flat[2 * d], flat[2 * d + 1]) for d in range(rank))
-        pad_value = qp[1] if qp is not None else 0
+        pad_value = None  # PAD fills with the input's zero point (pad.cc), read at run time
         if len(inputs) > 2 and inputs[2] >= 0:  # PADV2's constant value (quantized with the output's qparams)
             v = self.g.const(inputs[2])
             if v is None or v.size != 1:
@@ -639,10 +652,19 @@ class _Importer:
     op_padv2 = op_pad
 
 
+def host_isa() -> str:
+    """The host's instruction set as LiteRT's kernels see it (``platform.machine()``; ``AMD64`` -> ``x86_64``)."""
+    m = platform.machine() or "unknown"
+    return {"AMD64": "x86_64", "amd64": "x86_64", "x64": "x86_64"}.get(m, m)
+
+
 def from_tflite(model, *, kernels: str = "xnnpack") -> QModel:
     """A LiteRT int8 model (a ``.tflite`` path or its bytes) as a :class:`~qjax.graph.QModel` computing what the
     interpreter computes with the op resolver ``kernels`` (``"reference"``, ``"optimized"`` or ``"xnnpack"``,
     the interpreter's default); see the module docstring for the ops, the call and ``model.info``.
+
+    ``"optimized"`` / ``"xnnpack"`` are refused on a host that is not x86_64: their rules (e.g. the SIMD
+    kernels' rounding) are verified on x86_64 only; ``"reference"`` is ISA-independent.
 
     Raises:
       TFLiteImportError: (a :class:`~qjax.QuantizationError`) the model uses an op, a tensor type or a
@@ -650,47 +672,70 @@ def from_tflite(model, *, kernels: str = "xnnpack") -> QModel:
     """
     if kernels not in KERNELS:
         raise ValueError(f"kernels={kernels!r}; use one of {KERNELS}")
+    if kernels != "reference" and host_isa() != "x86_64":
+        raise ValueError(f"kernels={kernels!r}: LiteRT's {kernels} rules are verified on x86_64 only, this host is "
+                         f"{host_isa()}; use kernels='reference' (ISA-independent)")
     return _Importer(read_model(model), kernels).run()
+
+
+def output_qparams(nodes) -> dict:
+    """Node name -> the static ``(scale, zero_point)`` of its output (None: a float tensor), read from the nodes'
+    cfg in order — the one propagation rule (:func:`with_qparams`, :class:`~qjax.interop.tflite_train.TFLiteQAT`):
+    ``tfl_input``'s ``qparams``; an op's ``out_qparams``; ``tfl_shape`` / ``tfl_output`` their input's (they move
+    values); ``tfl_dequantize`` None (float32)."""
+    qp = {}
+    for n in nodes:
+        cfg = n.config()
+        if n.op == "tfl_input":
+            qp[n.name] = cfg["qparams"]
+        elif "out_qparams" in cfg:
+            qp[n.name] = tuple(cfg["out_qparams"])
+        elif n.op in ("tfl_shape", "tfl_output"):
+            (a,) = [r for r in n.args if isinstance(r, Ref)]
+            qp[n.name] = qp.get(a.name)
+        else:
+            qp[n.name] = None
+    return qp
+
+
+def _qp(scale, zero_point) -> tuple:
+    return float(np.float32(np.asarray(scale))), int(np.asarray(zero_point))
 
 
 def with_qparams(qmodel: QModel, params=None) -> QModel:
     """``qmodel`` (from :func:`from_tflite`) with ``params`` (default: its own) and every node's static qparams
-    (``in_qparams``, ``w_scale``, ``out_qparams``, the input nodes' ``qparams``) re-read from them.
+    re-read from them: ``out_qparams`` from ``p["scale"]`` / ``p["zero_point"]`` (a ``tfl_const``'s from its
+    value), ``w_scale`` from the weight's scale, then every ``in_qparams`` from its producer's output
+    (:func:`output_qparams`) or its constant operand.  This is the one way to change a model's qparams:
+    :func:`qjax.to_tflite` refuses params whose qparams differ from the nodes' static ones.
 
     ``params`` must be concrete (host values): LiteRT's multipliers are derived from the scales at Prepare
     time, so the new model computes what the interpreter computes for a flatbuffer holding these qparams.
     """
     params = dict(qmodel.params if params is None else params)
-    out_of = {}  # node name -> its output (scale, zero point)
-    nodes = []
+    own = []  # pass 1: each node's own qparams from its params
     for n in qmodel.nodes:
-        cfg = n.config()
-        p = params.get(n.name)
-        if n.op == "tfl_input":
-            out_of[n.name] = cfg["qparams"]
-        elif n.op == "tfl_const":
-            v = p["value"]
-            out_of[n.name] = cfg["out_qparams"] = (float(np.asarray(v.scale)), int(np.asarray(v.zero_point)))
-        elif "out_qparams" in cfg:
-            if p is not None and "scale" in p:
-                cfg["out_qparams"] = (float(np.float32(np.asarray(p["scale"]))), int(np.asarray(p["zero_point"])))
-            out_of[n.name] = cfg["out_qparams"]
-        else:  # shape ops keep their input's qparams; dequantize / outputs are float or pass through
-            srcs = [a.name for a in n.args if isinstance(a, Ref)]
-            out_of[n.name] = out_of.get(srcs[0]) if srcs else None
+        cfg, p = n.config(), params.get(n.name)
+        if n.op == "tfl_const":
+            cfg["out_qparams"] = _qp(p["value"].scale, p["value"].zero_point)
+        elif "out_qparams" in cfg and p is not None and "scale" in p:
+            cfg["out_qparams"] = _qp(p["scale"], p["zero_point"])
+        if "w_scale" in cfg and p is not None:
+            ws = np.asarray(p["weight"].scale, np.float32)
+            cfg["w_scale"] = Static(ws if ws.ndim else np.float32(ws))
+        own.append((n, cfg, p))
+    out_of = output_qparams([Node(n.name, n.op, n.args, tuple(cfg.items()), n.source) for n, cfg, _ in own])
+    nodes = []
+    for n, cfg, p in own:  # pass 2: the operands' qparams are their producers'
         if "in_qparams" in cfg:
             srcs = n.args[0] if n.op == "tfl_concat" else n.args
             qps = []
             for slot, (a, old) in enumerate(zip(srcs, cfg["in_qparams"])):
                 if a is None:  # a constant operand of a binary op
                     c = p[f"const_{'ab'[slot]}"]
-                    qps.append((float(np.asarray(c.scale)), int(np.asarray(c.zero_point))))
+                    qps.append(_qp(c.scale, c.zero_point))
                 else:
-                    qps.append(out_of.get(a.name, old))
+                    qps.append(out_of[a.name])
             cfg["in_qparams"] = tuple(qps)
-        if "w_scale" in cfg and p is not None:
-            ws = np.asarray(p["weight"].scale, np.float32)
-            cfg["w_scale"] = Static(ws if ws.ndim else np.float32(ws))
         nodes.append(Node(n.name, n.op, n.args, tuple(cfg.items()), n.source))
-    meta = dict(qmodel.meta)
-    return QModel(qmodel.inputs, nodes, qmodel.output, params, meta)
+    return QModel(qmodel.inputs, nodes, qmodel.output, params, dict(qmodel.meta))

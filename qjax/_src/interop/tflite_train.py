@@ -52,10 +52,12 @@ from jax import lax
 
 from ..float32 import div_rn, uncontracted
 from ..graph.model import Ref, node_args, substitute, thaw
+from ..graph.ops_tflite import pad_fill, reshape_target, squeeze_axes
 from ..qarray import QArray
 from ..qops.tflite_common import explicit_padding
 from ..rounding import round_float
 from ..ste.exact import exact_forward, zero_cotangent
+from .tflite import output_qparams
 
 __all__ = ["TFLiteQAT", "quantize_weight", "quantize_bias", "TRAINABLE_OPS"]
 
@@ -142,7 +144,16 @@ class TFLiteQAT:
             raise ValueError(f"TFLiteQAT: no float surrogate for the node ops {missing} (the gradient needs one)")
         self.model = qm
         self.trainable = tuple(n.name for n in qm.nodes if n.op in TRAINABLE_OPS)
-        self._qparams = self._static_qparams(qm)
+        self._qparams = output_qparams(qm.nodes)
+        # one trainable leaf per flatbuffer tensor: nodes reading one weight (or bias) tensor share its leaf, held
+        # by the first of them (training them apart would write two different values into one tensor)
+        self._owner = {}
+        first = {}
+        for name in self.trainable:
+            tensors = dict(qm.node(name).config()["tensors"])
+            for key, leaf in (("weight", "kernel"), ("bias", "bias")):
+                if key in tensors:
+                    self._owner[(name, leaf)] = first.setdefault((key, tensors[key]), name)
         self._bias_inv, self._bias_scale = {}, {}
         self.inexact_biases = []
         for name in self.trainable:
@@ -155,29 +166,22 @@ class TFLiteQAT:
         self._outputs = thaw(qm.output)
         self._quantize_jit = jax.jit(self.quantized_params)
 
-    @staticmethod
-    def _static_qparams(qm):
-        """Node name -> the recorded ``(scale, zero_point)`` of its output (None: a float tensor)."""
-        qp = {}
-        for n in qm.nodes:
-            cfg = n.config()
-            if n.op == "tfl_input":
-                qp[n.name] = cfg["qparams"]
-            elif "out_qparams" in cfg:
-                qp[n.name] = cfg["out_qparams"]
-            elif n.op in ("tfl_shape", "tfl_output"):
-                (a,) = [r for r in thaw(n.args) if isinstance(r, Ref)]
-                qp[n.name] = qp.get(a.name)
-            else:
-                qp[n.name] = None
-        return qp
+    def leaves(self, params, name) -> dict:
+        """Node ``name``'s ``{"kernel", "bias"}`` in ``params`` (a shared tensor's leaf from the node holding it)."""
+        out = {}
+        for leaf in ("kernel", "bias"):
+            owner = self._owner.get((name, leaf))
+            if owner is not None and leaf in params.get(owner, {}):
+                out[leaf] = params[owner][leaf]
+        return out
 
     # hashable by identity: the static rule of exact_forward
     __hash__ = object.__hash__
 
     # -- parameters ------------------------------------------------------------------------------------
     def init(self) -> dict:
-        """``{node: {"kernel": float32, "bias": float32}}`` (no ``bias`` where the node has none): the imported
+        """``{node: {"kernel": float32, "bias": float32}}`` (no ``bias`` where the node has none; a weight or bias
+        tensor read by several nodes is one leaf, under the first of them): the imported
         integers dequantized (weights ``w_q · s_w`` in qjax's layout — HWIO, depthwise ``(KH, KW, 1, C·M)``,
         FC ``(O, K)`` —, biases ``b_q · fl32(s_x · s_w)``)."""
         out = {}
@@ -189,22 +193,25 @@ class TFLiteQAT:
                 shp = [1] * np.ndim(w.values)
                 shp[w.axis] = -1
                 s = s.reshape(shp)
-            leaves = {"kernel": jnp.asarray((np.asarray(w.values, np.float32) * s).astype(np.float32))}
-            if name in self._bias_scale:
+            leaves = {}
+            if self._owner[(name, "kernel")] == name:
+                leaves["kernel"] = jnp.asarray((np.asarray(w.values, np.float32) * s).astype(np.float32))
+            if name in self._bias_scale and self._owner[(name, "bias")] == name:
                 leaves["bias"] = jnp.asarray((np.asarray(p["bias"], np.float32) * self._bias_scale[name])
                                              .astype(np.float32))
-            out[name] = leaves
+            if leaves:
+                out[name] = leaves
         return out
 
     def quantized_params(self, params) -> dict:
         """The QModel's params with ``params`` quantized (weights int8 at their scales, biases int32)."""
         new = dict(self.model.params)
         for name in self.trainable:
-            p = dict(new[name])
+            p, tp = dict(new[name]), self.leaves(params, name)
             w = p["weight"]
-            p["weight"] = w.with_values(quantize_weight(params[name]["kernel"], w.scale, w.axis))
+            p["weight"] = w.with_values(quantize_weight(tp["kernel"], w.scale, w.axis))
             if name in self._bias_inv:
-                p["bias"] = quantize_bias(params[name]["bias"], self._bias_inv[name])
+                p["bias"] = quantize_bias(tp["bias"], self._bias_inv[name])
             new[name] = p
         return new
 
@@ -269,7 +276,8 @@ class TFLiteQAT:
         for node in self.model.nodes:
             cfg, p = node.config(), self.model.params.get(node.name)
             args = node_args(node, env)
-            env[node.name] = _SURROGATES[node.op](self, node, cfg, p, params.get(node.name), *args)
+            tp = self.leaves(params, node.name) if node.name in self.trainable else None
+            env[node.name] = _SURROGATES[node.op](self, node, cfg, p, tp, *args)
         return substitute(self._outputs, env)
 
 
@@ -410,17 +418,13 @@ def _s_mean(qat, node, cfg, p, tp, x):
 def _s_shape(qat, node, cfg, p, tp, x):
     kind = cfg["kind"]
     if kind == "reshape":
-        target = list(cfg["shape"])
-        if -1 in target:
-            rest = math.prod(d for d in target if d != -1)
-            target[target.index(-1)] = math.prod(x.shape) // rest
-        return x.reshape(tuple(target))
+        return x.reshape(reshape_target(cfg, x.shape))
     if kind == "squeeze":
-        return jnp.squeeze(x, axis=cfg["axes"] or tuple(i for i, d in enumerate(x.shape) if d == 1))
+        return jnp.squeeze(x, axis=squeeze_axes(cfg["axes"], x.shape))
     if kind == "transpose":
         return jnp.transpose(x, cfg["perm"])
     qp = qat._qparams[node.name]
-    fill = 0.0 if qp is None else (float(cfg["pad_value"]) - float(qp[1])) * float(qp[0])
+    fill = 0.0 if qp is None else (float(pad_fill(cfg["pad_value"], qp[1])) - float(qp[1])) * float(qp[0])
     return jnp.pad(x, cfg["paddings"], constant_values=jnp.asarray(fill, x.dtype))
 
 

@@ -5,7 +5,7 @@ tensors its parameters came from (``cfg["tensors"]``: ``(("weight", i), ("bias",
 ``to_tflite`` unpacks that flatbuffer with ``ai-edge-litert``'s schema object API
 (``ModelT.InitFromPackedBuf``), replaces in those tensors
 
-* ``weight`` (and constant operands ``const_a`` / ``const_b``): the int8 values (moved from qjax's layout to
+* ``weight`` (and constant operands ``const_a`` / ``const_b``, ``tfl_const`` nodes' ``value``): the int8 values (moved from qjax's layout to
   TFLite's: CONV_2D / TRANSPOSE_CONV HWIO ``(KH, KW, I, O)`` -> OHWI ``(O, KH, KW, I)``; DEPTHWISE_CONV_2D
   ``(KH, KW, 1, C*M)``
   -> ``(1, KH, KW, C*M)``; FULLY_CONNECTED ``(O, K)`` as is), the scales (per channel along TFLite's
@@ -22,7 +22,10 @@ the QModel's ``tfl_shape`` nodes keep their input's qparams) pass a changed quan
 tensor, so that the flatbuffer keeps what the QModel computes.  A constant buffer shared with a tensor that is
 not rewritten is split (the edited tensor gets its own buffer).  Nothing changed: the original bytes.
 
-Checks (one-line ``ValueError``\\ s): the model came from ``from_tflite``; each value keeps its tensor's shape
+Checks (one-line ``ValueError``\\ s): the model came from ``from_tflite``; its params' qparams are its nodes'
+static ones (change qparams with :func:`qjax.interop.tflite.with_qparams`, which re-binds the model: the QModel's
+call computes with the static ones, so a model changed with ``with_params`` alone would not compute what the
+written file computes); every LiteRT family prepares a file whose qparams changed; each value keeps its tensor's shape
 and dtype (int8 weights in ``[-127, 127]`` with zero points 0 — TFLite's int8 quantization spec —, int32
 biases, 8-bit zero points in the dtype's range, positive finite float32 scales); a tensor written by two nodes
 gets the same data from both; in an ``"xnnpack"`` model, new qparams leave the XNNPACK delegate's choice of
@@ -32,6 +35,9 @@ operators as the QModel recorded it (its nodes' engines follow that choice).
 from __future__ import annotations
 
 import numpy as np
+
+from ..graph.ops_tflite import stale_qparams
+from .litert_runtime import KERNELS
 
 __all__ = ["to_tflite", "weight_layout"]
 
@@ -231,6 +237,22 @@ def _set_quant(schema, t, scale, zp, axis):
     t.quantization = q
 
 
+def _check_prepares(model: bytes, skip=()):
+    """Refuse (one line, the interpreter's reason) a written model some LiteRT family cannot prepare."""
+    from .litert_runtime import interpreter
+
+    for kernels in ("xnnpack",) + tuple(k for k in KERNELS if k != "xnnpack"):
+        if kernels in skip:
+            continue
+        try:
+            interpreter(model, kernels)
+        except (RuntimeError, ValueError) as e:
+            what = "XNNPACK delegate" if kernels == "xnnpack" else f"{kernels} kernels"
+            reason = " ".join(str(e).split())[:300] or type(e).__name__
+            raise ValueError(f"to_tflite: LiteRT's {what} cannot prepare the written model with these qparams "
+                             f"({reason})") from None
+
+
 def to_tflite(qm, *, check_delegation: bool = True) -> bytes:
     """The ``.tflite`` flatbuffer of ``qm`` (a QModel from :func:`qjax.from_tflite`), with its params written back.
 
@@ -238,8 +260,9 @@ def to_tflite(qm, *, check_delegation: bool = True) -> bytes:
       qm: the QModel, its ``params`` possibly changed (same shapes and dtypes): weights, weight scales,
         biases, output scales and zero points.
       check_delegation: for an ``"xnnpack"`` model whose qparams changed, refuse (``ValueError``) a written model
-        in which the XNNPACK delegate takes other operators than ``qm`` recorded (``False``: return it anyway;
-        ``from_tflite`` of the bytes gives the model that computes it).
+        in which the XNNPACK delegate takes other operators than ``qm`` recorded or cannot prepare (``False``:
+        return it anyway; ``from_tflite`` of the bytes gives the model that computes it).  Whatever it is, a
+        written model with changed qparams that the reference or optimized kernels cannot prepare is refused.
     Returns:
       the flatbuffer bytes (``TFL3``); LiteRT's interpreter computes on them what ``qm`` computes, under the
       family ``qm`` was imported for.  The original bytes when nothing changed.
@@ -256,6 +279,11 @@ def to_tflite(qm, *, check_delegation: bool = True) -> bytes:
     sg = model.subgraphs[0]
     tensors = sg.tensors
     edits = _node_edits(schema, qm, tensors)
+    for node in qm.nodes:  # the QModel computes with its nodes' static qparams: params must hold the same
+        stale = stale_qparams(node.config(), qm.params.get(node.name))
+        if stale:
+            raise ValueError(f"to_tflite: {stale} (qm computes with the static ones); change qparams with "
+                             "qjax.interop.tflite.with_qparams(qm, params), which re-binds the model")
 
     changed_q: set[int] = set()
     changed_any = False
@@ -314,6 +342,8 @@ def to_tflite(qm, *, check_delegation: bool = True) -> bytes:
     builder = flatbuffers.Builder(max(1024, len(original) + 4096))
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     out = bytes(builder.Output())
+    if changed_q:  # new qparams: every family's Prepare must accept the file (e.g. CONCATENATION's equal qparams)
+        _check_prepares(out, skip=() if check_delegation else ("xnnpack",))
     if check_delegation and meta.get("kernels") == "xnnpack" and changed_q:
         # XNNPACK takes an operator only for some quantization parameters (e.g. bounded requantization scales):
         # the QModel's nodes carry the engines of the original delegation, which new qparams may change
