@@ -214,6 +214,21 @@ def test_tanh_tables(in_q):
         assert np.any(want["reference"] != want["xnnpack"])
 
 
+# the builtin TANH table's product fl(y * fl(1/s_out)) is the float just below one half at q = +-1 (searched on the
+# host): TfLiteRound gives 0 there, a float32 floor(v + 0.5) gives 1 (v + 0.5 rounds to 1.0)
+TANH_BELOW_HALF = (0.01004002, 0.020079367)
+
+
+@pytest.mark.parametrize("zo", [0, 5, -128, 127])
+def test_tanh_table_entry_just_below_one_half(zo):
+    s_in, s_out = TANH_BELOW_HALF
+    x = np.asarray([F32(F32(s_in) * F32(1))], F32)
+    v = F32(ta.tr.libm("tanhf", x)[0] * (F32(1) / F32(s_out)))
+    assert v == np.nextafter(F32(0.5), F32(0)) and F32(v + F32(0.5)) == 1  # the data is adversarial
+    want = _lut_case("TANH", "tfl_tanh", (s_in, 0), (s_out, zo))
+    assert want["reference"].ravel()[128 + 1] == np.clip(zo, -128, 127)  # rounds to 0, not 1
+
+
 def test_tanh_other_output_scale():
     _lut_case("TANH", "tfl_tanh", (0.03, 5), (0.011, -7))
 
@@ -306,6 +321,22 @@ def test_softmax_reference_and_optimized_differ():
     np.testing.assert_array_equal(want["optimized"], want["xnnpack"])
     for k in FAMILIES:
         got = ENGINES[k].tfl_softmax(qarray(x, q), 1.0, 1 / 256, -128)
+        np.testing.assert_array_equal(np.asarray(got.values), want[k], err_msg=k)
+
+
+def test_softmax_optimized_product_just_below_one_half():
+    """x = [0, 0, 0, -1] at s_in = 5.1377573: ``fl(T[1] * inv)`` is the float just below one half, which
+    TfLiteRound takes to 0 (-128 out), a float32 ``floor(p + 0.5)`` to 1 (-127)."""
+    x, q = np.asarray([[0, 0, 0, -1]], np.int8), (5.1377573, 0)
+    table = ta.softmax_optimized_table(float(F32(q[0])), 1.0)
+    total = F32(F32(F32(F32(table[0] + table[0]) + table[0]) + table[1]))
+    inv = F32(F32(1) / F32(total * F32(1 / 256)))
+    assert F32(table[1] * inv) == np.nextafter(F32(0.5), F32(0))  # the data is adversarial
+    model = build_unary("SOFTMAX", x.shape, q, (1 / 256, -128))
+    want = run_all(model, x)
+    assert want["optimized"].ravel()[3] == -128
+    for k in FAMILIES:
+        got = ENGINES[family_used(k, model)].tfl_softmax(qarray(x, q), 1.0, 1 / 256, -128)
         np.testing.assert_array_equal(np.asarray(got.values), want[k], err_msg=k)
 
 

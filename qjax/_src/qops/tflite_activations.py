@@ -47,8 +47,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..float32 import div_rn
+from ..float32 import div_rn, mul_rn
 from ..requant.fixed_point import rounding_divide_by_pot, srdhm
+from ..rounding import round_float, round_offline
 from . import transcendental as tr
 from .tflite_pooling import tflite_quantize_multiplier
 
@@ -73,10 +74,6 @@ def apply_lut(q, lut):
     return jnp.asarray(lut, jnp.int32)[jnp.asarray(q, jnp.int32) + 128]
 
 
-def _round_half_away(v):
-    return np.sign(v) * np.floor(np.abs(v) + F32(0.5))
-
-
 @functools.lru_cache(maxsize=4096)
 def lut_builtin(kind: str, in_scale: float, in_zero_point: int, out_scale: float, out_zero_point: int):
     """The builtin kernels' LOGISTIC (``kind="logistic"``) / TANH (``"tanh"``) table, int32 (256,)
@@ -90,7 +87,9 @@ def lut_builtin(kind: str, in_scale: float, in_zero_point: int, out_scale: float
             y = tr.libm("tanhf", x)
         else:
             raise ValueError(f"kind={kind!r}; use 'logistic' or 'tanh'")
-        r = _round_half_away((y * (F32(1) / F32(out_scale))).astype(F32))
+        # TfLiteRound (std::round) of the float32 product: decided on the exact fraction (round_offline), never
+        # floor(v + 0.5), which takes the float just below one half up to 1
+        r = round_offline((y * (F32(1) / F32(out_scale))).astype(F32).astype(np.float64), "half_away")
     return np.clip(r + int(out_zero_point), -128, 127).astype(np.int32)
 
 
@@ -236,8 +235,9 @@ def _softmax_optimized(q, table, out_scale, out_zero_point):
     e = table[jnp.max(q, axis=-1, keepdims=True) - q]
     total = _sum_rows_in_order(e)[..., None]
     inv = div_rn(jnp.float32(1), total * out_scale)
-    p = e * inv
-    out = jnp.where(p >= 0, jnp.floor(p + F32(0.5)), jnp.ceil(p - F32(0.5))).astype(jnp.int32)
+    # TfLiteRound(T[d] * inv): the float32 product rounded once (mul_rn: no FMA into a rounding), then half away
+    # from zero on its exact fraction (round_float; floor(p + 0.5) takes 0.49999997 up to 1)
+    out = round_float(mul_rn(e, inv), "half_away").astype(jnp.int32)
     return jnp.clip(out + out_zero_point, -128, 127)
 
 
