@@ -75,7 +75,7 @@ def _explain_tflite(args) -> int:
     FULLY_CONNECTED output integer step by step, on a random input of the model's dtypes (or --inputs)."""
     import numpy as np
 
-    from ._src.interop.tflite import from_tflite
+    from ._src.interop.tflite import TFLiteImportError, from_tflite
     from ._src.interop.tflite_check import TFLiteCheckError, explain_tflite, load_tflite_inputs, sample_inputs
 
     try:
@@ -83,7 +83,12 @@ def _explain_tflite(args) -> int:
     except ValueError:
         print(f"qjax explain: --index: {args.index!r} is not a comma-separated list of integers", file=sys.stderr)
         return 2
-    qm = from_tflite(args.model, kernels=args.kernels or "xnnpack")
+    try:
+        qm = from_tflite(args.model, kernels=args.kernels or "xnnpack")
+    except (TFLiteImportError, FileNotFoundError, TypeError) as err:  # their messages start "model: "
+        msg = str(err)
+        print(f"qjax explain: --model: {msg[len('model: '):] if msg.startswith('model: ') else msg}", file=sys.stderr)
+        return 2
     try:
         if args.inputs:
             xs = [a[: max(1, args.batch_size)] for a in load_tflite_inputs(args.inputs, qm.info["input_specs"])]
@@ -91,7 +96,7 @@ def _explain_tflite(args) -> int:
             xs = sample_inputs(qm, np.random.default_rng(args.seed), max(1, args.batch_size))
         e = explain_tflite(qm, args.layer, xs, index)
     except TFLiteCheckError as err:
-        flag = {"layer": "--layer", "index": "--index", "inputs": "--inputs"}.get(err.arg, err.arg)
+        flag = {"layer": "--layer", "index": "--index", "inputs": "--inputs", "model": "--model"}.get(err.arg, err.arg)
         print(f"qjax explain: {flag}: {err.rule}", file=sys.stderr)
         return 2
     print(f"model {args.model}")
@@ -220,8 +225,15 @@ def _hardware(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors in one line (``qjax verify: --kernels: invalid choice ...``), without the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="qjax", description="bit-exact quantized integer arithmetic in JAX")
+    parser = _Parser(prog="qjax", description="bit-exact quantized integer arithmetic in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("explain", help="trace one output integer of a quantized conv/linear step by step")
     p.add_argument("--example", choices=["seed"], help="a built-in example: 'seed' is the PyTorch forum model")

@@ -107,3 +107,64 @@ def test_verify_runs_a_fixed_batch_model_at_its_batch():
     assert qjax.from_tflite(data, kernels="reference").info["fixed_batch"] == 1
     rep = verify(data, n=3, batch_size=8, kernels="reference")
     assert rep.batch_size == 1 and rep.batches == 3 and rep.mismatches == 0 and rep.outputs == 3 * 6 * 6 * 3
+
+
+def _conv_model(bias=True):
+    """int8 (1,5,5,4) -> CONV_2D 3x3 SAME -> (1,5,5,6); without a bias LiteRT's int8 CONV_2D refuses to prepare."""
+    from ..tflite_models import TFLiteBuilder, schema
+
+    rng = np.random.default_rng(8)
+    b = TFLiteBuilder()
+    x = b.tensor((1, 5, 5, 4), np.int8, scale=0.05, zero_point=3)
+    w = b.tensor((6, 3, 3, 4), np.int8, scale=0.01, zero_point=0, data=rng.integers(-127, 128, (6, 3, 3, 4)))
+    bias = b.tensor((6,), np.int32, scale=0.0005, zero_point=0, data=rng.integers(-99, 99, 6)) if bias else -1
+    y = b.tensor((1, 5, 5, 6), np.int8, scale=0.1, zero_point=0)
+    o = schema.Conv2DOptionsT()
+    o.padding, o.strideH, o.strideW, o.dilationHFactor, o.dilationWFactor = schema.Padding.SAME, 1, 1, 1, 1
+    b.op("CONV_2D", [x, w, bias], [y], o, version=3)
+    return b.build([x], [y])
+
+
+def test_interpreter_errors_are_one_line_naming_the_model():
+    # the written model LiteRT cannot prepare (no CONV_2D bias), checked against a QModel that runs
+    qm = qjax.from_tflite(_conv_model(), kernels="reference")
+    with pytest.raises(VerifyError, match="LiteRT's interpreter .reference kernels. refuses it") as e:
+        verify(_conv_model(bias=False), qmodel=qm, n=2)
+    assert e.value.arg == "model" and "\n" not in str(e.value) and "CONV_2D" in str(e.value)
+
+
+def test_cli_a_model_litert_refuses_is_one_line(tmp_path, capsys):
+    nobias = tmp_path / "nobias.tflite"
+    nobias.write_bytes(_conv_model(bias=False))
+    for argv, flag in ((["verify", str(nobias), "--kernels", "reference"], "MODEL: "),
+                       (["explain", "--model", str(nobias), "--layer", "conv_2d_0", "--index", "0,1,1,1"], "--model: "),
+                       (["explain", "--model", str(tmp_path / "none.tflite"), "--layer", "a", "--index", "0,0"],
+                        "--model: ")):
+        code = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in err and flag in err and "Error:" not in err, err
+
+
+@pytest.mark.parametrize("argv", [["verify", "m.tflite", "--kernels", "bogus"],
+                                  ["explain", "--model", "m.tflite", "--layer", "a", "--index", "0", "--kernels", "x"]])
+def test_cli_argument_errors_are_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err and "--kernels" in err and "invalid choice" in err, err
+
+
+def test_verify_a_fixed_batch_model_pads_the_last_batch_for_both():
+    # RESHAPE into the constant (2, 12) pins the batch at 2: 3 samples = a full batch and a padded one
+    from ..tflite_models import TFLiteBuilder
+
+    b = TFLiteBuilder()
+    x = b.tensor((2, 2, 2, 3), np.int8, scale=0.05, zero_point=3)
+    r = b.tensor((2, 12), np.int8, scale=0.05, zero_point=3)
+    b.op("RESHAPE", [x, b.tensor((2,), np.int32, data=np.array([2, 12], np.int32))], [r])
+    data = b.build([x], [r])
+    assert qjax.from_tflite(data, kernels="reference").info["fixed_batch"] == 2
+    for kw in (dict(n=3), dict(inputs=np.arange(3 * 12, dtype=np.int8).reshape(3, 2, 2, 3))):
+        rep = verify(data, batch_size=8, kernels="reference", **kw)
+        assert rep.batch_size == 2 and rep.batches == 2 and rep.samples == 3, kw
+        assert rep.outputs == 3 * 12 and rep.mismatches == 0, kw

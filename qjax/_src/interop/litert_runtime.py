@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["KERNELS", "interpreter", "run", "delegated_ops", "require_litert"]
+__all__ = ["KERNELS", "interpreter", "invoked", "run", "delegated_ops", "require_litert"]
 
 #: the kernel families, in the order the docs list them
 KERNELS = ("reference", "optimized", "xnnpack")
@@ -49,12 +49,21 @@ def interpreter(model: bytes, kernels: str = "xnnpack", num_threads: int = 1):
     return it
 
 
-def run(model: bytes, inputs, kernels: str = "xnnpack", num_threads: int = 1) -> list:
-    """The model's outputs (numpy arrays, in output order) on ``inputs`` (one array per model input).
+def invoked(model: bytes, inputs, kernels: str = "xnnpack", num_threads: int = 1, *,
+            preserve_all_tensors: bool = False):
+    """An interpreter for ``model`` (``kernels`` family) invoked on ``inputs`` (one array per model input).
 
-    A batch different from the model's is set with ``resize_tensor_input`` first."""
-    it = require_litert().Interpreter(model_content=bytes(model), experimental_op_resolver_type=_resolver(kernels),
-                                      num_threads=int(num_threads))
+    A batch different from the model's is set with ``resize_tensor_input`` first.  ``preserve_all_tensors``
+    keeps every intermediate tensor readable with ``get_tensor`` (``experimental_preserve_all_tensors``; the
+    tensors inside an XNNPACK partition are still not written back).  The interpreter's own errors (a model it
+    cannot prepare, a batch a fixed shape refuses) are its ``RuntimeError`` / ``ValueError``."""
+    import warnings
+
+    kw = dict(model_content=bytes(model), experimental_op_resolver_type=_resolver(kernels),
+              num_threads=int(num_threads))
+    with warnings.catch_warnings():  # "intended for debugging purposes only": what it is used for
+        warnings.simplefilter("ignore", UserWarning)
+        it = require_litert().Interpreter(experimental_preserve_all_tensors=bool(preserve_all_tensors), **kw)
     details = it.get_input_details()
     if len(inputs) != len(details):
         raise ValueError(f"the model takes {len(details)} inputs, got {len(inputs)}")
@@ -65,6 +74,13 @@ def run(model: bytes, inputs, kernels: str = "xnnpack", num_threads: int = 1) ->
     for d, x in zip(details, inputs):
         it.set_tensor(d["index"], np.ascontiguousarray(x, dtype=d["dtype"]))
     it.invoke()
+    return it
+
+
+def run(model: bytes, inputs, kernels: str = "xnnpack", num_threads: int = 1) -> list:
+    """The model's outputs (numpy arrays, in output order) on ``inputs`` (one array per model input)
+    (:func:`invoked`)."""
+    it = invoked(model, inputs, kernels, num_threads)
     return [it.get_tensor(d["index"]).copy() for d in it.get_output_details()]
 
 

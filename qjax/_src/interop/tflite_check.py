@@ -2,9 +2,9 @@
 ``qjax explain --model model.tflite`` (:mod:`qjax.verify` and the CLI call these).
 
 * :func:`sample_inputs` — inputs of the model's input dtypes: float inputs uniform over the range of the
-  QUANTIZE that reads them (10 % past it: saturation) with half the rows exact rounding ties
+  QUANTIZE that reads them (its output dtype's, int8 or uint8, 10 % past it: saturation) with half the rows exact rounding ties
   ``(k + 1/2) * scale``; int8 / uint8 inputs uniform integers with rows of extremes.
-* :func:`verify_tflite` — batches through the QModel and :func:`qjax.interop.litert_runtime.run`, counting
+* :func:`verify_tflite` — batches through the QModel and :func:`qjax.interop.litert_runtime.invoked`, counting
   outputs whose bits differ; for the first mismatching batch the first node whose integers differ from the
   interpreter's tensor (read with ``experimental_preserve_all_tensors``; tensors inside an XNNPACK partition
   are not readable and are skipped).
@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import fractions
 import functools
+import os
 import time
-import warnings
 
 import jax
 import numpy as np
@@ -42,22 +42,19 @@ _REQUANT = {"reference": rq.requantize_reference, "half_up": rq.requantize_half_
             "xnnpack": rq.requantize_xnnpack_fp32}
 
 
-def _interpreter_all_tensors(data: bytes, kernels: str, inputs):
-    """An invoked interpreter that keeps every intermediate tensor (``experimental_preserve_all_tensors``)."""
-    lite = litert_runtime.require_litert()
-    r = lite.OpResolverType
-    resolver = {"reference": r.BUILTIN_REF, "optimized": r.BUILTIN_WITHOUT_DEFAULT_DELEGATES, "xnnpack": r.AUTO}
-    with warnings.catch_warnings():  # "intended for debugging purposes only": what it is used for here
-        warnings.simplefilter("ignore", UserWarning)
-        it = lite.Interpreter(model_content=bytes(data), experimental_preserve_all_tensors=True, num_threads=1,
-                              experimental_op_resolver_type=resolver[kernels])
-    for d, x in zip(it.get_input_details(), inputs):
-        it.resize_tensor_input(d["index"], list(np.shape(x)))
-    it.allocate_tensors()
-    for d, x in zip(it.get_input_details(), inputs):
-        it.set_tensor(d["index"], np.ascontiguousarray(x, dtype=d["dtype"]))
-    it.invoke()
-    return it
+def _litert(data: bytes, inputs, kernels: str, *, preserve_all_tensors: bool = False):
+    """:func:`qjax.interop.litert_runtime.invoked`, the interpreter's errors (a model it cannot prepare, a batch
+    a fixed shape refuses) as one-line :class:`TFLiteCheckError` naming the model."""
+    try:
+        return litert_runtime.invoked(data, inputs, kernels, preserve_all_tensors=preserve_all_tensors)
+    except (RuntimeError, ValueError) as e:
+        raise TFLiteCheckError("model", f"LiteRT's interpreter ({kernels} kernels) refuses it on inputs of shapes "
+                                        f"{[tuple(np.shape(x)) for x in inputs]}: {e}") from None
+
+
+def _litert_outputs(data: bytes, inputs, kernels: str) -> list:
+    it = _litert(data, inputs, kernels)
+    return [it.get_tensor(d["index"]).copy() for d in it.get_output_details()]
 
 
 @functools.lru_cache(maxsize=None)
@@ -191,7 +188,7 @@ def compare_intermediates(qm, data: bytes, inputs, kernels: str) -> list:
     """Every node's output vs the interpreter's tensor (``experimental_preserve_all_tensors``), in execution
     order: ``[(node, mismatches, size, first index or None, qjax value, LiteRT value)]``.  XNNPACK-delegated
     operators' tensors are skipped (the delegate does not write them back)."""
-    it = _interpreter_all_tensors(data, kernels, inputs)
+    it = _litert(data, inputs, kernels, preserve_all_tensors=True)
     _, values = qm.capture(*inputs)
     skip = set(qm.info.get("delegated", ()))
     rows = []
@@ -240,8 +237,9 @@ def verify_tflite(model, *, kernels="xnnpack", n=256, batch_size=64, seed=0, inp
     if total_n < 1:
         raise TFLiteCheckError("n", f"{n} is not a positive number of inputs")
     batch_size = min(int(batch_size), total_n)
-    # a fixed-shape RESHAPE / TRANSPOSE_CONV pins the batch (LiteRT refuses another one there too)
-    batch_size = qm.info.get("fixed_batch") or batch_size
+    # a fixed-shape RESHAPE / TRANSPOSE_CONV / constant activation pins the batch (LiteRT refuses another one)
+    fixed = qm.info.get("fixed_batch")
+    batch_size = fixed or batch_size
     batches = -(-total_n // batch_size)
     steps = _output_steps(qm)
 
@@ -267,11 +265,16 @@ def verify_tflite(model, *, kernels="xnnpack", n=256, batch_size=64, seed=0, inp
     for k in range(todo):
         xs = first if k == 0 else batch(k)
         m = xs[0].shape[0]
+        if fixed:  # the interpreter runs the padded batch too (the only batch it takes)
+            xs = padded(xs)
         t1 = time.perf_counter()
-        got = [g[:m] for g in _as_list(qm(*padded(xs)))]
+        got = _as_list(qm(*padded(xs)))
         t2 = time.perf_counter()
-        want = litert_runtime.run(data, xs, qm.info["kernels"])
+        want = _litert_outputs(data, xs, qm.info["kernels"])
         t3 = time.perf_counter()
+        if fixed:  # count the real rows' outputs (all of an output without the batch axis first)
+            want = [w[:m] if w.shape[:1] == (batch_size,) else w for w in want]
+        got = [g[:w.shape[0]] if g.ndim and w.ndim else g for g, w in zip(got, want)]
         outs, bad, worst, index = compare_outputs(got, want, steps)
         rep["outputs"] += outs
         rep["mismatches"] += bad
@@ -402,7 +405,7 @@ def explain_tflite(qm, node_name: str, inputs, index) -> TFLiteExplanation:
     out_tensor = dict(cfg["tensors"])["output"]
     litert_value = None
     if cfg["op_index"] not in set(qm.info.get("delegated", ())):  # a delegated op's tensor is not written back
-        it = _interpreter_all_tensors(qm.info["tflite_model"], qm.info["kernels"], inputs)
+        it = _litert(qm.info["tflite_model"], inputs, qm.info["kernels"], preserve_all_tensors=True)
         t = it.get_tensor(out_tensor)
         litert_value = int(t.reshape(yv.shape)[index])
     return TFLiteExplanation(
