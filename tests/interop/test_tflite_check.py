@@ -154,6 +154,28 @@ def test_cli_argument_errors_are_one_line(argv, capsys):
     assert e.value.code == 2 and "\n" not in err and "--kernels" in err and "invalid choice" in err, err
 
 
+def _uint8_model():
+    """float in -> QUANTIZE uint8 (zero point 128) -> QUANTIZE int8."""
+    from ..tflite_models import TFLiteBuilder
+
+    b = TFLiteBuilder()
+    x = b.tensor((1, 4, 4, 3), np.float32)
+    u = b.tensor((1, 4, 4, 3), np.uint8, scale=0.05, zero_point=128)
+    q = b.tensor((1, 4, 4, 3), np.int8, scale=0.05, zero_point=0)
+    b.op("QUANTIZE", [x], [u])
+    b.op("QUANTIZE", [u], [q])
+    return b.build([x], [q])
+
+
+def test_uint8_input_quantize_is_sampled_over_its_range():
+    # the samples cover both sides of uint8's range (with 10 % saturation), not int8's
+    data = _uint8_model()
+    (xs,) = sample_inputs(qjax.from_tflite(data, kernels="reference"), np.random.default_rng(0), 8)
+    lo, hi = (0 - 128) * 0.05, (255 - 128) * 0.05
+    assert xs.min() < lo and xs.max() > hi and (xs < 0).mean() > 0.3 and (xs > 0).mean() > 0.3
+    assert verify(data, n=8, kernels="reference").mismatches == 0
+
+
 def test_verify_a_fixed_batch_model_pads_the_last_batch_for_both():
     # RESHAPE into the constant (2, 12) pins the batch at 2: 3 samples = a full batch and a padded one
     from ..tflite_models import TFLiteBuilder

@@ -90,11 +90,14 @@ def is_tflite(model) -> bool:
 
 
 def _input_quantize(qm, k):
-    """The ``(scale, zero_point)`` of the QUANTIZE reading float input ``k``, or None."""
+    """``(scale, zero_point, dtype)`` of the QUANTIZE reading float input ``k`` (dtype its output's, "int8" or
+    "uint8"), or None."""
     src = f"tfl_input{k}"
     for n in qm.nodes:
         if n.op == "tfl_quantize" and any(getattr(a, "name", None) == src for a in n.args):
-            return n.config()["out_qparams"]
+            cfg = n.config()
+            scale, zp = cfg["out_qparams"]
+            return float(scale), int(zp), str(cfg.get("dtype", "int8"))
     return None
 
 
@@ -104,10 +107,12 @@ def sample_inputs(qm, rng, n: int) -> list:
     for k, (_, shape, dtype) in enumerate(qm.info["input_specs"]):
         shape = (n,) + tuple(shape[1:])
         if dtype == "float32":
-            scale, zp = _input_quantize(qm, k) or (1.0 / 32, 0)
-            lo, hi = (-128 - zp) * scale, (127 - zp) * scale
-            x = rng.uniform(lo * 1.1, hi * 1.1, shape).astype(np.float32)
-            ties = ((rng.integers(-128, 128, shape) - zp + 0.5) * np.float64(scale)).astype(np.float32)
+            scale, zp, qdtype = _input_quantize(qm, k) or (1.0 / 32, 0, "int8")
+            q = np.iinfo(np.dtype(qdtype))  # the QUANTIZE's output range: uint8 [0, 255] with its zero point
+            lo, hi = (q.min - zp) * scale, (q.max - zp) * scale
+            mid, half = (lo + hi) / 2, (hi - lo) / 2
+            x = rng.uniform(mid - 1.1 * half, mid + 1.1 * half, shape).astype(np.float32)
+            ties = ((rng.integers(q.min, q.max + 1, shape) - zp + 0.5) * np.float64(scale)).astype(np.float32)
             x[n // 2:] = ties[n // 2:]
         else:
             info = np.iinfo(np.dtype(dtype))
