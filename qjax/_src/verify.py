@@ -690,8 +690,9 @@ def verify(model, *, n=1000, batch_size=64, seed=0, inputs=None, example_input=N
            kernels=None) -> VerifyReport:
     """Compare ``model`` (torch) and its qjax import on many inputs; see the module docstring.
 
-    A ``.tflite`` model (a path or its bytes) is compared with LiteRT's interpreter instead
-    (:func:`_verify_tflite`): ``kernels`` picks the op resolver (default ``"xnnpack"``).
+    A ``.tflite`` model (a path, ``str`` or ``os.PathLike``, or its bytes) is compared with LiteRT's interpreter
+    instead (:func:`_verify_tflite`): ``kernels`` picks the op resolver (default ``"xnnpack"``; with ``qmodel``,
+    the kernels it was imported with).
 
     Args:
       model: a converted torch model, a TorchScript module, or a spec for :func:`load_torch_model`.
@@ -968,15 +969,15 @@ def _verify_tflite(model, *, kernels, n, batch_size, seed, inputs, qmodel, max_b
         if value not in (None, False):
             raise VerifyError(arg, "applies to torch models; a .tflite model takes kernels= (--kernels) and "
                                    "inputs / n / batch_size / seed")
-    if isinstance(inputs, str) and not os.path.exists(inputs):
-        raise VerifyError("inputs", f"{inputs!r} does not exist")
+    if isinstance(inputs, (str, os.PathLike)) and not os.path.exists(inputs):
+        raise VerifyError("inputs", f"{os.fspath(inputs)!r} does not exist")
     try:
-        rep = verify_tflite(model, kernels=kernels or "xnnpack", n=n, batch_size=batch_size, seed=seed,
+        rep = verify_tflite(model, kernels=kernels, n=n, batch_size=batch_size, seed=seed,
                             inputs=inputs, qmodel=qmodel, max_batches=max_batches)
     except TFLiteCheckError as e:
         raise VerifyError(e.arg, e.rule) from None
     except (TFLiteImportError, FileNotFoundError) as e:
         msg = str(e)
         raise VerifyError("model", msg[len("model: "):] if msg.startswith("model: ") else msg) from None
-    name = model if isinstance(model, str) else "<tflite bytes>"
+    name = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<tflite bytes>"
     return VerifyReport(model=name, runtime="litert", **rep)

@@ -176,6 +176,21 @@ def test_uint8_input_quantize_is_sampled_over_its_range():
     assert verify(data, n=8, kernels="reference").mismatches == 0
 
 
+def test_verify_takes_any_pathlike(tmp_path):
+    p = tmp_path / "u8.tflite"
+    p.write_bytes(_uint8_model())
+    rep = verify(p, n=4, batch_size=4, kernels="reference")
+    assert rep.engine == "litert:reference" and rep.model == str(p) and rep.mismatches == 0
+
+
+def test_verify_qmodel_takes_its_own_kernels(path):
+    qm = qjax.from_tflite(path, kernels="reference")
+    assert verify(path, qmodel=qm, n=4, batch_size=4).engine == "litert:reference"
+    with pytest.raises(VerifyError, match="imported with kernels='reference'") as e:
+        verify(path, qmodel=qm, n=4, kernels="xnnpack")
+    assert e.value.arg == "kernels"
+
+
 def test_verify_a_fixed_batch_model_pads_the_last_batch_for_both():
     # RESHAPE into the constant (2, 12) pins the batch at 2: 3 samples = a full batch and a padded one
     from ..tflite_models import TFLiteBuilder

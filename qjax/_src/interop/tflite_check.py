@@ -72,9 +72,16 @@ class TFLiteCheckError(ValueError):
 
 
 def is_tflite(model) -> bool:
-    """``model`` is a ``.tflite`` path or flatbuffer bytes (``TFL3`` identifier)."""
+    """``model`` is a ``.tflite`` path (``str`` or any ``os.PathLike``) or flatbuffer bytes (``TFL3``
+    identifier)."""
     if isinstance(model, (bytes, bytearray, memoryview)):
         return bytes(model[4:8]) == b"TFL3"
+    if not isinstance(model, (str, os.PathLike)):
+        return False
+    try:
+        model = os.fspath(model)
+    except TypeError:  # a PathLike of bytes
+        return False
     if isinstance(model, str) and model.endswith(".tflite"):
         return True
     if isinstance(model, str):
@@ -126,7 +133,8 @@ def sample_inputs(qm, rng, n: int) -> list:
 def load_tflite_inputs(inputs, specs) -> list:
     """A ``.npy`` (one-input models), ``.npz`` (one array per input, in the file's order) or a list of arrays,
     checked against the model's input dtypes and per-sample shapes."""
-    if isinstance(inputs, str):
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = os.fspath(inputs)
         try:
             z = np.load(inputs, allow_pickle=False)
         except (OSError, ValueError) as e:
@@ -223,17 +231,31 @@ def first_divergence(qm, data: bytes, inputs, kernels: str):
     return None
 
 
-def verify_tflite(model, *, kernels="xnnpack", n=256, batch_size=64, seed=0, inputs=None, qmodel=None,
+def verify_tflite(model, *, kernels=None, n=256, batch_size=64, seed=0, inputs=None, qmodel=None,
                   max_batches=None) -> dict:
-    """Compare the import of ``model`` with LiteRT's interpreter (op resolver ``kernels``) batch by batch.
+    """Compare the import of ``model`` with LiteRT's interpreter (op resolver ``kernels``, default
+    ``"xnnpack"``; with ``qmodel``, the kernels it was imported with — another ``kernels`` is refused) batch by
+    batch.
 
     Returns a dict of the :class:`qjax.verify.VerifyReport` fields (``torch_seconds``: the interpreter's time).
     Random inputs (:func:`sample_inputs`) are seeded per batch (``default_rng([seed, batch])``); every batch
-    is zero-padded to ``batch_size`` for qjax (one compile), the interpreter runs the real rows.
+    is zero-padded to ``batch_size`` for qjax (one compile), the interpreter runs the real rows.  A model whose
+    batch is pinned (``meta["fixed_batch"]``: LiteRT refuses another batch) runs at that batch: a last partial
+    batch is zero-padded for both, and the outputs of the real rows are counted (all of an output whose first
+    axis is not the batch's).  Interpreter errors are one-line :class:`TFLiteCheckError` (``"model"``).
     """
     data = read_model(model)
     t0 = time.perf_counter()
-    qm = qmodel if qmodel is not None else from_tflite(data, kernels=kernels)
+    if qmodel is None:
+        qm = from_tflite(data, kernels=kernels or "xnnpack")
+    else:
+        qm = qmodel
+        if qm.info.get("source") != "tflite":
+            raise TFLiteCheckError("qmodel", "is not an import of a .tflite model (qjax.from_tflite)")
+        if kernels is not None and kernels != qm.info["kernels"]:
+            raise TFLiteCheckError("kernels", f"{kernels!r}, but the qmodel was imported with "
+                                              f"kernels={qm.info['kernels']!r}; import it with from_tflite(..., "
+                                              f"kernels={kernels!r}) or leave kernels unset")
     specs = qm.info["input_specs"]
     if int(batch_size) < 1:
         raise TFLiteCheckError("batch_size", f"{batch_size} is not a positive batch size")
