@@ -57,6 +57,8 @@ from ..graph import Node, QModel, Ref, Static
 from ..qarray import QArray
 from ..qops.tflite_common import ACTIVATIONS, explicit_padding
 from . import litert_runtime
+from .tflite_flatbuffer import buffer_bytes, builtin_code, enum_names, quantization, schema as _schema
+from .tflite_flatbuffer import weight_from_tflite
 
 __all__ = ["from_tflite", "TFLiteImportError", "read_model", "with_qparams", "output_qparams", "host_isa", "KERNELS"]
 
@@ -68,20 +70,9 @@ class TFLiteImportError(QuantizationError):
     """A ``.tflite`` model qjax cannot import (one line: the operator or tensor and the rule)."""
 
 
-def _schema():
-    litert_runtime.require_litert()
-    import ai_edge_litert.schema_py_generated as schema
-
-    return schema
-
-
 def _ints(v) -> list:
     """A flatbuffer int vector (None, a list or a numpy array: the object API gives either) as Python ints."""
     return [] if v is None else [int(i) for i in v]
-
-
-def _names(cls) -> dict:
-    return {v: k for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, int)}
 
 
 # -- reading ----------------------------------------------------------------------------------------------
@@ -127,8 +118,8 @@ class _Graph:
                                     "qjax imports one-subgraph models")
         self.sg = m.subgraphs[0]
         self.tensors = self.sg.tensors or []
-        self.type_names = _names(schema.TensorType)
-        self.op_names = _names(schema.BuiltinOperator)
+        self.type_names = enum_names(schema.TensorType)
+        self.op_names = enum_names(schema.BuiltinOperator)
 
     def tensor_name(self, i) -> str:
         t = self.tensors[i]
@@ -146,15 +137,8 @@ class _Graph:
 
     def const(self, i):
         """The constant data of tensor ``i`` (numpy, its shape), or None when it is computed."""
-        t = self.tensors[i]
-        if t.buffer is None or t.buffer <= 0 or t.buffer >= len(self.m.buffers or []):
-            return None
-        b = self.m.buffers[t.buffer]
-        if b.offset and b.offset > 1:  # data outside the flatbuffer (models over 2 GB): offset/size into the file
-            raw = self.data[b.offset: b.offset + b.size]
-        elif b.data is not None and len(b.data):
-            raw = np.asarray(b.data, np.uint8).tobytes()
-        else:
+        raw = buffer_bytes(self.m, self.tensors[i], self.data)
+        if raw is None:
             return None
         dt = self.dtype(i)
         if dt not in ("float32", "int32", "uint8", "int8", "int64"):
@@ -163,14 +147,8 @@ class _Graph:
 
     def qparams(self, i):
         """``(scale, zero_point, axis)`` as float32 / int32 numpy arrays (1-d) and the quantized dim, or None."""
-        q = self.tensors[i].quantization
-        if q is None or q.scale is None or len(q.scale) == 0:
-            return None
-        scale = np.asarray(q.scale, np.float32).reshape(-1)
-        zp = np.asarray(q.zeroPoint if q.zeroPoint is not None else [0] * len(scale), np.int64).reshape(-1)
-        if zp.size != scale.size:
-            zp = np.broadcast_to(zp, scale.shape)
-        return scale, zp.astype(np.int32), int(q.quantizedDimension or 0)
+        q = quantization(self.tensors[i])
+        return None if q is None else (q[0], q[1].astype(np.int32), q[2])
 
 
 # -- the translation --------------------------------------------------------------------------------------
@@ -314,7 +292,7 @@ class _Importer:
             inputs.append(placeholder)
         for i, op in enumerate(g.sg.operators or []):
             code = g.m.operatorCodes[op.opcodeIndex]
-            builtin = max(int(code.builtinCode or 0), int(code.deprecatedBuiltinCode or 0))
+            builtin = builtin_code(code)
             self.op_index = i
             self.op_name = g.op_names.get(builtin, f"builtin {builtin}")
             if self.op_name == "CUSTOM":
@@ -400,13 +378,13 @@ class _Importer:
                 self.fail(f"weights with {cm} channels for an input of {c} channels")
             if m not in (0, cm // c):  # the kernels derive the multiplier from the shapes (depth_multiplier is legacy)
                 self.fail(f"depth_multiplier {m} does not match weights {data.shape} for {c} input channels")
-            w = data.reshape(kh, kw, 1, cm)  # (1, KH, KW, C*M) -> HWIO (KH, KW, 1, C*M), groups = C
+            w = weight_from_tflite(data, "tfl_conv", True)  # (1, KH, KW, C*M) -> HWIO (KH, KW, 1, C*M), groups = C
             n_out, want_dim, groups = cm, 3, c
         else:
             n_out, kh, kw, ci = data.shape
             if c % ci:
                 self.fail(f"weights with {ci} input channels for an input of {c} channels")
-            w = np.transpose(data, (1, 2, 3, 0))  # OHWI -> HWIO
+            w = weight_from_tflite(data, "tfl_conv")  # OHWI -> HWIO
             want_dim, groups = 0, c // ci
         wscale, axis = self.per_channel_scale(scale, qdim, n_out, want_dim, wi)
         bias, btensors = self.bias(inputs, n_out)
@@ -451,7 +429,7 @@ class _Importer:
             self.fail(f"weights {data.shape} do not fit input {xshape} and output_shape {out_shape}")
         wscale, axis = self.per_channel_scale(scale, qdim, n_out, 0, wi)
         zero = np.zeros(np.shape(wscale), np.int32)
-        p = dict(p, weight=QArray(np.ascontiguousarray(np.transpose(data, (1, 2, 3, 0))), wscale, zero, "int8", axis))
+        p = dict(p, weight=QArray(weight_from_tflite(data, "tfl_transpose_conv"), wscale, zero, "int8", axis))
         btensors = ()
         if len(inputs) > 3 and inputs[3] >= 0:
             bias, btensors = self.bias([x, wi, inputs[3]], n_out)

@@ -38,6 +38,8 @@ import numpy as np
 
 from ..graph.ops_tflite import stale_qparams
 from .litert_runtime import KERNELS
+from .tflite_flatbuffer import buffer_bytes, builtin_code, enum_names, quantization, schema as _schema
+from .tflite_flatbuffer import weight_layout, weight_to_tflite
 
 __all__ = ["to_tflite", "weight_layout"]
 
@@ -50,28 +52,6 @@ _NP_TYPES = {"INT8": np.int8, "UINT8": np.uint8, "INT16": np.int16, "INT32": np.
 WEIGHT_MIN, WEIGHT_MAX = -127, 127
 
 
-def _schema():
-    try:
-        import ai_edge_litert.schema_py_generated as schema
-    except ImportError:  # pragma: no cover - the extra is part of the test extra
-        raise ImportError("writing .tflite models needs ai-edge-litert: pip install 'qjax[tflite]'") from None
-    return schema
-
-
-def weight_layout(op: str, depthwise: bool = False):
-    """``(perm, quantized_dimension)``: ``np.transpose(qjax_weight, perm)`` is TFLite's layout for ``op``.
-
-    ``tfl_conv`` / ``tfl_transpose_conv`` HWIO -> OHWI (axis 0), depthwise ``(KH, KW, 1, C*M)`` -> ``(1, KH, KW,
-    C*M)`` (axis 3),
-    ``tfl_fully_connected`` ``(O, K)`` unchanged (axis 0); any other op's constant: unchanged, axis 0.
-    """
-    if op == "tfl_conv":
-        return ((2, 0, 1, 3), 3) if depthwise else ((3, 0, 1, 2), 0)
-    if op == "tfl_transpose_conv":  # TRANSPOSE_CONV's weights are OHWI too
-        return (3, 0, 1, 2), 0
-    return None, 0
-
-
 def _concrete(v, what: str) -> np.ndarray:
     try:
         return np.asarray(v)
@@ -80,10 +60,7 @@ def _concrete(v, what: str) -> np.ndarray:
 
 
 def _type_name(schema, t: int) -> str:
-    for k, v in vars(schema.TensorType).items():
-        if v == t and not k.startswith("_"):
-            return k
-    return str(t)
+    return enum_names(schema.TensorType).get(t, str(t))
 
 
 class _Edit:
@@ -102,12 +79,12 @@ class _Edit:
                 and eq(self.zero_point, other.zero_point) and self.axis == other.axis)
 
 
-def _qarray_edit(schema, node, key, qa, tensor, perm, axis):
+def _qarray_edit(schema, node, key, qa, tensor, layout, axis):
     """The :class:`_Edit` of a QArray param (weight or constant operand) into ``tensor``."""
     where = f"node {node.name!r} param {key!r}"
     values = _concrete(getattr(qa, "values", qa), where)
-    if perm is not None and values.ndim == len(perm):
-        values = np.transpose(values, perm)
+    if layout is not None:
+        values = weight_to_tflite(values, *layout)
     shape = tuple(int(d) for d in (tensor.shape if tensor.shape is not None else ()))
     if values.shape != shape:
         raise ValueError(f"to_tflite: {where} has shape {values.shape} in TFLite's layout; tensor {tensor.name!r} "
@@ -184,7 +161,8 @@ def _node_edits(schema, qm, tensors):
         p = qm.params.get(node.name)
         if not p or "tensors" not in cfg:
             continue
-        perm, axis = weight_layout(node.op, bool(cfg.get("depthwise", False)))
+        layout = (node.op, bool(cfg.get("depthwise", False)))
+        _, axis = weight_layout(*layout)
         for key, idx in cfg["tensors"]:
             if idx is None or idx < 0:
                 continue
@@ -200,7 +178,7 @@ def _node_edits(schema, qm, tensors):
             else:
                 if p.get(key) is None:
                     continue
-                e = _qarray_edit(schema, node, key, p[key], t, perm if key == "weight" else None,
+                e = _qarray_edit(schema, node, key, p[key], t, layout if key == "weight" else None,
                                  axis if key == "weight" else 0)
             old = edits.get(idx)
             if old is not None and not old.same(e):
@@ -211,19 +189,16 @@ def _node_edits(schema, qm, tensors):
 
 
 def _quant(t):
-    q = t.quantization
-    if q is None or q.scale is None:
-        return None, None
-    return np.asarray(q.scale, np.float32), np.asarray(q.zeroPoint if q.zeroPoint is not None else [0], np.int64)
+    q = quantization(t)
+    return (None, None) if q is None else q[:2]
 
 
 def _buffer_values(model, t, np_type):
-    b = model.buffers[t.buffer]
-    if b.offset and b.offset > 1:
-        raise ValueError(f"to_tflite: tensor {t.name!r}'s data lies outside the flatbuffer (a >2 GB model); "
-                         f"not supported")
-    data = np.asarray(b.data if b.data is not None else [], np.uint8)
-    return data.view(np_type).reshape(tuple(t.shape)) if data.size else None
+    try:
+        raw = buffer_bytes(model, t)
+    except ValueError as e:
+        raise ValueError(f"to_tflite: {e}; not supported") from None
+    return None if raw is None else np.frombuffer(raw, np_type).reshape(tuple(t.shape))
 
 
 def _set_quant(schema, t, scale, zp, axis):
@@ -315,8 +290,8 @@ def to_tflite(qm, *, check_delegation: bool = True) -> bytes:
     if not changed_any:
         return bytes(original)
 
-    codes = [max(int(c.builtinCode), int(c.deprecatedBuiltinCode)) for c in model.operatorCodes]
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [builtin_code(c) for c in model.operatorCodes]
+    names = enum_names(schema.BuiltinOperator)
     for op in sg.operators:
         name = names.get(codes[op.opcodeIndex], "")
         ins = [int(i) for i in (op.inputs if op.inputs is not None else [])]
