@@ -22,7 +22,7 @@ from qjax._src.qops.tflite_common import explicit_padding  # noqa: E402
 from qjax._src.requant import tflite as rq  # noqa: E402
 
 from .litert_gemm_cases import (  # noqa: E402
-    CODES, accumulators, build_tconv_model, fc_rounding_case, interpreter_outputs, make_case, make_tconv_case, np_gemmlowp,
+    CODES, accumulators, build_model, build_tconv_model, fc_rounding_case, interpreter_outputs, make_case, make_tconv_case, np_gemmlowp,
     np_half_up, np_output, np_single_half_up, np_xnnpack, qjax_output, qjax_tconv_output)
 
 FAMILIES = litert_runtime.KERNELS
@@ -137,57 +137,48 @@ def _c_round_double(a, m):
 
 
 def test_requantize_double_float_is_exact():
+    """Every effective scale (2**-33 .. 2**12): C's ``round`` of the double product, and ``INT32_MIN`` where the
+    int32 cast overflows (x86's ``cvttsd2si``)."""
     rng = np.random.default_rng(0)
     acc = np.concatenate([rng.integers(-2**31 + 1, 2**31, 600) >> rng.integers(0, 31, 600),
                           rng.integers(1, 60, 600) * rng.choice([-1, 1], 600)])
-    m = np.exp(rng.uniform(np.log(2.0**-30), 0, acc.size))
+    m = np.exp(rng.uniform(np.log(2.0**-33), np.log(2.0**12), acc.size))
     near = slice(600, None)  # m = RN64((k + 1/2) / |acc|): products a hair off a tie
     m[near] = (rng.integers(0, 120, 600) + 0.5) / np.abs(acc[near])
-    m = np.where(m >= 1, m / 2.0 ** np.ceil(np.log2(m) + 1), m)
     got = np.asarray(jax.jit(rq.requantize_double_float)(jnp.asarray(acc, jnp.int32), *rq.fc_reference_scales(m)))
-    want = np.clip([_c_round_double(a, mc) for a, mc in zip(acc, m)], -256, 256)
+    want = [_c_round_double(a, mc) for a, mc in zip(acc, m)]
+    want = np.asarray([r if -2**31 <= r < 2**31 else -2**31 for r in want], np.int64)
+    assert np.sum(want == -2**31) > 10 and np.sum((np.abs(want) > 256) & (want != -2**31)) > 10
     np.testing.assert_array_equal(got, want)
 
 
-# one (op, family, per-channel) each: the in-graph derivations (fixed point, FC's float product and double)
-TRACED = [("conv", "reference", True), ("dw", "optimized", True), ("fc", "optimized", False),
-          ("fc", "reference", True), ("conv", "xnnpack", False)]
+FC_BIG_BIAS = np.array([3, -2, 5, 1, 2**30, -2**30, 2**31 - 1, -2**31 + 5, 10**8, -10**8, 7, -7], np.int32)
 
 
-@pytest.mark.parametrize("op,kernels,per_channel", TRACED)
-def test_traced_scales_give_the_same_integers(op, kernels, per_channel):
-    """Under jit with the scales traced, the multipliers are derived in the graph: the same outputs."""
-    case = make_case(np.random.default_rng(7), op, shape=GEOMETRIES[op][0], per_channel=per_channel)
-    sw = case["sw"] if per_channel else case["sw"].reshape(())
-    w = case["w"]
-    if op != "fc":
-        w = w.transpose(1, 2, 3, 0) if op == "conv" else w.transpose(1, 2, 0, 3)
-    axis = (0 if op == "fc" else 3) if per_channel else None
-    wzp = np.zeros(np.shape(sw), np.int32)
-    eng = LiteRT(kernels)
+@pytest.mark.parametrize("sy,zy", [(1 / 20.8, 0), (1 / 20.8, -100), (1.0, 100), (0.7, -128), (2.0**-40, 5)])
+def test_fc_reference_effective_scales_above_one(sy, zy):
+    """The reference FULLY_CONNECTED's ``(int32) round(acc * eff)`` for ``eff = sx*sw/sy >= 1``, eager and under
+    plain jit with the scales traced: exact, including the int32 cast's overflow (``INT32_MIN``, then the zero
+    point added wrapping: ``2**31 - 1 + 100`` gives -128 at ``eff = 1``)."""
+    f32 = np.float32
+    case = dict(op="fc", x=np.zeros((1, 4), np.int8), w=np.ones((12, 4), np.int8), sx=f32(1), sw=np.array([f32(1)]),
+                sy=f32(sy), zx=0, zy=zy, bias=FC_BIG_BIAS, activation="NONE")
+    want = litert_runtime.run(build_model(case), [case["x"]], "reference")[0]
+    np.testing.assert_array_equal(qjax_output(case, "reference"), want)
 
     @jax.jit
-    def run(sx, sw, sy):
-        x = qjax.QArray(case["x"], sx, np.int32(case["zx"]), qjax.qint8, check=False)
-        wq = qjax.QArray(w, sw, wzp, qjax.qint8, axis=axis, check=False)
-        if op == "fc":
-            return eng.tfl_fully_connected(x, wq, case["bias"], sy, np.int32(case["zy"]), case["activation"]).values
-        c = case["x"].shape[-1]
-        pads = explicit_padding(case["padding"], case["x"].shape[1:3], case["kernel"], case["stride"],
-                                case["dilation"])
-        geom = ConvGeometry(case["stride"], pads, case["dilation"], c if op == "dw" else 1)
-        fn = eng.tfl_depthwise_conv if op == "dw" else eng.tfl_conv
-        return fn(x, wq, case["bias"], sy, np.int32(case["zy"]), geom, case["activation"]).values
+    def traced(sx, sw, sy):
+        x = qjax.QArray(case["x"], sx, np.int32(0), qjax.qint8, check=False)
+        w = qjax.QArray(case["w"], sw, np.int32(0), qjax.qint8, check=False)
+        return LiteRT("reference").tfl_fully_connected(x, w, FC_BIG_BIAS, sy, np.int32(zy)).values
 
-    np.testing.assert_array_equal(np.asarray(run(case["sx"], sw, case["sy"])), qjax_output(case, kernels))
+    np.testing.assert_array_equal(np.asarray(traced(f32(1), f32(1), f32(sy))), want)
 
 
 def test_refusals():
     eng = LiteRT("xnnpack")
     xfc = qjax.QArray(np.zeros((1, 4), np.int8), np.float32(1.0), np.int32(0), qjax.qint8)
     wfc = qjax.QArray(np.ones((2, 4), np.int8), np.float32(1.0), np.int32(0), qjax.qint8)
-    with pytest.raises(EngineRefusal, match=r"\[2\*\*-31, 1\)"):
-        LiteRT("reference").tfl_fully_connected(xfc, wfc, None, np.float32(0.5), np.int32(0))
     xu = qjax.QArray(np.zeros((1, 4), np.uint8), np.float32(1.0), np.int32(0), qjax.quint8)
     with pytest.raises(ValueError, match="qint8"):
         eng.tfl_fully_connected(xu, wfc, None, np.float32(0.5), np.int32(0))

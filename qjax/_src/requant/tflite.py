@@ -17,7 +17,8 @@ parameters come from the float32 scales ``sx``, ``sw_c``, ``sy``:
     kernel do requant in float", 2025-04, in 2.2.0 and 2.3.0): ``R_c(acc) = (int32) round(double(acc) *
     M_c)`` with the double ``M_c`` as above (``reference_integer_ops/fully_connected.h``,
     ``FullyConnected`` / ``FullyConnectedPerChannel`` with scales): one double product, rounded to
-    nearest even, then C ``round`` (half away).  :func:`requantize_double_float` computes it exactly.
+    nearest even, then C ``round`` (half away), cast to int32 (x86: ``INT32_MIN`` where it overflows), the zero
+    point added in int32 (wrapping).  :func:`requantize_double_float` computes it exactly for every ``M_c``.
 
 * **optimized** (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``): the same ``(M0_c, shift_c)`` except for
   per-tensor FULLY_CONNECTED, whose multiplier is ``double(fl32(sx * sw)) / double(sy)`` — a float32
@@ -146,20 +147,69 @@ def requantize_optimized_depthwise(acc, m0, shift):
     return jnp.where(simd, requantize_half_up(acc, m0, shift), requantize_reference(acc, m0, shift))
 
 
+#: the largest and smallest exponents ``e`` of ``eff = M * 2**(e - 53)`` kept: below ``-31`` every product rounds
+#: to 0 (``|acc| * eff < 1/2``), and above ``93`` every non-zero one overflows the int32 cast
+_FC_E_MIN, _FC_E_MAX = -31, 93
+
+
 def fc_reference_scales(eff) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(m_hi, m_lo, e)`` int32 ``(n,)`` for :func:`requantize_double_float`: ``eff = M * 2**(e - 53)``
-    with the 53-bit integer significand ``M = m_hi * 2**31 + m_lo``; needs ``2**-31 <= eff < 1``."""
+    """``(m_hi, m_lo, e)`` int32 ``(n,)`` for :func:`requantize_double_float`: ``eff = M * 2**(e - 53)`` with
+    the 53-bit integer significand ``M = m_hi * 2**31 + m_lo`` (every finite ``eff > 0``; ``M = 0`` where
+    ``eff < 2**-32``, whose products all round to 0)."""
     eff = np.asarray(eff, np.float64)
+    if np.any(eff <= 0) or np.any(~np.isfinite(eff)):
+        raise ValueError(f"effective scales must be finite and > 0 (sx * sw / sy), got {eff}")
     q, e = np.frexp(eff)
-    if np.any(e > 0) or np.any(e < -30):
-        raise ValueError("FULLY_CONNECTED's reference kernel is reproduced for effective scales sx*sw/sy in "
-                         f"[2**-31, 1) (its int32 cast can overflow above); got {eff.min():.6g}..{eff.max():.6g}")
-    m = (q * 2.0**53).astype(np.int64)  # exact: a double's significand
+    m = np.where(e < _FC_E_MIN, 0, (q * 2.0**53).astype(np.int64))  # exact: a double's significand
+    e = np.clip(e, _FC_E_MIN, _FC_E_MAX)
     return (m >> 31).astype(np.int32), (m & (2**31 - 1)).astype(np.int32), e.astype(np.int32)
 
 
 def _limbs_u(a):
     return lax.bitcast_convert_type(jnp.asarray(a, _I32), _U32)
+
+
+def _shift96(limbs, s):
+    """``floor(L * 2**s)`` of a 96-bit unsigned ``L`` (three uint32 limbs, low first) for ``-95 <= s <= 95``,
+    wrapping modulo ``2**96``."""
+    s = jnp.asarray(s, _I32)
+    n = jnp.abs(s)
+    words, bits = n >> 5, (n & 31).astype(_U32)
+    zero = jnp.zeros(jnp.broadcast_shapes(*(jnp.shape(v) for v in limbs), jnp.shape(s)), _U32)
+
+    def get(i):
+        return limbs[i] + zero if 0 <= i < 3 else zero
+
+    def by_words(sign):  # limb i of L shifted by whole words (sign +1: toward the top)
+        return [jnp.select([words == w for w in range(3)], [get(i - sign * w) for w in range(3)], zero)
+                for i in range(3)]
+
+    wl, wr = by_words(1), by_words(-1)
+    back = _U32(32) - jnp.maximum(bits, _U32(1))
+    out = []
+    for i in range(3):
+        below = wl[i - 1] if i > 0 else zero
+        above = wr[i + 1] if i < 2 else zero
+        shl = (wl[i] << bits) | jnp.where(bits == 0, _U32(0), below >> back)
+        shr = (wr[i] >> bits) | jnp.where(bits == 0, _U32(0), above << back)
+        out.append(jnp.where(s >= 0, shl, shr))
+    return tuple(out)
+
+
+def _gt96(a, b):
+    """``a > b`` for 96-bit unsigned limb triples (low first)."""
+    return (a[2] > b[2]) | ((a[2] == b[2]) & ((a[1] > b[1]) | ((a[1] == b[1]) & (a[0] > b[0]))))
+
+
+def _limbs_of(v: int):
+    return tuple(np.uint32((v >> (32 * i)) & (2**32 - 1)) for i in range(3))
+
+
+# ``Q >= _OVERFLOW`` iff ``round(RN64(p)) >= 2**31`` (``Q = floor(p * 2**55)``): ``RN64(p) >= 2**31 - 1/2`` iff
+# ``p >= 2**31 - 1/2 - 2**-23`` (half a double ulp below; the tie goes to ``2**31 - 1/2``, an even significand)
+_OVERFLOW = 2**86 - 2**54 - 2**32
+#: ``(_OVERFLOW - 1) >> d`` for ``d`` in 0..95, as limbs: the overflow test of a product shifted by ``d`` fewer bits
+_OVERFLOW_TABLE = np.asarray([_limbs_of((_OVERFLOW - 1) >> d) for d in range(96)], np.uint32)  # (96, 3)
 
 
 def requantize_double_float(acc, m_hi, m_lo, e):
@@ -170,12 +220,15 @@ def requantize_double_float(acc, m_hi, m_lo, e):
     double ulp just below ``k + 1/2`` (``2**(bitlen(k) - 54)``, ``2**-55`` for ``k = 0``; the midpoint rounds
     to ``k + 1/2``, whose significand is even).  So ``round = k + [frac(p) >= 1/2 - h_k]``, decided exactly on
     ``Q = floor(u * M * 2**(e + 2)) = floor(p * 2**55)`` (a 96-bit product of 32-bit limbs): ``k = Q >> 55``,
-    up iff ``Q mod 2**55 >= 2**54 - h_k * 2**55``.  ``|round| >= 256`` is returned as 256 (an int8 output
-    saturates there for every zero point).  ``|acc| = 2**31`` is taken as ``2**31 - 1``.
+    up iff ``Q mod 2**55 >= 2**54 - h_k * 2**55``.  Every ``eff`` is exact (``eff >= 1`` too, which the
+    kernel computes as well): where ``|round| >= 2**31`` the kernel's ``static_cast<int32_t>`` overflows and
+    x86's ``cvttsd2si`` gives ``INT32_MIN`` (then the zero point is added, wrapping, as in C on x86), and so
+    does this.  ``|acc| = 2**31`` is taken as ``2**31 - 1``.
     """
     acc = jnp.asarray(acc, _I32)
+    e = jnp.asarray(e, _I32)
     u = jnp.where(acc < 0, -jnp.maximum(acc, -(2**31 - 1)), acc)  # |acc| as int32
-    # A = u * m_lo (< 2**62), B = u * m_hi (< 2**53): P = B * 2**31 + A as three uint32 limbs
+    # A = u * m_lo (< 2**62), B = u * m_hi (< 2**53): P = B * 2**31 + A (< 2**84) as three uint32 limbs
     ah, al = i64.mul32(u, m_lo)
     bh, bl = i64.mul32(u, m_hi)
     ah, bh, bl = _limbs_u(ah), _limbs_u(bh), _limbs_u(bl)
@@ -189,27 +242,21 @@ def requantize_double_float(acc, m_hi, m_lo, e):
     l1 = s1 + c0
     c1 = c1 + (l1 < c0).astype(_U32)
     l2 = b2 + c1
-    # P * 4 (P < 2**84, so it fits), then shift right by -e in [0, 30]
-    l2 = (l2 << 2) | (l1 >> 30)
-    l1 = (l1 << 2) | (l0 >> 30)
-    l0 = l0 << 2
-    s = jnp.asarray(-e, _I32).astype(_U32)
-    back = jnp.where(s == 0, _U32(0), _U32(32) - s)
-
-    def spill(hi):
-        return jnp.where(s == 0, _U32(0), hi << back)
-
-    q0 = (l0 >> s) | spill(l1)
-    q1 = (l1 >> s) | spill(l2)
-    q2 = l2 >> s
-    saturated = (q2 != 0) | (q1 >= _U32(2**31))  # Q >= 2**63: p >= 256
-    k = (q1 >> 23).astype(_I32)
+    p = (l0, l1, l2)
+    # Q = P * 2**(e + 2) (exact below the overflow bound, where Q < 2**86); the overflow test compares P * 2**12
+    # (< 2**96) with the bound shifted down by the d = e - 10 bits not applied
+    q = _shift96(p, e + 2)
+    d = jnp.clip(e - 10, 0, 95)
+    bound = tuple(jnp.asarray(_OVERFLOW_TABLE[:, i])[d] for i in range(3))
+    overflow = ~_gt96(bound, _shift96(p, jnp.minimum(e + 2, 12)))  # P * 2**min(e+2, 12) > (bound - 1) >> d
+    q0, q1, q2 = q
+    k = ((q2 << 9) | (q1 >> 23)).astype(_I32)  # Q >> 55 < 2**31 when not overflowing
     r_hi, r_lo = q1 & _U32(2**23 - 1), q0
-    c = jnp.where(k == 0, 0, 33 - lax.clz(k))  # log2(h_k * 2**55): bitlen(k) + 1, or 0 for k = 0
-    thr_lo = _U32(0) - (_U32(1) << c.astype(_U32))  # 2**32 - 2**c
+    c = jnp.where(k == 0, 0, 33 - lax.clz(k))  # log2(h_k * 2**55): bitlen(k) + 1 (<= 32), or 0 for k = 0
+    thr_lo = jnp.where(c >= 32, _U32(0), _U32(0) - (_U32(1) << jnp.minimum(c, 31).astype(_U32)))  # 2**32 - 2**c
     up = (r_hi > _U32(2**22 - 1)) | ((r_hi == _U32(2**22 - 1)) & (r_lo >= thr_lo))
-    n = jnp.where(saturated, 256, k + up.astype(_I32))
-    return jnp.where(acc < 0, -n, n)
+    n = k + up.astype(_I32)
+    return jnp.where(overflow, jnp.int32(-(2**31)), jnp.where(acc < 0, -n, n))
 
 
 def requantize_xnnpack_fp32(acc, scale):
@@ -244,7 +291,7 @@ def requant_params(kernels: str, op: str, x_scale, w_scale, out_scale, n: int, g
     ``rule`` names the function of this module (``"reference"``: :func:`requantize_reference`, ``"half_up"``,
     ``"optimized_depthwise"``, ``"double_float"``, ``"xnnpack"``: :func:`requantize_xnnpack_fp32`) whose
     arguments after the accumulator are ``params``.  Concrete scales are derived with numpy (and out-of-range
-    effective scales raise ValueError); traced ones in the graph, where the range is not checked.
+    effective scales raise ValueError); traced ones in the graph (the same integers).
     """
     if op not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"):
         raise ValueError(f"op={op!r}; use CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED or TRANSPOSE_CONV")
@@ -267,7 +314,9 @@ def requant_params(kernels: str, op: str, x_scale, w_scale, out_scale, n: int, g
     if rule == "double_float":  # M = (hi * 2**32 + lo), eff = M * 2**exponent = M * 2**(e - 53)
         m_hi = lax.bitcast_convert_type((f.hi << 1) | (f.lo >> 31), _I32)
         m_lo = lax.bitcast_convert_type(f.lo & _U32(2**31 - 1), _I32)
-        return rule, (m_hi, m_lo, jnp.clip(f.exponent + 53, -30, 0))
+        e = f.exponent + 53
+        small = e < _FC_E_MIN  # every product rounds to 0 (fc_reference_scales)
+        return rule, (jnp.where(small, 0, m_hi), jnp.where(small, 0, m_lo), jnp.clip(e, _FC_E_MIN, _FC_E_MAX))
     m0, shift, flushed, _ = quantize_float64_multiplier(f, 31, (-31, 30), False)
     # QuantizeMultiplier flushes a multiplier needing a right shift over 31 to 0
     return rule, (jnp.where(flushed, 0, m0), jnp.where(flushed, 0, shift))
