@@ -31,12 +31,12 @@ import qjax  # noqa: E402
 from qjax._src.interop.tflite_check import compare_intermediates, sample_inputs, verify_tflite  # noqa: E402
 from tflite_models import decoder_style, every_op_model, mobilenet_style  # noqa: E402
 
-# name -> build(seed, kernels)
+# name -> build(seed)
 MODELS = {
-    "mobilenet_style (float I/O)": lambda s, k: mobilenet_style(s),
-    "mobilenet_style (int8 I/O)": lambda s, k: mobilenet_style(s, float_io=False),
-    "every_op_model": lambda s, k: every_op_model(s),
-    "decoder_style (TRANSPOSE_CONV)": lambda s, k: decoder_style(s),  # batch 1 (fixed by TRANSPOSE_CONV)
+    "mobilenet_style (float I/O)": lambda s: mobilenet_style(s),
+    "mobilenet_style (int8 I/O)": lambda s: mobilenet_style(s, float_io=False),
+    "every_op_model": lambda s: every_op_model(s),
+    "decoder_style (TRANSPOSE_CONV)": lambda s: decoder_style(s),  # batch 1 (fixed by TRANSPOSE_CONV)
 }
 
 
@@ -52,13 +52,13 @@ def main(argv=None) -> int:
           "  first divergence")
     for name, build in MODELS.items():
         for seed in range(args.seeds):
+            model = build(seed)
             for kernels in KERNELS:
-                model = build(seed, kernels)
                 t0 = time.perf_counter()
-                rep = verify_tflite(model, kernels=kernels, n=args.n, batch_size=args.batch_size, seed=seed)
+                qm = qjax.from_tflite(model, kernels=kernels)  # imported once: verify and the inner check share it
+                rep = verify_tflite(model, n=args.n, batch_size=args.batch_size, seed=seed, qmodel=qm)
                 fd = rep["first_divergence"]
                 where = "" if fd is None else f"{fd['node']} ({fd['mismatches']} of {fd['size']})"
-                qm = qjax.from_tflite(model, kernels=kernels)
                 inner = inner_bad = 0
                 for k in range(args.inner):
                     rows = qm.info.get("fixed_batch") or args.batch_size

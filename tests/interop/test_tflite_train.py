@@ -165,7 +165,7 @@ def test_a_shared_weight_tensor_is_one_trainable_leaf():
     params = qat.init()
     assert "kernel" in params[c0] and "kernel" not in params[c1] and "bias" in params[c1]
     x = np.random.default_rng(2).integers(-128, 128, (2, 5, 5, 4)).astype(np.int8)
-    g = jax.grad(lambda p: jnp.sum(qat.apply(p, x) ** 2))(params)
+    g = jax.jit(jax.grad(lambda p: jnp.sum(qat.apply(p, x) ** 2)))(params)
     params = jax.tree_util.tree_map(lambda p, d: p - 0.05 * jnp.sign(d), params, g)
     qm2 = qat.to_qmodel(params)
     out = qjax.to_tflite(qm2)

@@ -12,9 +12,11 @@ at ``Prepare`` time, so the importer records every operand's concrete ``(scale, 
 those before calling the engine (inside ``jit`` the params are tracers; the engines derive their
 constants on the host).  ``p`` mirrors them (``p["scale"]``, ``p["zero_point"]``, the weight QArray's
 scale) for inspection and for :func:`qjax.to_tflite`; a model whose params' qparams were changed must be
-re-bound with :func:`qjax.interop.tflite.with_qparams` (the ops refuse, when the params are concrete, to
-compute with qparams that differ from the static ones).  Integer params (weight values, biases, constant
-operands' values) are ordinary leaves: change or train them freely.
+re-bound with :func:`qjax.interop.tflite.with_qparams`.  Staleness is refused, never computed silently: the
+ops refuse concrete params (``QModel.apply``) whose qparams differ from the static ones, and
+:func:`qjax.to_tflite` refuses such a model (:func:`stale_qparams`) — the QModel's call itself jits the params
+(tracers: nothing to compare there) and computes with the static qparams.  Integer params (weight values,
+biases, constant values) are ordinary leaves: change or train them freely.
 """
 
 from __future__ import annotations

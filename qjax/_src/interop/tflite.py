@@ -33,11 +33,18 @@ DEQUANTIZE), a tuple when there are several.  Inside, quantized tensors are :cla
 :mod:`qjax.graph.ops_tflite`): the params hold them for inspection and :func:`qjax.to_tflite`;
 :func:`with_qparams` re-binds a model to changed ones.
 
-``model.info`` (``meta``): ``tflite_model`` (the flatbuffer's bytes), ``kernels``, ``isa``, ``delegated`` (the
+``model.info`` (``meta``): ``tflite_model`` (the flatbuffer's bytes), ``kernels``, ``isa`` (the host's,
+``platform.machine()``: ``"optimized"`` / ``"xnnpack"`` are refused off x86_64, where their rules are unverified),
+``delegated`` (the
 operator indices XNNPACK took; empty unless ``kernels="xnnpack"``), ``input_specs`` / ``output_specs``
 (``(name, shape, dtype)`` per tensor), ``node_of_operator`` (operator index -> node name), ``fixed_batch`` (the
-batch a RESHAPE to a fixed shape or a TRANSPOSE_CONV's constant output shape pins the model to, as LiteRT refuses
-other batches there; None when any batch runs).
+batch a RESHAPE to a fixed shape, a TRANSPOSE_CONV's constant output shape or a constant activation (e.g. a
+CONCATENATION operand) pins the model to, as LiteRT refuses other batches there; the input nodes raise a one-line
+``GraphError`` for another batch; None when any batch runs).
+
+Bias-less int8 CONV_2D is refused (LiteRT's Prepare refuses it: ``conv.cc`` ``has_bias``), and so is a bias-less
+DEPTHWISE_CONV_2D (the reference kernel computes it, the optimized per-channel kernel crashes on it).  PAD fills
+with its input's zero point, read at run time (PADV2 with its constant).
 
 Anything else is refused at import with a one-line :class:`TFLiteImportError` naming the operator (its
 index and name) or the tensor and the rule.
