@@ -16,6 +16,7 @@ pytest.importorskip("ai_edge_litert")
 
 import qjax  # noqa: E402
 from qjax._src.engines.base import ConvGeometry, EngineRefusal  # noqa: E402
+from qjax._src.engines import litert_gemm  # noqa: E402
 from qjax._src.engines.litert import LiteRT  # noqa: E402
 from qjax._src.interop import litert_runtime  # noqa: E402
 from qjax._src.qops.tflite_common import explicit_padding  # noqa: E402
@@ -74,7 +75,7 @@ def test_ties_tell_families_apart(op):
                 assert (qjax_output(case, a) != outs[b]).sum() > 0, f"{op}: the {a} rule also fits {b}"
     # the optimized kernels round twice: one half-up rounding of the 64-bit product (TFLITE_SINGLE_ROUNDING,
     # ruy's newest x86 kernels) is not what the wheel computes
-    _, params = rq.requant_params("optimized", CODES[op], case["sx"], case["sw"], case["sy"], case["bias"].size)
+    _, params = litert_gemm.requant_params("optimized", CODES[op], case["sx"], case["sw"], case["sy"], case["bias"].size)
     assert (np_output(case, np_single_half_up, *params) != outs["optimized"]).sum() > 0
 
 
@@ -98,7 +99,7 @@ def test_optimized_depthwise_leaves_the_last_channels_to_the_reference_rule():
     case = make_case(np.random.default_rng(4), "dw", shape=dict(GEOMETRIES["dw"][0], n=3), ties=True,
                      per_channel=True, activation="NONE")
     outs = _check_all(case)
-    _, params = rq.requant_params("optimized", "DEPTHWISE_CONV_2D", case["sx"], case["sw"], case["sy"], 12)
+    _, params = litert_gemm.requant_params("optimized", "DEPTHWISE_CONV_2D", case["sx"], case["sw"], case["sy"], 12)
     half_up, reference = np_output(case, np_half_up, *params), np_output(case, np_gemmlowp, *params)
     opt = outs["optimized"]
     assert (half_up[..., 8:] != opt[..., 8:]).sum() > 0 and (half_up[..., :8] == opt[..., :8]).all()
@@ -126,7 +127,7 @@ def test_reference_fully_connected_rounds_a_double_product():
               for a, mc in zip(row, m)] for row in acc]
     assert (np.clip(exact, -128, 127) != outs["reference"]).sum() > 0
     # and the fixed-point rules of the other kernels are not it either
-    _, params = rq.requant_params("optimized", "FULLY_CONNECTED", case["sx"], case["sw"], case["sy"], acc.shape[-1])
+    _, params = litert_gemm.requant_params("optimized", "FULLY_CONNECTED", case["sx"], case["sw"], case["sy"], acc.shape[-1])
     assert (np_output(case, np_gemmlowp, *params) != outs["reference"]).sum() > 0
 
 
@@ -152,6 +153,44 @@ def test_requantize_double_float_is_exact():
     np.testing.assert_array_equal(got, want)
 
 
+# one (op, family, per-channel) each: the in-graph derivations (fixed point, FC's float product and double)
+TRACED = [("conv", "reference", True), ("dw", "optimized", True), ("fc", "optimized", False),
+          ("fc", "reference", True), ("conv", "xnnpack", False)]
+
+
+@pytest.mark.parametrize("op,kernels,per_channel", TRACED)
+def test_traced_scales_give_the_same_integers(op, kernels, per_channel):
+    """Under jit with the scales traced, the multipliers are derived in the graph: the same outputs (XNNPACK
+    refuses traced scales: its Prepare fails on scales >= 256, which needs the values)."""
+    case = make_case(np.random.default_rng(7), op, shape=GEOMETRIES[op][0], per_channel=per_channel)
+    sw = case["sw"] if per_channel else case["sw"].reshape(())
+    w = case["w"]
+    if op != "fc":
+        w = w.transpose(1, 2, 3, 0) if op == "conv" else w.transpose(1, 2, 0, 3)
+    axis = (0 if op == "fc" else 3) if per_channel else None
+    wzp = np.zeros(np.shape(sw), np.int32)
+    eng = LiteRT(kernels)
+
+    @jax.jit
+    def run(sx, sw, sy):
+        x = qjax.QArray(case["x"], sx, np.int32(case["zx"]), qjax.qint8, check=False)
+        wq = qjax.QArray(w, sw, wzp, qjax.qint8, axis=axis, check=False)
+        if op == "fc":
+            return eng.tfl_fully_connected(x, wq, case["bias"], sy, np.int32(case["zy"]), case["activation"]).values
+        c = case["x"].shape[-1]
+        pads = explicit_padding(case["padding"], case["x"].shape[1:3], case["kernel"], case["stride"],
+                                case["dilation"])
+        geom = ConvGeometry(case["stride"], pads, case["dilation"], c if op == "dw" else 1)
+        fn = eng.tfl_depthwise_conv if op == "dw" else eng.tfl_conv
+        return fn(x, wq, case["bias"], sy, np.int32(case["zy"]), geom, case["activation"]).values
+
+    if kernels == "xnnpack":  # its Prepare-time range check needs the values
+        with pytest.raises(EngineRefusal, match="traced scales"):
+            run(case["sx"], sw, case["sy"])
+        return
+    np.testing.assert_array_equal(np.asarray(run(case["sx"], sw, case["sy"])), qjax_output(case, kernels))
+
+
 FC_BIG_BIAS = np.array([3, -2, 5, 1, 2**30, -2**30, 2**31 - 1, -2**31 + 5, 10**8, -10**8, 7, -7], np.int32)
 
 
@@ -173,6 +212,25 @@ def test_fc_reference_effective_scales_above_one(sy, zy):
         return LiteRT("reference").tfl_fully_connected(x, w, FC_BIG_BIAS, sy, np.int32(zy)).values
 
     np.testing.assert_array_equal(np.asarray(traced(f32(1), f32(1), f32(sy))), want)
+
+
+def test_xnnpack_requantization_scale_from_256_is_refused():
+    """XNNPACK fails to prepare a requantization scale >= 256 (the interpreter raises); the builtin kernels run it."""
+    f32 = np.float32
+    for eff, refused in ((300.0, True), (255.0, False)):
+        case = dict(op="conv", x=np.full((1, 1, 1, 4), 7, np.int8), w=np.ones((4, 1, 1, 4), np.int8), kernel=(1, 1),
+                    stride=(1, 1), dilation=(1, 1), padding="VALID", sx=f32(1.0), sw=np.full(4, 1.0, f32),
+                    sy=f32(1 / eff), zx=0, zy=0, bias=np.array([1, -1, 5, -30], np.int32), activation="NONE")
+        model = build_model(case)
+        if refused:
+            with pytest.raises(RuntimeError):
+                litert_runtime.run(model, [case["x"]], "xnnpack")
+            with pytest.raises(EngineRefusal, match="256"):
+                qjax_output(case, "xnnpack")
+        else:
+            assert litert_runtime.delegated_ops(model) == {0}
+            np.testing.assert_array_equal(qjax_output(case, "xnnpack"), litert_runtime.run(model, [case["x"]], "xnnpack")[0])
+        np.testing.assert_array_equal(qjax_output(case, "reference"), litert_runtime.run(model, [case["x"]], "reference")[0])
 
 
 def test_refusals():

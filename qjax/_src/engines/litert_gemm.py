@@ -19,7 +19,8 @@ xnnpack       ``rint(fl32(fl32(acc) * fl32(fl32(sx*sw_c)/sy)))``, clamp bounds r
 with ``M_c = double(sx) * double(sw_c) / double(sy)``; TRANSPOSE_CONV requantizes as DEPTHWISE_CONV_2D (its
 optimized kernel ends in the same ``optimized_ops::Quantize``).  The kernels derive their multipliers at Prepare
 time: here on the host from concrete scales (checked), or in the graph from traced ones (the same integers;
-:func:`qjax._src.requant.tflite.requant_params`).  The arithmetic is jitted with the geometry static.
+:func:`requant_params`), except under XNNPACK, whose Prepare refuses scales >= 256: it needs concrete scales.
+The arithmetic is jitted with the geometry static.
 """
 
 from __future__ import annotations
@@ -41,14 +42,60 @@ from ..qops.tflite_common import activation_range, activation_range_xnnpack, exp
 from ..requant import tflite as rq
 from .base import refuse
 
-__all__ = ["LiteRTGemm", "output_range"]
+__all__ = ["LiteRTGemm", "output_range", "gemm_rule", "requant_params", "XNNPACK_MAX_REQUANT_SCALE"]
 
 _I32 = jnp.int32
 
 
-_RULES = {"reference": rq.requantize_reference, "half_up": rq.requantize_half_up,
-          "optimized_depthwise": rq.requantize_optimized_depthwise, "double_float": rq.requantize_double_float,
-          "xnnpack": rq.requantize_xnnpack_fp32}
+#: XNNPACK's qs8 convolution / fully-connected / deconvolution operators refuse a requantization scale
+#: ``sx * sw_c / sy >= 256`` (``src/operators/convolution-nhwc.c``, ``fully-connected-nc.c``,
+#: ``deconvolution-nhwc.c``: "requantization scale ... is greater or equal to 256.0"): the delegate then fails to
+#: prepare the model (measured: the interpreter raises), so such an op has no LiteRT result
+XNNPACK_MAX_REQUANT_SCALE = 256.0
+
+OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+
+
+def gemm_rule(kernels: str, op: str, groups: int = 1) -> str:
+    """The requantization rule (a name of :data:`qjax._src.requant.tflite.RULES`) the ``kernels`` family applies
+    to ``op``: the one place a GEMM op's arithmetic is chosen.
+
+    reference: gemmlowp fixed point (``reference_integer_ops``), FULLY_CONNECTED in double (``double_float``);
+    optimized: half up (ruy), but grouped CONV_2D runs on ``kReference`` only (``conv.cc``) and DEPTHWISE_CONV_2D /
+    TRANSPOSE_CONV (``optimized_integer_ops::TransposeConvV2``) end in ``optimized_ops::Quantize``
+    (``optimized_depthwise``); xnnpack: float32 (``xnnpack``)."""
+    if op not in OPS:
+        raise ValueError(f"op={op!r}; use one of {OPS}")
+    if kernels == "xnnpack":
+        return "xnnpack"
+    if kernels == "reference":
+        return "double_float" if op == "FULLY_CONNECTED" else "reference"
+    if op == "CONV_2D" and groups != 1:
+        return "reference"
+    return "optimized_depthwise" if op in ("DEPTHWISE_CONV_2D", "TRANSPOSE_CONV") else "half_up"
+
+
+def requant_params(kernels: str, op: str, x_scale, w_scale, out_scale, n: int, groups: int = 1):
+    """``(rule, params)``: the family's rule for ``op`` (:func:`gemm_rule`) and its per-channel ``(n,)``
+    parameters (:func:`qjax._src.requant.tflite.requant_params`).
+
+    The optimized per-tensor FULLY_CONNECTED derives its multiplier from the float32 product ``fl32(sx * sw)``
+    (``fully_connected.cc`` Prepare calls ``GetQuantizedConvolutionMultipler`` when the filter has one scale);
+    TRANSPOSE_CONV takes CONV_2D's multipliers (``PopulateConvolutionQuantizationParams``).  Raises ValueError
+    where the kernels cannot prepare: XNNPACK with a scale ``>= 256`` (:data:`XNNPACK_MAX_REQUANT_SCALE`), and,
+    XNNPACK's check needing the values, with traced scales; the fixed-point rules with a left shift over 30."""
+    rule = gemm_rule(kernels, op, groups)
+    concrete = all(is_concrete(v) for v in (x_scale, w_scale, out_scale))
+    if rule == "xnnpack" and not concrete:
+        raise ValueError("XNNPACK fails to prepare a requantization scale >= 256, which traced scales cannot be "
+                         "checked for: pass concrete scales")
+    per_tensor = int(np.prod(np.shape(w_scale))) == 1  # TFLite: per channel iff the filter has > 1 scale
+    float_product = rule == "half_up" and op == "FULLY_CONNECTED" and per_tensor
+    params = rq.requant_params(rule, x_scale, w_scale, out_scale, n, float_product)
+    if rule == "xnnpack" and np.any(params[0] >= XNNPACK_MAX_REQUANT_SCALE):
+        raise ValueError(f"requantization scale sx*sw/sy = {float(np.max(params[0])):.7g} >= 256: XNNPACK "
+                         "fails to prepare it (the interpreter refuses the model)")
+    return rule, params
 
 
 def output_range(rule: str, activation: str, out_scale, out_zero_point):
@@ -60,7 +107,7 @@ def output_range(rule: str, activation: str, out_scale, out_zero_point):
 
 
 def _requantize(acc, rule, params, zy, lo, hi):
-    return jnp.clip(_RULES[rule](acc, *params) + zy, lo, hi)
+    return jnp.clip(rq.RULES[rule](acc, *params) + zy, lo, hi)  # + zy wraps in int32, as the kernels' C
 
 
 def _signed_to_offset(xv, zx):
@@ -126,11 +173,17 @@ def _output(values, out_scale, out_zero_point):
 class LiteRTGemm:
     """GEMM ops of :class:`~qjax.engines.LiteRT`; ``self.kernels`` picks the family."""
 
+    def _requant_params(self, op, x_scale, w_scale, out_scale, n, groups=1):
+        try:
+            return requant_params(self.kernels, op, x_scale, w_scale, out_scale, n, groups)
+        except ValueError as e:
+            refuse(self, op, str(e))
+
     def _tfl_conv(self, op, x, w, bias, out_scale, out_zero_point, geometry, activation):
         n = w.shape[-1]
         bias = _check_operands(op, x, w, bias, n, 3)
         sy = _scale(out_scale)
-        rule, params = rq.requant_params(self.kernels, op, x.scale, w.scale, sy, n, geometry.groups)
+        rule, params = self._requant_params(op, x.scale, w.scale, sy, n, geometry.groups)
         lo, hi = output_range(rule, activation, sy, out_zero_point)
         values = _conv_int8(x.values, x.zero_point, w.values, bias, tuple(jnp.asarray(p) for p in params),
                             jnp.asarray(out_zero_point, _I32), lo, hi, rule=rule,
@@ -166,10 +219,7 @@ class LiteRTGemm:
         n = w.shape[0]
         bias = _check_operands(op, x, w, bias, n, 0)
         sy = _scale(out_scale)
-        try:
-            rule, params = rq.requant_params(self.kernels, op, x.scale, w.scale, sy, n)
-        except ValueError as e:
-            refuse(self, op, str(e))
+        rule, params = self._requant_params(op, x.scale, w.scale, sy, n)
         lo, hi = output_range(rule, activation, sy, out_zero_point)
         values = _fc_int8(x.values, x.zero_point, w.values, bias, tuple(jnp.asarray(p) for p in params),
                           jnp.asarray(out_zero_point, _I32), lo, hi, rule=rule)
@@ -195,7 +245,7 @@ class LiteRTGemm:
         n = w.shape[-1]
         bias = _check_operands(op, x, w, bias, n, 3)
         sy = _scale(out_scale)
-        rule, params = rq.requant_params(self.kernels, op, x.scale, w.scale, sy, n)
+        rule, params = self._requant_params(op, x.scale, w.scale, sy, n)
         strides = tuple(int(s) for s in strides)
         crop = tuple(lo for lo, _ in explicit_padding(padding, out_shape[1:3], w.shape[:2], strides))
         lo, hi = output_range(rule, activation, sy, out_zero_point)

@@ -137,8 +137,9 @@ def load_tflite_inputs(inputs, specs) -> list:
         inputs = os.fspath(inputs)
         try:
             z = np.load(inputs, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise TFLiteCheckError("inputs", f"cannot read {inputs!r} ({e})") from None
+        except (OSError, ValueError) as e:  # qjax never unpickles: an object array is not an input
+            why = "numpy would read it as a pickle, which qjax never does" if "pickle" in str(e) else str(e)
+            raise TFLiteCheckError("inputs", f"{inputs!r} is not a .npy / .npz file of arrays ({why})") from None
         arrays = [z[f] for f in z.files] if hasattr(z, "files") else [z]
     else:
         arrays = [np.asarray(a) for a in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
@@ -371,7 +372,7 @@ def describe_requantization(engine, op, acc, sx, sw, sy, zy, activation, n_out, 
     """What ``engine`` (a :class:`~qjax.engines.LiteRT`) computes from the int32 accumulator ``acc`` of output
     channel ``channel``: its rule, the channel's Prepare-time parameters, the requantized value and the final
     clamped integer — with the engine layer's own rule and parameters (``requant_params``)."""
-    rule, params = rq.requant_params(engine.kernels, op, sx, sw, sy, n_out, groups)
+    rule, params = litert_gemm.requant_params(engine.kernels, op, sx, sw, sy, n_out, groups)
     accs = np.full((n_out,), acc, np.int32)  # one row: every channel's parameters, this accumulator
     r = int(np.asarray(_jitted_rule(rule)(accs, *params))[channel])
     lo, hi = (int(np.asarray(v)) for v in litert_gemm.output_range(rule, activation, sy, zy))

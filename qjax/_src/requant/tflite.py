@@ -42,7 +42,7 @@ parameters come from the float32 scales ``sx``, ``sw_c``, ``sy``:
   :func:`qjax.qops.tflite_common.activation_range_xnnpack`) where the builtin kernels round half away.
 
 All functions take int32 accumulators (any shape, channel last) and return int32.  :func:`requant_params`
-derives a family's parameters as the kernels' Prepare does: on the host (numpy, float64) from concrete
+derives a rule's parameters as the kernels' Prepare does: on the host (numpy, float64) from concrete
 scales, or in the graph (:mod:`~qjax._src.requant.derive_traced`'s exact float64 quotient on 32-bit lanes)
 from traced ones — the same integers.
 """
@@ -60,6 +60,7 @@ from .derive_traced import float64_quotient, quantize_float64_multiplier
 from .fixed_point import multiply_by_quantized_multiplier, quantize_multiplier
 
 __all__ = [
+    "RULES",
     "requant_params",
     "effective_scales",
     "fixed_point_multipliers",
@@ -267,56 +268,46 @@ def requantize_xnnpack_fp32(acc, scale):
     return jnp.rint(v).astype(_I32)
 
 
-#: the float range XNNPACK's delegate gives each fused activation (``ConvertActivationToOutputRange``)
-# -- a family's parameters, from concrete (host) or traced (in-graph) scales -------------------------------------
+# -- a rule's parameters, from concrete (host) or traced (in-graph) scales ---------------------------------------
 
-def _rule_of(kernels: str, op: str, groups: int) -> str:
-    if kernels == "xnnpack":
-        return "xnnpack"
-    if kernels == "reference":
-        return "double_float" if op == "FULLY_CONNECTED" else "reference"
-    if op == "CONV_2D" and groups != 1:  # conv.cc: grouped convolution runs on kReference only
-        return "reference"
-    # DEPTHWISE_CONV_2D and TRANSPOSE_CONV (optimized_integer_ops::TransposeConvV2) end in optimized_ops::Quantize
-    return "optimized_depthwise" if op in ("DEPTHWISE_CONV_2D", "TRANSPOSE_CONV") else "half_up"
+#: the requantization rules by name: ``RULES[rule](acc, *params)`` with ``params`` from :func:`requant_params`
+RULES = {"reference": requantize_reference, "half_up": requantize_half_up,
+         "optimized_depthwise": requantize_optimized_depthwise, "double_float": requantize_double_float,
+         "xnnpack": requantize_xnnpack_fp32}
 
 
-def requant_params(kernels: str, op: str, x_scale, w_scale, out_scale, n: int, groups: int = 1):
-    """``(rule, params)``: the requantization the ``kernels`` family applies to ``op`` (``"CONV_2D"``,
-    ``"DEPTHWISE_CONV_2D"``, ``"FULLY_CONNECTED"``) and its per-channel ``(n,)`` parameters.
+def requant_params(rule: str, x_scale, w_scale, out_scale, n: int, float_product: bool = False):
+    """The per-channel ``(n,)`` parameters of ``RULES[rule]`` (the arguments after the accumulator), as the
+    kernels' Prepare derives them from the float32 scales (which kernels use which rule is the engine's choice:
+    :mod:`qjax._src.engines.litert_gemm`).
 
-    TRANSPOSE_CONV takes the multipliers of CONV_2D (``transpose_conv.cc``: PopulateConvolutionQuantizationParams)
-    and the depthwise rule under the optimized kernels (both end in ``optimized_ops::Quantize``).
-
-    ``rule`` names the function of this module (``"reference"``: :func:`requantize_reference`, ``"half_up"``,
-    ``"optimized_depthwise"``, ``"double_float"``, ``"xnnpack"``: :func:`requantize_xnnpack_fp32`) whose
-    arguments after the accumulator are ``params``.  Concrete scales are derived with numpy (and out-of-range
-    effective scales raise ValueError); traced ones in the graph (the same integers).
+    ``"xnnpack"``: ``(scale,)`` of :func:`xnnpack_scales`; ``"double_float"``: :func:`fc_reference_scales` of
+    :func:`effective_scales`; the fixed-point rules: :func:`fixed_point_multipliers` of :func:`effective_scales`
+    (``float_product``: the multiplier of ``GetQuantizedConvolutionMultipler``, ``double(fl32(sx * sw)) /
+    double(sy)``).  Concrete scales are derived with numpy (effective scales a rule cannot take raise
+    ValueError); traced ones in the graph (the same integers; a fixed-point multiplier needing a left shift
+    over 30 saturates there, unchecked).
     """
-    if op not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"):
-        raise ValueError(f"op={op!r}; use CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED or TRANSPOSE_CONV")
-    rule = _rule_of(kernels, op, groups)
-    per_tensor = int(np.prod(np.shape(w_scale))) == 1  # TFLite: per channel iff the filter has > 1 scale
-    # GetQuantizedConvolutionMultipler (a float32 product) serves the optimized per-tensor FULLY_CONNECTED only
-    float_product = rule == "half_up" and op == "FULLY_CONNECTED" and per_tensor
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r}; use one of {tuple(RULES)}")
     if all(is_concrete(v) for v in (x_scale, w_scale, out_scale)):
         sx, sy = np.asarray(x_scale, np.float32), np.asarray(out_scale, np.float32)
         sw = np.asarray(w_scale, np.float32).reshape(-1)
         if rule == "xnnpack":
-            return rule, (xnnpack_scales(sx, sw, sy, n),)
+            return (xnnpack_scales(sx, sw, sy, n),)
         eff = effective_scales(sx, sw, sy, n, float_product)
-        return rule, (fc_reference_scales(eff) if rule == "double_float" else fixed_point_multipliers(eff))
+        return fc_reference_scales(eff) if rule == "double_float" else fixed_point_multipliers(eff)
     sx, sy = jnp.asarray(x_scale, jnp.float32), jnp.asarray(out_scale, jnp.float32)
     sw = jnp.broadcast_to(jnp.asarray(w_scale, jnp.float32).reshape(-1), (n,))
     if rule == "xnnpack":
-        return rule, (div_rn(mul_rn(sx, sw), sy),)  # input_scale * kernel_scale / output_scale in float32
+        return (div_rn(mul_rn(sx, sw), sy),)  # input_scale * kernel_scale / output_scale in float32
     f = float64_quotient(mul_rn(sx, sw), jnp.float32(1.0), sy) if float_product else float64_quotient(sx, sw, sy)
     if rule == "double_float":  # M = (hi * 2**32 + lo), eff = M * 2**exponent = M * 2**(e - 53)
         m_hi = lax.bitcast_convert_type((f.hi << 1) | (f.lo >> 31), _I32)
         m_lo = lax.bitcast_convert_type(f.lo & _U32(2**31 - 1), _I32)
         e = f.exponent + 53
         small = e < _FC_E_MIN  # every product rounds to 0 (fc_reference_scales)
-        return rule, (jnp.where(small, 0, m_hi), jnp.where(small, 0, m_lo), jnp.clip(e, _FC_E_MIN, _FC_E_MAX))
+        return (jnp.where(small, 0, m_hi), jnp.where(small, 0, m_lo), jnp.clip(e, _FC_E_MIN, _FC_E_MAX))
     m0, shift, flushed, _ = quantize_float64_multiplier(f, 31, (-31, 30), False)
     # QuantizeMultiplier flushes a multiplier needing a right shift over 31 to 0
-    return rule, (jnp.where(flushed, 0, m0), jnp.where(flushed, 0, shift))
+    return (jnp.where(flushed, 0, m0), jnp.where(flushed, 0, shift))
