@@ -89,11 +89,12 @@ def _explain_tflite(args) -> int:
         msg = str(err)
         print(f"qjax explain: --model: {msg[len('model: '):] if msg.startswith('model: ') else msg}", file=sys.stderr)
         return 2
+    batch = qm.info.get("fixed_batch") or max(1, args.batch_size)  # a pinned batch: the one LiteRT takes
     try:
         if args.inputs:
-            xs = [a[: max(1, args.batch_size)] for a in load_tflite_inputs(args.inputs, qm.info["input_specs"])]
+            xs = [a[:batch] for a in load_tflite_inputs(args.inputs, qm.info["input_specs"])]
         else:
-            xs = sample_inputs(qm, np.random.default_rng(args.seed), max(1, args.batch_size))
+            xs = sample_inputs(qm, np.random.default_rng(args.seed), batch)
         e = explain_tflite(qm, args.layer, xs, index)
     except TFLiteCheckError as err:
         flag = {"layer": "--layer", "index": "--index", "inputs": "--inputs", "model": "--model"}.get(err.arg, err.arg)
@@ -305,7 +306,11 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (QuantizationError, FileNotFoundError, ValueError, TypeError) as e:  # a model fed inputs it rejects
-        print(f"qjax {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        if isinstance(getattr(e, "arg", None), str) and isinstance(getattr(e, "rule", None), str):  # VerifyError
+            flags = dict(_VERIFY_FLAGS, model="--model") if args.command == "explain" else _VERIFY_FLAGS
+            print(f"qjax {args.command}: {flags.get(e.arg, e.arg)}: {e.rule}", file=sys.stderr)
+        else:
+            print(f"qjax {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
 
 

@@ -83,15 +83,18 @@ def test_cli_explain_traces_the_integer_litert_computes(path, capsys):
     (["verify", "{path}", "--engine", "fbgemm"], "--engine"),
     (["verify", "{path}", "--inputs", "{bad}"], "--inputs"),
     (["verify", "{junk}"], "MODEL"),
+    (["verify", "{path}", "--inputs", "{junk}"], "--inputs: "),  # not an .npy: no advice to unpickle it
+    (["explain", "--model", "{none_pt}", "--layer", "a", "--index", "0,0,0,0"], "--model: "),
 ])
 def test_cli_user_errors_are_one_line(argv, flag, path, tmp_path, capsys):
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((2, 9, 9, 4), np.int8))  # the model takes float32
     junk = tmp_path / "junk.tflite"
     junk.write_bytes(b"not a flatbuffer at all")
-    code = main([a.format(path=path, bad=bad, junk=junk) for a in argv])
+    code = main([a.format(path=path, bad=bad, junk=junk, none_pt=tmp_path / "none.pt") for a in argv])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and flag in err and "Traceback" not in err, err
+    assert "Error:" not in err and "allow_pickle" not in err, err
 
 
 def test_kernels_is_refused_for_torch_models():
@@ -183,11 +186,12 @@ def test_verify_takes_any_pathlike(tmp_path):
     assert rep.engine == "litert:reference" and rep.model == str(p) and rep.mismatches == 0
 
 
-def test_verify_qmodel_takes_its_own_kernels(path):
-    qm = qjax.from_tflite(path, kernels="reference")
-    assert verify(path, qmodel=qm, n=4, batch_size=4).engine == "litert:reference"
+def test_verify_qmodel_takes_its_own_kernels():
+    data = _uint8_model()
+    qm = qjax.from_tflite(data, kernels="reference")
+    assert verify(data, qmodel=qm, n=4, batch_size=4).engine == "litert:reference"
     with pytest.raises(VerifyError, match="imported with kernels='reference'") as e:
-        verify(path, qmodel=qm, n=4, kernels="xnnpack")
+        verify(data, qmodel=qm, n=4, kernels="xnnpack")
     assert e.value.arg == "kernels"
 
 
