@@ -256,12 +256,21 @@ def test_constant_activation_values_are_written():
     assert _litert_mismatches(data, qm2, x) > 0
 
 
-def test_pad_fills_with_the_changed_zero_point():
-    # PAD fills with its input's zero point: after the producer's zero point changes, qjax and LiteRT fill with the new
+@pytest.mark.parametrize("v2", [False, True], ids=["PAD", "PADV2"])
+def test_pad_fills_after_a_zero_point_change(v2):
+    # PAD fills with its input's zero point: after the producer's zero point changes, qjax and LiteRT fill with the
+    # new one; PADV2 with its constant's integer (the written constant takes the new qparams: pad.cc requires it)
     m = CalibratedBuilder(5, np.random.default_rng(5).uniform(0, 1, (8, 4, 4, 3)))
     x = m.input(np.int8)
-    h = m.pad(m.conv(x, 4, 3, act="RELU"), [[0, 0], [1, 1], [1, 1], [0, 0]])
-    data = m.build([x], [m.conv(h, 3, 3)])
+    h = m.conv(x, 4, 3, act="RELU")
+    if v2:
+        (s, z), b = m.q[h], m.b
+        y = b.tensor((1, 6, 6, 4), np.int8, scale=s, zero_point=z)
+        b.op("PADV2", [h, m.int32([[0, 0], [1, 1], [1, 1], [0, 0]]),
+                       b.tensor((), np.int8, scale=s, zero_point=z, data=np.int8(77))], [y])
+        data = b.build([x], [y])
+    else:
+        data = m.build([x], [m.pad(h, [[0, 0], [1, 1], [1, 1], [0, 0]])])
     qm = from_tflite(data, kernels="reference")
     conv = _node(qm, "tfl_conv")[0]
     params = {k: dict(v) for k, v in qm.params.items()}
@@ -270,6 +279,7 @@ def test_pad_fills_with_the_changed_zero_point():
     out = to_tflite(qm2)
     xs = np.random.default_rng(6).integers(-128, 128, (2, 4, 4, 3)).astype(np.int8)
     assert _litert_mismatches(out, qm2, xs) == 0
+    assert int(np.asarray(qm2(xs))[0, 0, 0, 0]) == (77 if v2 else int(params[conv]["zero_point"]))
 
 
 def test_params_qparams_changed_without_rebinding_are_refused():

@@ -19,7 +19,8 @@ and packs it again (file identifier ``TFL3``).  A tensor is one object in the fl
 tensor whose quantization changed reads the change, as every consumer in the QModel reads the producer's
 QArray.  The ops that move values without requantizing (RESHAPE, SQUEEZE, EXPAND_DIMS, TRANSPOSE, PAD, PADV2:
 the QModel's ``tfl_shape`` nodes keep their input's qparams) pass a changed quantization on to their output
-tensor, so that the flatbuffer keeps what the QModel computes.  A constant buffer shared with a tensor that is
+tensor (and PADV2 to its constant, whose integer the QModel fills with), so that the flatbuffer keeps what the
+QModel computes.  A constant buffer shared with a tensor that is
 not rewritten is split (the edited tensor gets its own buffer).  Nothing changed: the original bytes.
 
 Checks (one-line ``ValueError``\\ s): the model came from ``from_tflite``; its params' qparams are its nodes'
@@ -300,6 +301,10 @@ def to_tflite(qm, *, check_delegation: bool = True) -> bytes:
             s, z = _quant(tensors[ins[0]])
             _set_quant(schema, tensors[outs[0]], s, z, 0)
             changed_q.add(outs[0])
+            if name == "PADV2" and len(ins) > 2 and ins[2] >= 0 and ins[2] not in edits:
+                # pad.cc (Eval) requires the constant's qparams to be the output's; the QModel fills with the
+                # constant's integer, which the file keeps
+                _set_quant(schema, tensors[ins[2]], s, z, 0)
         # the (input, weights, bias) of the GEMM ops; TRANSPOSE_CONV's inputs are (output_shape, weights, input, bias)
         xwb = (ins[0], ins[1], ins[2]) if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and \
             len(ins) > 2 else (ins[2], ins[1], ins[3]) if name == "TRANSPOSE_CONV" and len(ins) > 3 else None
