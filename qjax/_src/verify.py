@@ -164,7 +164,8 @@ class VerifyReport:
             f"import + compile {self.compile_seconds:.1f} s",
         ]
         if not self.complete:
-            lines.append(f"incomplete: {self.batches_done} of {self.batches} batches done (resume from the report)")
+            how = "(resume from the report)" if self.runtime == "torch" else "(max_batches; rerun without it)"
+            lines.append(f"incomplete: {self.batches_done} of {self.batches} batches done {how}")
         if self.first_divergence:
             fd = self.first_divergence
             lines.append(f"first divergence in batch {fd.get('batch')} at node {fd['node']} ({fd['source']}): "

@@ -193,6 +193,8 @@ def test_verify_qmodel_takes_its_own_kernels():
     with pytest.raises(VerifyError, match="imported with kernels='reference'") as e:
         verify(data, qmodel=qm, n=4, kernels="xnnpack")
     assert e.value.arg == "kernels"
+    rep = verify(data, qmodel=qm, n=8, batch_size=4, max_batches=1)  # no report to resume from (torch models only)
+    assert not rep.complete and "rerun without it" in str(rep) and "resume" not in str(rep)
 
 
 def test_verify_a_fixed_batch_model_pads_the_last_batch_for_both():
