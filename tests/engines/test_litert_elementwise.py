@@ -255,8 +255,12 @@ def test_xnnpack_activation_bounds_round_ties_to_even(activation, qy, builtin, x
 
 @pytest.mark.parametrize("kernels", ["optimized", "xnnpack"])  # reference shares optimized's derivations
 def test_jit(kernels):
-    """Under jit (QArray qparams are traced there): the parameters derived in the graph equal the host's."""
+    """Under a plain jit (QArray qparams are traced there) the ops without Prepare-time checks derive their
+    parameters in the graph (equal to the host's); those with checks refuse, saying what to do; inside
+    ``jax.ensure_compile_time_eval()`` every op runs, as eager."""
     import jax
+
+    from qjax._src.engines.base import EngineRefusal
 
     rng = np.random.default_rng(3)
     q, qb = (np.float32(0.05), 3), (np.float32(0.07), -5)
@@ -264,21 +268,28 @@ def test_jit(kernels):
     b = rng.integers(-128, 128, (17,)).astype(np.int8)
     x = _quantize_inputs(rng, (3, 13), q[0])
     e = LiteRT(kernels)
+    checked = {"ADD": lambda qu, qv: e.tfl_add(qu, qv, np.float32(0.1), 2, "RELU"),
+               "CONCATENATION": lambda qu, qv: e.tfl_concat([qu, qu], 0, q[0], q[1])}
+    if kernels == "xnnpack":
+        checked["MUL"] = lambda qu, qv: e.tfl_mul(qu, qv, np.float32(0.01), 2, "RELU6")
+        checked["QUANTIZE (requantize)"] = lambda qu, qv: e.tfl_requantize(qu, np.float32(0.03), -4)
 
-    def every_op(u, v, xf):
+    def unchecked(u, v, xf):
         qu, qv = _qa_traced(u, q), _qa_traced(v, qb)
-        # the builtin SUB and requantize derive their multipliers as ADD and MUL do (left out, to save time)
-        builtin = kernels != "xnnpack"
-        sub = u if builtin else e.tfl_sub(qu, qv, np.float32(0.1), 2).values
-        requant = u if builtin else e.tfl_requantize(qu, np.float32(0.03), -4).values
-        return (e.tfl_add(qu, qv, np.float32(0.1), 2, "RELU").values, sub,
-                e.tfl_mul(qu, qv, np.float32(0.01), 2, "RELU6").values, requant,
-                e.tfl_quantize(xf, q[0], q[1]).values, e.tfl_dequantize(qu))
+        mul = u if kernels == "xnnpack" else e.tfl_mul(qu, qv, np.float32(0.01), 2, "RELU6").values
+        return mul, e.tfl_quantize(xf, q[0], q[1]).values, e.tfl_dequantize(qu)
 
-    traced = jax.jit(every_op)(a, b, x)
-    host = every_op(a, b, x)  # eager: concrete qparams, host derivations
-    for t_, h in zip(traced, host):
+    for t_, h in zip(jax.jit(unchecked)(a, b, x), unchecked(a, b, x)):
         np.testing.assert_array_equal(np.asarray(t_).view(np.uint8), np.asarray(h).view(np.uint8))
+    for op, fn in checked.items():
+        with pytest.raises(EngineRefusal, match="ensure_compile_time_eval"):
+            jax.jit(lambda u, v: fn(_qa_traced(u, q), _qa_traced(v, qb)).values)(a, b)
+
+        def static(u, v):
+            with jax.ensure_compile_time_eval():
+                return fn(_qa_traced(u, q), _qa_traced(v, qb)).values
+
+        np.testing.assert_array_equal(np.asarray(jax.jit(static)(a, b)), np.asarray(static(a, b)), err_msg=op)
 
 
 def _qa_traced(v, q):

@@ -123,6 +123,41 @@ def test_pools_match_interpreter(shape, filt, stride, padding, activation, seed,
             np.testing.assert_array_equal(np.asarray(got.values), want, err_msg=f"{kind} {k}")
 
 
+def test_max_pool_changed_qparams_xnnpack_refuses():
+    """MAX_POOL_2D with output qparams other than the input's: the XNNPACK delegate fails to prepare (the
+    interpreter raises) and LiteRT("xnnpack") refuses; the builtin kernels ignore them (the raw maximum)."""
+    x = np.random.default_rng(2).integers(-128, 128, (1, 4, 4, 2)).astype(np.int8)
+    in_q, out_q = (0.05, 3), (0.1, 0)
+    model = build_pool("MAX_POOL_2D", x.shape, (2, 2), (2, 2), "VALID", in_q, out_q)
+    with pytest.raises(RuntimeError):
+        litert_runtime.run(model, [x], "xnnpack")
+    with pytest.raises(ValueError, match="MAX_POOL_2D.*XNNPACK"):
+        ENGINES["xnnpack"].tfl_max_pool(qarray(x, in_q), (2, 2), (2, 2), ((0, 0), (0, 0)), *out_q)
+    for k in ("reference", "optimized"):
+        got = ENGINES[k].tfl_max_pool(qarray(x, in_q), (2, 2), (2, 2), ((0, 0), (0, 0)), *out_q)
+        np.testing.assert_array_equal(np.asarray(got.values), litert_runtime.run(model, [x], k)[0], err_msg=k)
+
+
+def test_plain_jit_says_what_to_do():
+    """Under a plain jit the QArray qparams are tracers: the table / multiplier ops refuse, naming
+    ``jax.ensure_compile_time_eval``, inside which they run as eagerly."""
+    import jax
+
+    x = ALL_INT8.reshape(1, 256)
+
+    def tanh(v):
+        return ENGINES["reference"].tfl_tanh(qarray(v, (0.05, 0)), F32(1 / 128), 0).values
+
+    with pytest.raises(ValueError, match="ensure_compile_time_eval"):
+        jax.jit(tanh)(x)
+
+    def static(v):
+        with jax.ensure_compile_time_eval():
+            return tanh(v)
+
+    np.testing.assert_array_equal(np.asarray(jax.jit(static)(x)), np.asarray(tanh(x)))
+
+
 def test_avg_pool_ties_round_away_and_delegation():
     """Tie data: the half-away integer mean matches, floor / ties-to-even division would not; XNNPACK leaves
     AVERAGE_POOL_2D to the builtin kernels and takes MAX_POOL_2D."""

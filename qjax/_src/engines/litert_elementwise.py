@@ -10,9 +10,11 @@ builtin kernels, and ``LiteRT("xnnpack")`` refuses it (the importer gives such n
 
 Parameters the kernels derive in ``Prepare`` (multipliers, shifts, clamp bounds) come from the qparams:
 on the host (numpy, float64) when they are concrete, in the graph when traced (exact float64 quotients on
-32-bit lanes, :mod:`qjax.requant.derive_traced`) — the same integers.  The checks that need values (XNNPACK's
-scale ranges, CONCATENATION's equal qparams, a builtin ADD's output multiplier below one) are made for
-concrete qparams only.
+32-bit lanes, :mod:`qjax.requant.derive_traced`) — the same integers.  Where LiteRT's Prepare refuses values
+(XNNPACK's ADD / SUB / MUL / requantize scale ranges, CONCATENATION's equal qparams, a builtin ADD / SUB's output
+multiplier below one), the check needs them: those ops refuse traced qparams (under a plain ``jax.jit`` QArray
+qparams are tracers: call them inside ``jax.ensure_compile_time_eval()``, as the importer's nodes do).  MUL
+(builtin), QUANTIZE, DEQUANTIZE and the builtin requantize take traced qparams.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ..checks import is_concrete
 from ..dtypes import as_qdtype, qint8, quint8
 from ..qarray import QArray
 from ..qops import tflite_elementwise as te
-from ..qops.tflite_common import ACTIVATIONS, activation_range, activation_range_xnnpack
+from ..qops.tflite_common import ACTIVATIONS, STATIC_QPARAMS, activation_range, activation_range_xnnpack
 from .base import refuse
 
 __all__ = ["LiteRTElementwise"]
@@ -50,6 +52,13 @@ def _scalar(engine, v, what: str, op: str, kind=float, traced_ok: bool = False):
     if a.size != 1:
         refuse(engine, op, f"{what} must be per-tensor (one value), got shape {a.shape}")
     return kind(np.float32(a.reshape(())) if kind is float else a.reshape(()))
+
+
+def _require_concrete(engine, op: str, why: str, *values):
+    """Refuse traced qparams where LiteRT's Prepare checks them (``why``): an unchecked answer could be one LiteRT
+    never gives."""
+    if not all(is_concrete(v) for v in values):
+        refuse(engine, op, f"traced qparams: {why} is checked at Prepare time; {STATIC_QPARAMS}")
 
 
 def _qparams(engine, x, op: str, name: str, traced_ok: bool = False):
@@ -99,6 +108,8 @@ class LiteRTElementwise:
     def _add_or_sub(self, op, a, b, out_scale, out_zero_point, activation):
         sa, sb, sy, zy, za, zb, lo, hi, av, bv = self._binary(op, a, b, out_scale, out_zero_point, activation)
         subtract = op == "SUB"
+        _require_concrete(self, op, "XNNPACK's scale range" if self.kernels == "xnnpack" else
+                          "the output multiplier (below one)", sa, sb, sy)
         if self.kernels == "xnnpack":
             try:
                 params = te.add_params_xnnpack(sa, sb, sy, -1 if subtract else 1)
@@ -107,7 +118,7 @@ class LiteRTElementwise:
             values = te.add_xnnpack(av, bv, za, zb, params, zy, lo, hi)
         else:
             params = te.add_params_builtin(sa, sb, sy)
-            if is_concrete(params[2][1]) and params[2][1] > 0:
+            if params[2][1] > 0:
                 refuse(self, op, f"output multiplier 2*max(sa, sb)/(2**20*sy) >= 1 (sy={sy!r}): outside the kernel's "
                                  "MultiplyByQuantizedMultiplierSmallerThanOneExp domain")
             # int8 SUB is reference_ops::Sub in both builtin families: no NEON paths
@@ -130,8 +141,9 @@ class LiteRTElementwise:
         op = "MUL"
         sa, sb, sy, zy, za, zb, lo, hi, av, bv = self._binary(op, a, b, out_scale, out_zero_point, activation)
         if self.kernels == "xnnpack":
+            _require_concrete(self, op, "XNNPACK's scale range", sa, sb, sy)
             scale = te.mul_scale_xnnpack(sa, sb, sy)
-            if is_concrete(scale) and not (2.0**-16 <= float(scale) < 2.0**8):
+            if not (2.0**-16 <= float(scale) < 2.0**8):
                 refuse(self, op, f"sa*sb/sy={float(scale)!r} outside XNNPACK's [2**-16, 2**8): the delegate does not "
                                  "take it; it runs on LiteRT('optimized')")
             values = te.mul_xnnpack(av, bv, za, zb, jnp.float32(scale), zy, lo, hi)
@@ -158,7 +170,8 @@ class LiteRTElementwise:
             s, z = _qparams(self, x, op, f"xs[{i}]", traced_ok=True)
             if as_qdtype(x.dtype) != qint8:
                 refuse(self, op, f"xs[{i}] must be qint8, got {as_qdtype(x.dtype).name}")
-            if all(is_concrete(v) for v in (s, z, sy, zy)) and (s != sy or z != zy):  # traced: not checkable
+            _require_concrete(self, op, "the inputs' qparams equal to the output's", s, z, sy, zy)
+            if s != sy or z != zy:
                 refuse(self, op, f"xs[{i}] has scale/zero point ({s!r}, {z}) != the output's ({sy!r}, {zy}): LiteRT's "
                                  "int8 CONCATENATION requires equal qparams")
         if activation != "NONE" and self.kernels != "xnnpack":
@@ -196,8 +209,8 @@ class LiteRTElementwise:
             refuse(self, op, f"x must be qint8 or quint8, got {in_dtype.name}")
         x1 = x.values.astype(jnp.int32) - jnp.int32(zi)
         if self.kernels == "xnnpack":
-            concrete = is_concrete(si) and is_concrete(sy)
-            if in_dtype != qd or (concrete and not (2.0**-8 <= float(np.float32(si) / np.float32(sy)) <= 2.0**7)):
+            _require_concrete(self, op, "XNNPACK's scale range", si, sy)
+            if in_dtype != qd or (not (2.0**-8 <= float(np.float32(si) / np.float32(sy)) <= 2.0**7)):
                 refuse(self, op, "the XNNPACK delegate takes int8->int8 / uint8->uint8 with si/so in [2**-8, 2**7] "
                                  "only; the node runs on LiteRT('optimized')")
             values = te.requantize_xnnpack(x1, te.requant_multiplier_xnnpack(si, sy), zy, qd.qmin, qd.qmax)

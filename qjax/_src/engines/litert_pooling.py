@@ -12,6 +12,10 @@ Which arithmetic each family runs (checked against ``ai-edge-litert`` 2.3.0 on x
   its own from its reference kernel (double-precision sigmoid, ties to even).
 * HARD_SWISH: reference and optimized share the int16 fixed-point rule.
 * SOFTMAX: reference gemmlowp fixed point; optimized (and XNNPACK) the float32 table.
+
+Every op here needs concrete qparams (tables and multipliers are built on the host, Prepare's checks need the
+values); under a plain ``jax.jit`` QArray qparams are tracers, and the ops say what to do
+(:data:`~qjax.qops.tflite_common.STATIC_QPARAMS`: ``jax.ensure_compile_time_eval``, as the importer's nodes).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from ..checks import is_concrete
 from ..qarray import QArray
 from ..qops import tflite_activations as ta
 from ..qops import tflite_pooling as tp
-from ..qops.tflite_common import activation_range, activation_range_xnnpack
+from ..qops.tflite_common import STATIC_QPARAMS, activation_range, activation_range_xnnpack
 from .base import refuse
 
 __all__ = ["LiteRTPooling"]
@@ -34,8 +38,8 @@ def _concrete_qparams(op, x, out_scale, out_zero_point):
     """``(s_in, z_in, s_out, z_out)`` as Python numbers (per-tensor), or a one-line error."""
     vals = (x.scale, x.zero_point, out_scale, out_zero_point)
     if not all(is_concrete(v) for v in vals):
-        raise ValueError(f"{op}: LiteRT derives its multipliers / tables from the scales at Prepare time; "
-                         "pass concrete (static) quantization parameters")
+        raise ValueError(f"{op}: the qparams are traced, but LiteRT derives this op's multipliers / tables from "
+                         f"them at Prepare time (on the host here): {STATIC_QPARAMS}")
     if np.size(x.scale) != 1 or np.size(out_scale) != 1:
         raise ValueError(f"{op}: x and the output must be quantized per tensor")
     return (float(F32(np.asarray(x.scale).reshape(()))), int(np.asarray(x.zero_point).reshape(())),
@@ -65,8 +69,12 @@ class LiteRTPooling:
 
     def tfl_max_pool(self, x, filter_size, strides, padding, out_scale, out_zero_point, activation="NONE"):
         """MAX_POOL_2D: the window maximum (every family), clamped to the fused activation's range (XNNPACK
-        quantizes its bounds with ties to even: :func:`~qjax.qops.tflite_common.activation_range_xnnpack`)."""
-        _, _, so, zo = _concrete_qparams("MAX_POOL_2D", x, out_scale, out_zero_point)
+        quantizes its bounds with ties to even: :func:`~qjax.qops.tflite_common.activation_range_xnnpack`).
+        XNNPACK refuses output qparams other than the input's (its Prepare fails); the builtin kernels ignore them."""
+        si, zi, so, zo = _concrete_qparams("MAX_POOL_2D", x, out_scale, out_zero_point)
+        if self.kernels == "xnnpack" and (si, zi) != (so, zo):
+            refuse(self, "MAX_POOL_2D", f"input qparams ({si!r}, {zi}) != output ({so!r}, {zo}): the XNNPACK delegate "
+                   "fails to prepare it (the interpreter refuses the model)")
         rng = activation_range_xnnpack if self.kernels == "xnnpack" else activation_range
         lo, hi = rng(activation, so, zo)
         return _out(tp.max_pool_int8(x.values, *_geometry(filter_size, strides, padding), lo, hi), so, zo)

@@ -20,8 +20,12 @@ import numpy as np
 from ..float32 import div_rn, uncontracted
 from ..rounding import round_float
 
-__all__ = ["ACTIVATIONS", "output_size", "explicit_padding", "activation_range", "activation_range_xnnpack",
+__all__ = ["ACTIVATIONS", "STATIC_QPARAMS", "output_size", "explicit_padding", "activation_range", "activation_range_xnnpack",
            "apply_activation"]
+
+#: what to do where an op needs concrete qparams (QArray qparams are tracers under a plain ``jax.jit``)
+STATIC_QPARAMS = ("pass concrete qparams: under jax.jit, build the QArrays and call the op inside "
+                  "`with jax.ensure_compile_time_eval():` (as qjax.from_tflite's nodes do), or call it outside jit")
 
 #: TFLite's ActivationFunctionType values that int8 kernels fuse (TANH / SIGN_BIT are not fused by them)
 ACTIVATIONS = ("NONE", "RELU", "RELU6", "RELU_N1_TO_1")
