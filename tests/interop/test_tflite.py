@@ -41,12 +41,13 @@ def _mismatches(got, want) -> int:
     return bad
 
 
-def _float_inputs(rng, shape, scale, zp, n):
-    """Random floats over the input QUANTIZE's range (and past it: saturation) plus exact rounding ties
-    ``(k + 1/2) * scale`` — where a wrong rounding of the QUANTIZE shows."""
-    lo, hi = (-128 - zp) * scale, (127 - zp) * scale
+def _float_inputs(rng, shape, scale, zp, n, dtype="int8"):
+    """Random floats over the input QUANTIZE's range (its output ``dtype``'s; and past it: saturation) plus exact
+    rounding ties ``(k + 1/2) * scale`` — where a wrong rounding of the QUANTIZE shows."""
+    info = np.iinfo(np.dtype(dtype))
+    lo, hi = (int(info.min) - zp) * scale, (int(info.max) - zp) * scale
     x = rng.uniform(lo * 1.1, hi * 1.1, (n,) + tuple(shape)).astype(np.float32)
-    ties = ((rng.integers(-128, 128, x.shape) - zp + 0.5) * np.float64(scale)).astype(np.float32)
+    ties = ((rng.integers(int(info.min), int(info.max) + 1, x.shape) - zp + 0.5) * np.float64(scale)).astype(np.float32)
     half = n // 2
     x[half:] = ties[half:]
     return x
