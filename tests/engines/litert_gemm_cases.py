@@ -17,6 +17,7 @@ from qjax._src.engines.base import ConvGeometry
 from qjax._src.engines.litert import LiteRT
 from qjax._src.interop import litert_runtime
 from qjax._src.qops.tflite_common import ACTIVATIONS, explicit_padding, output_size
+from qjax._src.rounding import round_offline
 
 OPS = ("conv", "dw", "fc")
 CODES = {"conv": "CONV_2D", "dw": "DEPTHWISE_CONV_2D", "fc": "FULLY_CONNECTED"}
@@ -268,7 +269,7 @@ def np_clamp_bounds(activation, sy, zy, xnnpack: bool):
             out.append(default)
             continue
         q = np.float32(f) / np.float32(sy)
-        v = np.rint(np.float32(q + np.float32(zy))) if xnnpack else zy + np.sign(q) * np.floor(abs(q) + 0.5)
+        v = np.rint(np.float32(q + np.float32(zy))) if xnnpack else zy + round_offline(np.float64(q), "half_away")
         out.append(int(np.clip(v, -128, 127)))
     return tuple(out)
 

@@ -49,9 +49,9 @@ from jax import lax
 
 from ..float32 import div_rn, mul_rn
 from ..requant.fixed_point import rounding_divide_by_pot, srdhm
+from ..requant.tflite import tflite_quantize_multiplier
 from ..rounding import round_float, round_offline
 from . import transcendental as tr
-from .tflite_pooling import tflite_quantize_multiplier
 
 __all__ = [
     "apply_lut",
@@ -119,6 +119,11 @@ def lut_xnnpack(kind: str, in_scale: float, in_zero_point: int, out_scale: float
 
 
 # --- HARD_SWISH (reference_ops::HardSwish), emulated in Python integers with int16 semantics ---
+# These host helpers (and the int32 ones of the reference SOFTMAX below) mirror gemmlowp's SRDHM / RDPOT, whose
+# JAX forms are qjax._src.requant.fixed_point.srdhm / rounding_divide_by_pot (used where the per-row arithmetic
+# runs in the graph).  They stay Python integers on purpose: a table is 256 scalar evaluations per qparams, built
+# once at Prepare time on the host and lru-cached; running it through jnp would compile and dispatch a graph per
+# table, and HARD_SWISH's steps are int16 (SRDHM16, SaturatingDoublingHighMul16), which fixed_point.py has not.
 
 def _i16(v: int) -> int:
     return ((int(v) + 2**15) % 2**16) - 2**15

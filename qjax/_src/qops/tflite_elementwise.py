@@ -67,12 +67,13 @@ from jax import lax
 
 from ..checks import is_concrete
 from ..float32 import div_rn, fma, mul_rn, uncontracted
-from ..requant.derive_traced import float64_quotient, quantize_float64_multiplier
-from ..requant.fixed_point import quantize_multiplier, rounding_divide_by_pot, srdhm
+from ..requant.derive_traced import float64_quotient
+from ..requant.fixed_point import rounding_divide_by_pot, srdhm
+from ..requant.tflite import (requantize_half_up, requantize_reference, tflite_quantize_multiplier,
+                              tflite_quantize_multiplier_traced)
+from ..rounding import round_float
 
 __all__ = [
-    "builtin_multiplier",
-    "builtin_multiplier_traced",
     "add_params_builtin",
     "add_params_xnnpack",
     "mul_multiplier_builtin",
@@ -103,25 +104,11 @@ PATH_SCALAR, PATH_ELEMENTWISE, PATH_SCALAR_BROADCAST = 0, 1, 2
 
 # ---------------------------------------------------------------- host-side parameter derivation (Prepare)
 
-def builtin_multiplier(real: float):
-    """TFLite ``QuantizeMultiplier(double)``: ``(M, shift)`` Python ints; ``(0, 0)`` below ``2**-31``."""
-    real = float(real)
-    if real == 0.0:
-        return 0, 0
-    m, s = quantize_multiplier(np.float64(real))
-    m, s = int(m), int(s)
-    if s < -31:  # quantization_util.cc: a multiplier this small is flushed to zero
-        return 0, 0
-    return m, s
-
-
-def builtin_multiplier_traced(a, b, y):
-    """``QuantizeMultiplier(f64(a) * f64(b) / f64(y))`` of traced float32 scalars, in the graph: ``(M, shift)``
-    int32 (:mod:`qjax.requant.derive_traced`'s exact float64 quotient; flushed to ``(0, 0)`` below
-    ``2**-31``)."""
+def _multiplier_traced(a, b, y):
+    """``QuantizeMultiplier(f64(a) * f64(b) / f64(y))`` of traced float32 scales, in the graph (the exact float64
+    quotient of :mod:`qjax.requant.derive_traced`)."""
     f = float64_quotient(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), jnp.asarray(y, jnp.float32))
-    m0, shift, flushed, _ = quantize_float64_multiplier(f, 31, (-31, 30), False)
-    return jnp.where(flushed, 0, m0), jnp.where(flushed, 0, shift)
+    return tflite_quantize_multiplier_traced(f)
 
 
 def _all_concrete(*vs) -> bool:
@@ -141,20 +128,21 @@ def add_params_builtin(sa, sb, sy):
         # sa / (2 max) = sa * 0.5 / max and 2 max / (2**20 sy) = max * 2**-19 / sy: exact float32 factors
         sa, sb, sy = (jnp.asarray(v, jnp.float32).reshape(()) for v in (sa, sb, sy))
         big = _bit_max(sa, sb)
-        m, sh = builtin_multiplier_traced(jnp.stack([sa, sb, big]), jnp.array([0.5, 0.5, 2.0**-19], jnp.float32),
-                                          jnp.stack([big, big, sy]))  # one graph for the three
+        m, sh = _multiplier_traced(jnp.stack([sa, sb, big]), jnp.array([0.5, 0.5, 2.0**-19], jnp.float32),
+                                   jnp.stack([big, big, sy]))  # one graph for the three
         return tuple((m[i], sh[i]) for i in range(3))
     sa, sb, sy = (float(np.float32(v)) for v in (sa, sb, sy))
     twice = 2.0 * max(sa, sb)
-    return builtin_multiplier(sa / twice), builtin_multiplier(sb / twice), builtin_multiplier(twice / ((1 << 20) * sy))
+    return (tflite_quantize_multiplier(sa / twice), tflite_quantize_multiplier(sb / twice),
+            tflite_quantize_multiplier(twice / ((1 << 20) * sy)))
 
 
 def mul_multiplier_builtin(sa, sb, sy):
     """``QuantizeMultiplier(fl32(fl32(sa * sb) / sy))``: ``mul.cc`` Prepare computes the real multiplier in
     float32 (``input1->params.scale * input2->params.scale / output->params.scale``), then widens it."""
     if not _all_concrete(sa, sb, sy):
-        return builtin_multiplier_traced(mul_scale_xnnpack(sa, sb, sy), 1.0, 1.0)
-    return builtin_multiplier(float(mul_scale_xnnpack(sa, sb, sy)))
+        return _multiplier_traced(mul_scale_xnnpack(sa, sb, sy), 1.0, 1.0)
+    return tflite_quantize_multiplier(float(mul_scale_xnnpack(sa, sb, sy)))
 
 
 def mul_scale_xnnpack(sa, sb, sy):
@@ -167,8 +155,8 @@ def mul_scale_xnnpack(sa, sb, sy):
 def requant_multiplier_builtin(si, so):
     """``QuantizeMultiplier((double)si / (double)so)`` (``quantize.cc`` Prepare)."""
     if not _all_concrete(si, so):
-        return builtin_multiplier_traced(si, 1.0, so)
-    return builtin_multiplier(float(np.float32(si)) / float(np.float32(so)))
+        return _multiplier_traced(si, 1.0, so)
+    return tflite_quantize_multiplier(float(np.float32(si)) / float(np.float32(so)))
 
 
 def requant_multiplier_xnnpack(si, so):
@@ -282,12 +270,6 @@ def _shift_left(x, e):
     return jnp.where(e >= 0, jnp.left_shift(x, jnp.maximum(e, 0)), jnp.right_shift(x, jnp.maximum(-e, 0)))
 
 
-def _round_up_shift(x, e):
-    """NEON ``vrshl`` by ``-e``: ``floor((x + 2**(e-1)) / 2**e)``, ``x`` for ``e <= 0`` (no overflow here)."""
-    half = jnp.where(e > 0, jnp.left_shift(jnp.int32(1), jnp.maximum(e - 1, 0)), 0)
-    return jnp.right_shift(x + half, jnp.maximum(e, 0))
-
-
 def _wrap16(x):
     return lax.convert_element_type(lax.convert_element_type(x, jnp.int16), jnp.int32)
 
@@ -374,11 +356,6 @@ def _to_int32_x86(r):
     return jnp.where(ok, jnp.where(ok, r, 0.0).astype(jnp.int32), jnp.int32(-(2**31)))
 
 
-def _round_half_away(q):
-    t = jnp.trunc(q)
-    return t + jnp.where(jnp.abs(q - t) >= 0.5, jnp.sign(q), 0.0)
-
-
 def _round_half_away_exact_quotient(x, s):
     """``round_half_away(x / s)`` of the exact quotient (as ``TfLiteRound(x / (double)s)`` computes it).
 
@@ -391,13 +368,13 @@ def _round_half_away_exact_quotient(x, s):
     resid = fma(q, jnp.broadcast_to(s, q.shape), -x)  # q*s - x, correctly rounded: its sign is exact
     below = resid > 0  # exact quotient < q
     inexact_half = half & (resid != 0)
-    return jnp.where(inexact_half, jnp.where(below, q - 0.5, q + 0.5), _round_half_away(q))
+    return jnp.where(inexact_half, jnp.where(below, q - 0.5, q + 0.5), round_float(q, "half_away"))
 
 
 @jax.jit
 def quantize_reference(x, scale, zp, qmin, qmax):
     """``reference_ops::AffineQuantize``: ``round_half_away(fl32(x / s)) + zp`` clamped (int32)."""
-    r = _round_half_away(div_rn(jnp.asarray(x, jnp.float32), jnp.float32(scale)))
+    r = round_float(div_rn(jnp.asarray(x, jnp.float32), jnp.float32(scale)), "half_away")
     return jnp.clip(_to_int32_x86(r) + jnp.int32(zp), qmin, qmax)
 
 
@@ -428,13 +405,14 @@ def quantize_xnnpack(x, scale, zp, qmin, qmax):
 
 @functools.partial(jax.jit, static_argnames=("optimized",))
 def requantize_builtin(x1, multiplier, out_zp, qmin, qmax, optimized: bool = False):
-    """``reference_ops::Requantize`` (``optimized=False``) or ``optimized_ops::Requantize`` (NEON body on
-    blocks of 16 rounds its shift half up, ``vrshl``): ``x1 = x - x_zp`` int32, ``multiplier = (M, s)``."""
+    """``reference_ops::Requantize`` (``optimized=False``: ``MultiplyByQuantizedMultiplier``) or
+    ``optimized_ops::Requantize`` (its NEON body on blocks of 16 is the optimized GEMM's double half-up rounding,
+    :func:`qjax._src.requant.tflite.requantize_half_up`; the tail the reference's): ``x1 = x - x_zp`` int32,
+    ``multiplier = (M, s)``."""
     m, s = (jnp.asarray(v, jnp.int32) for v in multiplier)
-    hi = srdhm(jnp.left_shift(x1, jnp.maximum(s, 0)), m)
-    out = rounding_divide_by_pot(hi, jnp.maximum(-s, 0))
+    out = requantize_reference(x1, m, s)
     if optimized:
-        out = jnp.where(block_body_mask(x1.shape, 16), _round_up_shift(hi, jnp.maximum(-s, 0)), out)
+        out = jnp.where(block_body_mask(x1.shape, 16), requantize_half_up(x1, m, s), out)
     return jnp.clip(out + jnp.int32(out_zp), qmin, qmax)
 
 

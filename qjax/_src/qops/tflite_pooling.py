@@ -39,14 +39,13 @@ import numpy as np
 from jax import lax
 
 from ..float32 import uncontracted
-from ..requant.fixed_point import multiply_by_quantized_multiplier, quantize_multiplier
-from ..requant.tflite import requantize_half_up
+from ..requant.fixed_point import multiply_by_quantized_multiplier
+from ..requant.tflite import requantize_half_up, tflite_quantize_multiplier
 
 __all__ = [
     "window_sum_count",
     "avg_pool_int8",
     "max_pool_int8",
-    "tflite_quantize_multiplier",
     "mean_reference_params",
     "mean_reference",
     "mean_optimized_hw_params",
@@ -98,19 +97,6 @@ def max_pool_int8(q, filter_size, strides, padding, act_min, act_max):
     # padding with int8's lowest value never wins over a cell inside the input (every window has one)
     out = lax.reduce_window(jnp.asarray(q, jnp.int32), np.int32(-128), lax.max, win, st, _pads(padding))
     return jnp.clip(out, act_min, act_max)
-
-
-def tflite_quantize_multiplier(m: float):
-    """TFLite ``QuantizeMultiplier(double)`` (``quantization_util.cc``): ``(M, e)`` Python ints with
-    ``m ~= M * 2**(e - 31)``; ``(0, 0)`` for zero and for multipliers below ``2**-32`` (its shift < -31
-    rule)."""
-    if m == 0.0:
-        return 0, 0
-    m0, e = quantize_multiplier(np.float64(m))
-    m0, e = int(m0), int(e)
-    if e < -31:
-        return 0, 0
-    return m0, e
 
 
 def mean_reference_params(in_scale, out_scale, n: int):

@@ -24,8 +24,8 @@ parameters come from the float32 scales ``sx``, ``sw_c``, ``sy``:
   per-tensor FULLY_CONNECTED, whose multiplier is ``double(fl32(sx * sw)) / double(sy)`` — a float32
   product (``kernel_util.cc``, ``GetQuantizedConvolutionMultipler``, called by ``fully_connected.cc``'s
   Prepare when the filter has one scale).  ``R_c`` rounds both steps half up
-  (:func:`requantize_half_up`): ``SRDHM_up(a, b) = floor((a*b + 2**30) / 2**31)`` then
-  ``floor((v + 2**(e-1)) / 2**e)``.  CONV_2D and FULLY_CONNECTED end in ``cpu_backend_gemm``'s x86 GEMM:
+  (:func:`requantize_half_up`): gemmlowp's ``SRDHM(a, b) = floor((a*b + 2**30) / 2**31)`` (it already rounds
+  ties up), then ``floor((v + 2**(e-1)) / 2**e)`` where the reference rounds half away.  CONV_2D and FULLY_CONNECTED end in ``cpu_backend_gemm``'s x86 GEMM:
   this double half-up rounding is what ai-edge-litert 2.3.0 computes (black-box: 0 mismatches over 3e5
   outputs with ties, where the symmetric gemmlowp rounding and the single rounding ``(acc * M0 +
   2**(30-shift)) >> (31-shift)`` of ``TFLITE_SINGLE_ROUNDING`` and of ruy's newest ``kernel_avx512.cc`` fail);
@@ -57,13 +57,17 @@ from .. import int64 as i64
 from ..checks import is_concrete
 from ..float32 import div_rn, mul_rn
 from .derive_traced import float64_quotient, quantize_float64_multiplier
-from .fixed_point import multiply_by_quantized_multiplier, quantize_multiplier
+from .fixed_point import multiply_by_quantized_multiplier, quantize_multiplier, srdhm
 
 __all__ = [
     "RULES",
     "requant_params",
     "effective_scales",
+    "tflite_quantize_multipliers",
+    "tflite_quantize_multiplier",
+    "tflite_quantize_multiplier_traced",
     "fixed_point_multipliers",
+    "rounding_shift_half_up",
     "xnnpack_scales",
     "fc_reference_scales",
     "requantize_reference",
@@ -92,17 +96,42 @@ def effective_scales(sx, sw, sy, n: int, float_product: bool = False) -> np.ndar
     return prod / sy.astype(np.float64)
 
 
+def tflite_quantize_multipliers(eff) -> tuple[np.ndarray, np.ndarray]:
+    """TFLite ``QuantizeMultiplier(double)`` (``quantization_util.cc``) on the host: ``(M0, shift)`` int32 numpy
+    arrays with ``eff ~= M0 * 2**(shift - 31)`` (:func:`~qjax._src.requant.fixed_point.quantize_multiplier`:
+    ``frexp``, ``M0 = round_half_away(q * 2**31)``); zero, and multipliers needing a right shift over 31, become
+    ``(0, 0)`` (its ``shift < -31`` flush).  The one host copy of this rule (GEMM, ADD, MUL, MEAN, SOFTMAX, ...)."""
+    eff = np.asarray(eff, np.float64)
+    zero = eff == 0
+    m0, shift = quantize_multiplier(np.where(zero, 1.0, eff))
+    flushed = zero | (shift < -31)
+    return np.where(flushed, 0, m0).astype(np.int32), np.where(flushed, 0, shift).astype(np.int32)
+
+
+def tflite_quantize_multiplier(real: float) -> tuple[int, int]:
+    """:func:`tflite_quantize_multipliers` of one double: ``(M0, shift)`` Python ints."""
+    m0, shift = tflite_quantize_multipliers(np.float64(real))
+    return int(m0), int(shift)
+
+
+def tflite_quantize_multiplier_traced(f):
+    """:func:`tflite_quantize_multipliers` in the graph, of an exact float64 quotient ``f``
+    (:func:`~qjax._src.requant.derive_traced.float64_quotient`): ``(M0, shift)`` int32, flushed alike (a
+    multiplier needing a left shift over 30 saturates, unchecked: :func:`fixed_point_multipliers` refuses it)."""
+    m0, shift, flushed, _ = quantize_float64_multiplier(f, 31, (-31, 30), False)
+    return jnp.where(flushed, 0, m0), jnp.where(flushed, 0, shift)
+
+
 def fixed_point_multipliers(eff) -> tuple[np.ndarray, np.ndarray]:
-    """``QuantizeMultiplier``: ``(M0, shift)`` int32 numpy arrays with ``eff ~= M0 * 2**(shift - 31)``."""
+    """The GEMM ops' ``(M0, shift)`` (:func:`tflite_quantize_multipliers`) of effective scales that must be
+    finite and > 0, and need no left shift over 30 (TFLite's kernels overflow there)."""
     eff = np.asarray(eff, np.float64)
     if np.any(eff <= 0) or np.any(~np.isfinite(eff)):
         raise ValueError(f"effective scales must be finite and > 0 (sx * sw / sy), got {eff}")
-    m0, shift = quantize_multiplier(eff)
-    if np.any(shift < -31):  # QuantizeMultiplier flushes such multipliers to 0
-        m0, shift = np.where(shift < -31, 0, m0), np.where(shift < -31, 0, shift)
+    m0, shift = tflite_quantize_multipliers(eff)
     if np.any(shift > 30):
         raise ValueError(f"effective scales {eff} need a left shift > 30: TFLite's kernels overflow there")
-    return m0.astype(np.int32), shift.astype(np.int32)
+    return m0, shift
 
 
 def xnnpack_scales(sx, sw, sy, n: int) -> np.ndarray:
@@ -116,28 +145,26 @@ def requantize_reference(acc, m0, shift):
     return multiply_by_quantized_multiplier(acc, jnp.asarray(m0, _I32), jnp.asarray(shift, _I32))
 
 
-def _srdhm_half_up(a, b):
-    """``vqrdmulhq_s32`` / ruy's high multiply: ``floor((a*b + 2**30) / 2**31)``, ``INT32_MIN**2`` saturated."""
-    a = jnp.asarray(a, _I32)
-    b = jnp.asarray(b, _I32)
-    q = i64.to_int32_wrap(i64.shift_right(i64.add_int32(i64.mul32(a, b), jnp.int32(2**30)), 31))
-    return jnp.where((a == b) & (a == jnp.int32(-(2**31))), jnp.int32(2**31 - 1), q)
-
-
-def _rounding_shift_half_up(x, e):
-    """``vrshlq_s32`` by ``-e``: ``floor((x + 2**(e-1)) / 2**e)`` without intermediate overflow (``e >= 0``)."""
+def rounding_shift_half_up(x, e):
+    """NEON ``vrshlq_s32`` by ``-e`` (``e >= 0``): ``floor((x + 2**(e-1)) / 2**e)``, ``x`` for ``e = 0``, without
+    the intermediate overflow of ``x + 2**(e-1)`` (the instruction rounds in wider precision)."""
     e = jnp.asarray(e, _I32)
     em1 = jnp.maximum(e - 1, 0)
     return jnp.where(e > 0, (x >> e) + ((x >> em1) & 1), x)
 
 
 def requantize_half_up(acc, m0, shift):
-    """The optimized kernels' double rounding, both steps half up: ``RSHR_up(SRDHM_up(acc << left, M0), right)``.
+    """The optimized kernels' double rounding: ``RSHR_up(SRDHM(acc << left, M0), right)``.
 
-    ``left = max(shift, 0)`` (a wrapping shift, as ``vshlq_s32`` and ruy), ``right = max(-shift, 0)``."""
+    The first step is gemmlowp's SRDHM itself (:func:`~qjax._src.requant.fixed_point.srdhm`: ``vqrdmulhq_s32``
+    and ruy's high multiply round ``a*b / 2**31`` half up too -- gemmlowp's nudge ``1 - 2**30`` for negative
+    products with a truncating division is the same integer); only the second step differs from the reference
+    ``MultiplyByQuantizedMultiplier``: the right shift rounds half up (:func:`rounding_shift_half_up`, ``vrshl``)
+    where gemmlowp's ``RoundingDivideByPOT`` rounds half away from zero.  ``left = max(shift, 0)`` (a wrapping
+    shift, as ``vshlq_s32`` and ruy), ``right = max(-shift, 0)``."""
     shift = jnp.asarray(shift, _I32)
     x = jnp.left_shift(jnp.asarray(acc, _I32), jnp.maximum(shift, 0))
-    return _rounding_shift_half_up(_srdhm_half_up(x, jnp.asarray(m0, _I32)), jnp.maximum(-shift, 0))
+    return rounding_shift_half_up(srdhm(x, jnp.asarray(m0, _I32)), jnp.maximum(-shift, 0))
 
 
 def requantize_optimized_depthwise(acc, m0, shift):
@@ -308,6 +335,4 @@ def requant_params(rule: str, x_scale, w_scale, out_scale, n: int, float_product
         e = f.exponent + 53
         small = e < _FC_E_MIN  # every product rounds to 0 (fc_reference_scales)
         return (jnp.where(small, 0, m_hi), jnp.where(small, 0, m_lo), jnp.clip(e, _FC_E_MIN, _FC_E_MAX))
-    m0, shift, flushed, _ = quantize_float64_multiplier(f, 31, (-31, 30), False)
-    # QuantizeMultiplier flushes a multiplier needing a right shift over 31 to 0
-    return (jnp.where(flushed, 0, m0), jnp.where(flushed, 0, shift))
+    return tflite_quantize_multiplier_traced(f)
