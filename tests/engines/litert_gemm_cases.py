@@ -107,12 +107,13 @@ def _log_uniform(rng, lo, hi, size=None):
 
 
 def make_case(rng, op, *, shape=None, ties: bool = False, activation=None, per_channel=None,
-              clamp_ties: bool = False) -> dict:
+              clamp_ties: bool = False, zero_points=None) -> dict:
     """A random case; ``shape`` fixes the geometry (a dict of the keys below), ``ties`` picks power-of-two
     scales whose effective scale ``2**-k`` or ``3 * 2**-k`` makes many accumulators exact ties;
     ``clamp_ties`` makes the fused activation's float bound an exact tie in output units (RELU6 with
     ``sy = 4``: ``6 / sy = 1.5``; RELU_N1_TO_1 with ``sy = 2``: ``±1 / sy = ±0.5``), where the builtin
-    kernels round half away and XNNPACK to even."""
+    kernels round half away and XNNPACK to even; ``zero_points`` ``(zx, zy)`` fixes them (e.g. extreme ones
+    with ``ties``, whose default ones are small)."""
     g = dict(shape or {})
     if op == "fc":
         g.setdefault("n", int(rng.integers(1, 5)))
@@ -160,6 +161,8 @@ def make_case(rng, op, *, shape=None, ties: bool = False, activation=None, per_c
         sy = np.float32(4.0 if activation == "RELU6" else 2.0)
     zx = int(rng.integers(-128, 128)) if not ties else int(rng.integers(-4, 5))
     zy = int(rng.integers(-128, 128)) if not ties else int(rng.integers(-20, 21))
+    if zero_points is not None:
+        zx, zy = (int(v) for v in zero_points)
     act = activation or str(rng.choice(ACTIVATIONS))
     if op == "fc":
         x = rng.integers(max(-128, zx - amp_x), min(128, zx + amp_x), (g["n"], g["k"]))

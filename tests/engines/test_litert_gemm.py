@@ -23,7 +23,7 @@ from qjax._src.qops.tflite_common import explicit_padding  # noqa: E402
 from qjax._src.requant import tflite as rq  # noqa: E402
 
 from .litert_gemm_cases import (  # noqa: E402
-    CODES, accumulators, build_model, build_tconv_model, fc_rounding_case, interpreter_outputs, make_case, make_tconv_case, np_gemmlowp,
+    CODES, OPS, accumulators, build_model, build_tconv_model, fc_rounding_case, interpreter_outputs, make_case, make_tconv_case, np_gemmlowp,
     np_half_up, np_output, np_single_half_up, np_xnnpack, qjax_output, qjax_tconv_output)
 
 FAMILIES = litert_runtime.KERNELS
@@ -52,12 +52,19 @@ def _check_all(case):
     return outs
 
 
-@settings(deadline=None, max_examples=12, derandomize=True)
-@given(op=st.sampled_from(["conv", "dw", "fc"]), geometry=st.integers(0, 1), seed=st.integers(0, 2**32 - 1),
-       ties=st.booleans(), per_channel=st.booleans())
-def test_matches_interpreter(op, geometry, seed, ties, per_channel):
-    case = make_case(np.random.default_rng(seed), op, shape=GEOMETRIES[op][geometry], ties=ties,
-                     per_channel=per_channel)
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("geometry", [0, 1])
+@pytest.mark.parametrize("op", ["conv", "dw", "fc"])
+def test_matches_interpreter(op, geometry, ties, per_channel):
+    """Every (op, geometry, ties, per-channel) combination; tie cases of the second geometry take extreme zero
+    points (the input's at an int8 end, the output's near one)."""
+    rng = np.random.default_rng([OPS.index(op), geometry, ties, per_channel])
+    zero_points = None
+    if ties and geometry == 1:
+        zero_points = (int(rng.choice([-128, 127])), int(rng.choice([-128, -110, 110, 127])))
+    case = make_case(rng, op, shape=GEOMETRIES[op][geometry], ties=ties, per_channel=per_channel,
+                     zero_points=zero_points)
     _check_all(case)
 
 
@@ -191,27 +198,29 @@ def test_traced_scales_give_the_same_integers(op, kernels, per_channel):
     np.testing.assert_array_equal(np.asarray(run(case["sx"], sw, case["sy"])), qjax_output(case, kernels))
 
 
-FC_BIG_BIAS = np.array([3, -2, 5, 1, 2**30, -2**30, 2**31 - 1, -2**31 + 5, 10**8, -10**8, 7, -7], np.int32)
+# per-channel effective scales eff_c = sw_c (sx = sy = 1) times accumulators (the biases) reaching every regime:
+# ties, |round| in (256, 2**31), the int32 cast's overflow, and an effective scale whose products all round to 0
+FC_EFFS = (20.8, 1.0, 0.7, 3000.7, 2.0**-40)
+FC_BIASES = (3, -2, 5, 2**31 - 1, -2**31 + 5, 10**8, -10**8, 2**30)
+FC_TRACED = jax.jit(lambda x, sx, sw, sy, zy: LiteRT("reference").tfl_fully_connected(
+    qjax.QArray(x, sx, np.int32(0), qjax.qint8, check=False),
+    qjax.QArray(np.ones((len(FC_EFFS) * len(FC_BIASES), 4), np.int8), sw, np.zeros(sw.shape, np.int32), qjax.qint8,
+                axis=0, check=False), np.tile(np.asarray(FC_BIASES, np.int32), len(FC_EFFS)), sy, zy).values)
 
 
-@pytest.mark.parametrize("sy,zy", [(1 / 20.8, 0), (1 / 20.8, -100), (1.0, 100), (0.7, -128), (2.0**-40, 5)])
-def test_fc_reference_effective_scales_above_one(sy, zy):
-    """The reference FULLY_CONNECTED's ``(int32) round(acc * eff)`` for ``eff = sx*sw/sy >= 1``, eager and under
-    plain jit with the scales traced: exact, including the int32 cast's overflow (``INT32_MIN``, then the zero
-    point added wrapping: ``2**31 - 1 + 100`` gives -128 at ``eff = 1``)."""
+@pytest.mark.parametrize("zy", [100, -128])
+def test_fc_reference_effective_scales_above_one(zy):
+    """The reference FULLY_CONNECTED's ``(int32) round(acc * eff)`` for every ``eff = sx*sw/sy`` (>= 1 too), eager
+    and under plain jit with the scales traced: exact, including the int32 cast's overflow (``INT32_MIN``, then
+    the zero point added wrapping: ``2**31 - 1 + 100`` gives -128 at ``eff = 1``)."""
     f32 = np.float32
-    case = dict(op="fc", x=np.zeros((1, 4), np.int8), w=np.ones((12, 4), np.int8), sx=f32(1), sw=np.array([f32(1)]),
-                sy=f32(sy), zx=0, zy=zy, bias=FC_BIG_BIAS, activation="NONE")
+    sw = np.repeat(np.asarray(FC_EFFS, f32), len(FC_BIASES))
+    case = dict(op="fc", x=np.zeros((1, 4), np.int8), w=np.ones((sw.size, 4), np.int8), sx=f32(1), sw=sw,
+                sy=f32(1), zx=0, zy=zy, bias=np.tile(np.asarray(FC_BIASES, np.int32), len(FC_EFFS)),
+                activation="NONE")
     want = litert_runtime.run(build_model(case), [case["x"]], "reference")[0]
     np.testing.assert_array_equal(qjax_output(case, "reference"), want)
-
-    @jax.jit
-    def traced(sx, sw, sy):
-        x = qjax.QArray(case["x"], sx, np.int32(0), qjax.qint8, check=False)
-        w = qjax.QArray(case["w"], sw, np.int32(0), qjax.qint8, check=False)
-        return LiteRT("reference").tfl_fully_connected(x, w, FC_BIG_BIAS, sy, np.int32(zy)).values
-
-    np.testing.assert_array_equal(np.asarray(traced(f32(1), f32(1), f32(sy))), want)
+    np.testing.assert_array_equal(np.asarray(FC_TRACED(case["x"], f32(1), sw, f32(1), np.int32(zy))), want)
 
 
 def test_xnnpack_requantization_scale_from_256_is_refused():
