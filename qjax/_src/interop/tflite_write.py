@@ -213,11 +213,12 @@ def _set_quant(schema, t, scale, zp, axis):
     t.quantization = q
 
 
-def _check_prepares(model: bytes, skip=()):
-    """Refuse (one line, the interpreter's reason) a written model some LiteRT family cannot prepare."""
+def _check_prepares(model: bytes, first=None, skip=()):
+    """Refuse (one line, the interpreter's reason) a written model some LiteRT family cannot prepare (the
+    model's own family ``first``)."""
     from .litert_runtime import interpreter
 
-    for kernels in ("xnnpack",) + tuple(k for k in KERNELS if k != "xnnpack"):
+    for kernels in sorted(KERNELS, key=lambda k: k != first):
         if kernels in skip:
             continue
         try:
@@ -323,7 +324,7 @@ def to_tflite(qm, *, check_delegation: bool = True) -> bytes:
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     out = bytes(builder.Output())
     if changed_q:  # new qparams: every family's Prepare must accept the file (e.g. CONCATENATION's equal qparams)
-        _check_prepares(out, skip=() if check_delegation else ("xnnpack",))
+        _check_prepares(out, meta.get("kernels"), skip=() if check_delegation else ("xnnpack",))
     if check_delegation and meta.get("kernels") == "xnnpack" and changed_q:
         # XNNPACK takes an operator only for some quantization parameters (e.g. bounded requantization scales):
         # the QModel's nodes carry the engines of the original delegation, which new qparams may change
