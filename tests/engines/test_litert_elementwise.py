@@ -20,6 +20,7 @@ from ..tflite_models import TFLiteBuilder, schema  # noqa: E402
 
 from qjax._src.dtypes import qint8, quint8  # noqa: E402
 from qjax._src.engines.litert import LiteRT  # noqa: E402
+from qjax._src.qops import tflite_elementwise as te  # noqa: E402
 from qjax._src.interop import litert_runtime as lr  # noqa: E402
 from qjax._src.qarray import QArray  # noqa: E402
 
@@ -151,6 +152,49 @@ def test_binary_data_separates_the_families():
     assert diff["ADD", "xnnpack"] > 0 and diff["MUL", "xnnpack"] > 0 and diff["SUB", "xnnpack"] > 0
     assert diff["ADD", "optimized"] > 0
     assert diff["SUB", "optimized"] == 0 and diff["MUL", "optimized"] == 0
+
+
+def _path_separating_add(rng, sa, sb, tries: int = 60):
+    """Decimal tie-seeking ADD qparams (searched on the host with qjax's rules) under which, on every optimized
+    NEON path the shapes use (``PATH_ELEMENTWISE`` / ``PATH_SCALAR_BROADCAST``), the optimized output differs
+    from the scalar loop's somewhere: a case the interpreter then checks path by path."""
+    paths = te.optimized_binary_paths(sa, sb, scalar_broadcast_block=8)
+    used = [p for p in (te.PATH_ELEMENTWISE, te.PATH_SCALAR_BROADCAST) if np.any(paths == p)]
+    for _ in range(tries):
+        a, b, qa, qb, qy = tie_binary_case(rng, "ADD", sa, sb, decimal=True)
+        diff = qjax_binary("optimized", "ADD", a, b, qa, qb, qy) != qjax_binary("reference", "ADD", a, b, qa, qb, qy)
+        if all(np.any(diff & (paths == p)) for p in used):
+            return (a, b, qa, qb, qy), used
+    raise AssertionError(f"no decimal qparams separate the paths {used} of {sa} + {sb}")
+
+
+@pytest.mark.parametrize("shapes", SHAPES[:4])
+def test_add_optimized_paths_separated_per_shape(shapes):
+    """Per broadcast shape, data on which each NEON path's rounding differs from the scalar loop's (so a wrong
+    path assignment fails), and the interpreter agrees with every family."""
+    (a, b, qa, qb, qy), used = _path_separating_add(np.random.default_rng(sum(map(sum, shapes))), *shapes)
+    assert used  # each of these shapes has a NEON path
+    out = run_binary("ADD", a, b, qa, qb, qy)
+    assert mismatches(out) == {k: 0 for k in out}
+
+
+def test_mul_xnnpack_range_is_refused():
+    """XNNPACK takes MUL only for sa*sb/sy in [2**-16, 2**8): outside, the delegate leaves the node to the optimized
+    kernels (not delegated), and LiteRT("xnnpack") refuses it."""
+    from qjax._src.engines.base import EngineRefusal
+
+    rng = np.random.default_rng(15)
+    a = rng.integers(-128, 128, (2, 17)).astype(np.int8)
+    for qy, delegated in (((1 / 300, 0), False), ((2.0**17, 0), False), ((1 / 200, 0), True), ((2.0**15, 0), True)):
+        q = (1.0, 0)
+        model = binary_model("MUL", a.shape, a.shape, q, q, qy)
+        assert (0 in lr.delegated_ops(model)) == delegated, qy
+        if delegated:
+            np.testing.assert_array_equal(qjax_binary("xnnpack", "MUL", a, a, q, q, qy), lr.run(model, [a, a], "xnnpack")[0])
+            continue
+        with pytest.raises(EngineRefusal, match="XNNPACK"):
+            qjax_binary("xnnpack", "MUL", a, a, q, q, qy)
+        np.testing.assert_array_equal(qjax_binary("optimized", "MUL", a, a, q, q, qy), lr.run(model, [a, a], "xnnpack")[0])
 
 
 @settings(deadline=None, max_examples=6, derandomize=True)
