@@ -6,8 +6,9 @@ The public surface (implementation lives in the private ``qjax._src``):
   integer ops :func:`conv` / :func:`conv_transpose` / :func:`linear`, the float-output ops
   :func:`linear_dynamic` / :func:`embedding` / :func:`embedding_bag`, imported models (:func:`from_torch`,
   :func:`from_torchscript`, :func:`from_tflite` — LiteRT int8 flatbuffers —, :class:`QModel`), :func:`verify`
-  and :func:`explain`; :func:`to_tflite` writes a ``from_tflite`` model's params back, :class:`TFLiteQAT` trains
-  them with the family's exact integers;
+  and :func:`explain`; :func:`to_tflite` writes a ``from_tflite`` model's params back
+  (:func:`with_tflite_qparams` re-binds changed scales), :class:`TFLiteQAT` trains them with the family's
+  exact integers;
 * :mod:`qjax.engines` — the arithmetic of every op, one engine per runtime (fbgemm, qnnpack, onednn,
   x86, reference, integer-only hardware specs) and the protocol for your own;
 * :mod:`qjax.hardware` — integer-only INT8 hardware: specs, model conversion, deviation reports, export;
@@ -26,7 +27,7 @@ from ._src.dtypes import QDType, qint8, qint32, quint8
 from ._src.engines import Fbgemm, HardwareSpec
 from ._src.explain import explain
 from ._src.graph import GraphError, QModel
-from ._src.interop import from_tflite, from_torch, from_torchscript
+from ._src.interop import from_tflite, from_torch, from_torchscript, with_tflite_qparams
 from ._src.interop.torch_common import TorchImportError
 from ._src.interop.tflite_train import TFLiteQAT
 from ._src.interop.tflite_write import to_tflite
@@ -42,7 +43,7 @@ __all__ = [
     "VerifyError", "quantize", "dequantize", "conv", "conv_transpose", "linear", "linear_dynamic", "embedding",
     "embedding_bag", "explain", "QModel",
     "from_torch", "from_torchscript", "from_tflite", "verify", "Fbgemm", "HardwareSpec", "engines", "hardware", "ste",
-    "observers", "float32", "float64", "to_tflite", "TFLiteQAT",
+    "observers", "float32", "float64", "to_tflite", "TFLiteQAT", "with_tflite_qparams",
 ]
 
 

@@ -292,7 +292,12 @@ def test_params_qparams_changed_without_rebinding_are_refused():
         to_tflite(qm.with_params(params))
     assert "\n" not in str(e.value)
     x = _inputs(qm)
-    qm2 = with_qparams(qm, params)
+    stale = qm.with_params(params)
+    for call in (stale, stale.capture):  # the call checks its concrete params on the host before it jits
+        with pytest.raises(qjax.GraphError, match="differ from the static.*with_tflite_qparams") as e:
+            call(*x)
+        assert "\n" not in str(e.value)
+    qm2 = qjax.with_tflite_qparams(qm, params)
     assert _litert_mismatches(to_tflite(qm2), qm2, x) == 0
 
 

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from ..buffers import own_buffer
-from ..checks import QuantizationError
+from ..checks import QuantizationError, is_concrete
 from ..qarray import QArray
 
 __all__ = ["Ref", "Node", "QModel", "register_op", "OPS", "Static", "GraphError", "substitute", "freeze", "thaw",
@@ -32,6 +32,11 @@ __all__ = ["Ref", "Node", "QModel", "register_op", "OPS", "Static", "GraphError"
 #: op name -> ``fn(static config dict, params or None, *args)``; importers and :mod:`qjax.hardware`
 #: emit nodes naming these, :meth:`QModel.apply` calls them
 OPS: dict[str, Callable] = {}
+#: op name -> ``check(static, params) -> str | None``: a host-side check of a node's *concrete* params, run by
+#: :meth:`QModel.__call__` / :meth:`QModel.capture` before they jit (inside jit the params are tracers).  A LiteRT
+#: node computes with the quantization parameters fixed in its static configuration (LiteRT derives its
+#: multipliers at Prepare); its check says when the params' qparams were changed without re-binding the model.
+PARAM_CHECKS: dict[str, Callable] = {}
 
 
 class GraphError(QuantizationError):
@@ -46,6 +51,23 @@ def register_op(name: str):
         return fn
 
     return deco
+
+
+def register_param_check(name: str, check: Callable) -> None:
+    """Register ``check(static, params)`` (a message, or None when the params are fine) for op ``name``."""
+    PARAM_CHECKS[name] = check
+
+
+def _check_params(model) -> None:
+    """Raise :class:`GraphError` when a registered check rejects a node's concrete params (traced ones are skipped)."""
+    for node in model.nodes:
+        check = PARAM_CHECKS.get(node.op)
+        p = model.params.get(node.name)
+        if check is None or p is None or not all(is_concrete(v) for v in jax.tree_util.tree_leaves(p)):
+            continue
+        problem = check(node.config(), p)
+        if problem:
+            raise GraphError(problem)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,10 +240,12 @@ class QModel:
         return out
 
     def __call__(self, *inputs):
+        _check_params(self)
         return _jitted_apply(self, *inputs)
 
     def capture(self, *inputs, names=None):
         """``(output, {node name: value})`` — every intermediate (or just ``names``), jitted."""
+        _check_params(self)
         return _jitted_capture(self, *inputs, names=tuple(names) if names is not None else True)
 
     @property

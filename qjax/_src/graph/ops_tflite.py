@@ -12,10 +12,11 @@ at ``Prepare`` time, so the importer records every operand's concrete ``(scale, 
 those before calling the engine (inside ``jit`` the params are tracers; the engines derive their
 constants on the host).  ``p`` mirrors them (``p["scale"]``, ``p["zero_point"]``, the weight QArray's
 scale) for inspection and for :func:`qjax.to_tflite`; a model whose params' qparams were changed must be
-re-bound with :func:`qjax.interop.tflite.with_qparams`.  Staleness is refused, never computed silently: the
-ops refuse concrete params (``QModel.apply``) whose qparams differ from the static ones, and
-:func:`qjax.to_tflite` refuses such a model (:func:`stale_qparams`) — the QModel's call itself jits the params
-(tracers: nothing to compare there) and computes with the static qparams.  Integer params (weight values,
+re-bound with :func:`qjax.with_tflite_qparams`.  Staleness is refused, never computed silently: the ops
+refuse concrete params (``QModel.apply``) whose qparams differ from the static ones, the QModel's call and
+``capture`` check its concrete params on the host before they jit (:func:`stale_qparams`, registered with
+:func:`qjax.graph.model.register_param_check`), and :func:`qjax.to_tflite` refuses such a model.  (Params
+traced by a caller's own ``jit`` cannot be compared: there the static qparams are what is computed.)  Integer params (weight values,
 biases, constant values) are ordinary leaves: change or train them freely.
 """
 
@@ -33,7 +34,7 @@ from ..dtypes import as_qdtype
 from ..engines import ConvGeometry
 from ..qarray import QArray
 from ..qops.tflite_common import explicit_padding
-from .model import GraphError
+from .model import GraphError, register_param_check
 from .model import register_op as _register
 
 def register_op(name):
@@ -102,6 +103,16 @@ def stale_qparams(cfg, p):
         if got.shape != np.shape(want) or not np.array_equal(got.astype(np.asarray(want).dtype), want):
             return f"node {node}: params' {what} {got.tolist()} differ from the static {np.asarray(want).tolist()}"
     return None
+
+
+def _refuse_stale(cfg, p):
+    problem = stale_qparams(cfg, p)
+    return problem and (problem + " (LiteRT fixes them at Prepare: re-bind the model with "
+                                  "qjax.with_tflite_qparams(model, params))")
+
+
+for _op in TFL_OPS:
+    register_param_check(_op, _refuse_stale)
 
 
 def _static_qarray(values, scale, zero_point, dtype, axis=None):

@@ -28,4 +28,11 @@ def from_tflite(*args, **kwargs):
     return _from_tflite(*args, **kwargs)
 
 
-__all__ = ["from_torch", "from_torchscript", "from_tflite"]
+def with_tflite_qparams(*args, **kwargs):
+    """See :func:`qjax._src.interop.tflite.with_qparams`."""
+    from .tflite import with_qparams
+
+    return with_qparams(*args, **kwargs)
+
+
+__all__ = ["from_torch", "from_torchscript", "from_tflite", "with_tflite_qparams"]
