@@ -7,7 +7,8 @@ rule, as the importer does), the tie outputs among them where the op has ties, a
 interpreter outputs differ from each other (how much the data tells them apart).
 
 * LUT ops (HARD_SWISH, LOGISTIC, TANH): every one of the 256 int8 inputs, for ``--luts`` random qparams per
-  op plus the qparams where the builtin and XNNPACK tables differ (searched on the host).
+  op plus the qparams where the builtin and XNNPACK tables differ, and TANH qparams with a table product just
+  below one half (both searched on the host).
 * Pools: random shapes, filters, strides, SAME / VALID, fused activations, odd-valued tie data (window sums
   on exact halves) and RELU6 bounds on exact halves.
 * MEAN: random shapes / axes / keep_dims / qparams, tie data (n = 2, 4 with equal scales).
@@ -83,6 +84,29 @@ def run_all(model, x):
     return {k: litert_runtime.run(model, [x], k)[0] for k in FAMILIES}
 
 
+BELOW_HALF = np.nextafter(F32(0.5), F32(0))
+
+
+def tanh_below_half(rng, n, tries: int = 20000):
+    """TANH qparams whose builtin table product ``fl(tanhf(x) * fl(1/s_out))`` is the float just below one half at
+    some input (searched on the host: ``s_out`` from ``s_in``, a few ulps around): TfLiteRound gives 0 there, a
+    float32 ``floor(v + 0.5)`` 1 -- LOGISTIC cannot land there (``1/(1 + e)`` skips that value at 1/256)."""
+    found = []
+    for _ in range(tries):
+        if len(found) >= n:
+            break
+        s_in, d = F32(rng.uniform(0.003, 0.05)), int(rng.integers(1, 20))
+        y = ta.tr.libm("tanhf", np.asarray([F32(s_in * F32(d))], F32))[0]
+        inv0 = F32(BELOW_HALF / y)
+        for k in range(-3, 4):
+            inv = F32(inv0 + F32(k) * np.spacing(inv0))
+            s_out = F32(F32(1) / inv)
+            if F32(F32(1) / s_out) == inv and F32(y * inv) == BELOW_HALF:
+                found.append(((float(s_in), 0), (float(s_out), int(rng.integers(-128, 128)))))
+                break
+    return found
+
+
 def lut_sweep(rng, tally, n):
     """HARD_SWISH / LOGISTIC / TANH over all 256 inputs."""
     splits = {"logistic": [], "tanh": []}
@@ -107,6 +131,8 @@ def lut_sweep(rng, tally, n):
             cases.append((in_q, out_q))
         for q in splits.get(kind, []):
             cases.append((q, (1 / 256, -128) if op == "LOGISTIC" else (1 / 128, 0)))
+        if op == "TANH":
+            cases += tanh_below_half(rng, max(n // 4, 1))
         for in_q, out_q in cases:
             try:
                 model = build_unary(op, ALL_INT8.shape, in_q, out_q)

@@ -326,7 +326,7 @@ def test_hard_swish_prepare_failure_is_refused():
 SOFTMAX_SHAPES = [(4, 10), (2, 3, 17)]
 
 
-@settings(deadline=None, max_examples=8, derandomize=True)
+@settings(deadline=None, max_examples=6, derandomize=True)
 @given(shape=st.sampled_from(SOFTMAX_SHAPES), seed=st.integers(0, 2**32 - 1),
        beta=st.sampled_from([1.0, 0.5, 2.0, 0.73]), narrow=st.booleans())
 def test_softmax_matches_interpreter(shape, seed, beta, narrow):
@@ -370,7 +370,7 @@ def test_softmax_optimized_product_just_below_one_half():
     model = build_unary("SOFTMAX", x.shape, q, (1 / 256, -128))
     want = run_all(model, x)
     assert want["optimized"].ravel()[3] == -128
-    for k in FAMILIES:
+    for k in ("optimized", "xnnpack"):  # the float kernel (XNNPACK leaves SOFTMAX to it)
         got = ENGINES[family_used(k, model)].tfl_softmax(qarray(x, q), 1.0, 1 / 256, -128)
         np.testing.assert_array_equal(np.asarray(got.values), want[k], err_msg=k)
 
