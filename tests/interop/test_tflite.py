@@ -352,7 +352,7 @@ def test_with_qparams_rebinds_changed_scales():
     params = dict(qm.params)
     params[node] = dict(params[node], scale=np.float32(params[node]["scale"] * 1.5))
     x = _float_inputs(np.random.default_rng(2), (6, 6, 3), *_input_qparams(qm), 4)
-    with pytest.raises(GraphError, match="re-bind the model with qjax.interop.tflite.with_qparams"):
+    with pytest.raises(GraphError, match="re-bind the model with qjax.with_tflite_qparams"):
         qm.apply(params, x)
     out_tensor = dict(qm.node(node).config()["tensors"])["output"]
 

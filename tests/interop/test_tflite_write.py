@@ -288,7 +288,7 @@ def test_params_qparams_changed_without_rebinding_are_refused():
     conv = _node(qm, "tfl_conv")[0]
     params = {k: dict(v) for k, v in qm.params.items()}
     params[conv]["scale"] = np.float32(np.asarray(params[conv]["scale"]) * 1.5)
-    with pytest.raises(ValueError, match="differ from the static.*with_qparams") as e:
+    with pytest.raises(ValueError, match="differ from the static.*with_tflite_qparams") as e:
         to_tflite(qm.with_params(params))
     assert "\n" not in str(e.value)
     x = _inputs(qm)

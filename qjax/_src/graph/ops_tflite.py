@@ -16,8 +16,8 @@ re-bound with :func:`qjax.with_tflite_qparams`.  Staleness is refused, never com
 refuse concrete params (``QModel.apply``) whose qparams differ from the static ones, the QModel's call and
 ``capture`` check its concrete params on the host before they jit (:func:`stale_qparams`, registered with
 :func:`qjax.graph.model.register_param_check`), and :func:`qjax.to_tflite` refuses such a model.  (Params
-traced by a caller's own ``jit`` cannot be compared: there the static qparams are what is computed.)  Integer params (weight values,
-biases, constant values) are ordinary leaves: change or train them freely.
+traced by a caller's own ``jit`` cannot be compared: there the static qparams are what is computed.)
+Integer params (weight values, biases, constant values) are ordinary leaves: change or train them freely.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def _check_same(node, what, param, static):
     if got.shape != want.shape or not np.array_equal(got.astype(want.dtype), want):
         raise GraphError(f"node {node}: params' {what} differ from the graph's static qparams (LiteRT derives its "
                          "multipliers from them at Prepare time); re-bind the model with "
-                         "qjax.interop.tflite.with_qparams(model, params)")
+                         "qjax.with_tflite_qparams(model, params)")
 
 
 def stale_qparams(cfg, p):

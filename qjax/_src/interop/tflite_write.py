@@ -24,7 +24,7 @@ QModel computes.  A constant buffer shared with a tensor that is
 not rewritten is split (the edited tensor gets its own buffer).  Nothing changed: the original bytes.
 
 Checks (one-line ``ValueError``\\ s): the model came from ``from_tflite``; its params' qparams are its nodes'
-static ones (change qparams with :func:`qjax.interop.tflite.with_qparams`, which re-binds the model: the QModel's
+static ones (change qparams with :func:`qjax.with_tflite_qparams`, which re-binds the model: the QModel's
 call computes with the static ones, so a model changed with ``with_params`` alone would not compute what the
 written file computes); every LiteRT family prepares a file whose qparams changed; each value keeps its tensor's shape
 and dtype (int8 weights in ``[-127, 127]`` with zero points 0 — TFLite's int8 quantization spec —, int32
@@ -260,7 +260,7 @@ def to_tflite(qm, *, check_delegation: bool = True) -> bytes:
         stale = stale_qparams(node.config(), qm.params.get(node.name))
         if stale:
             raise ValueError(f"to_tflite: {stale} (qm computes with the static ones); change qparams with "
-                             "qjax.interop.tflite.with_qparams(qm, params), which re-binds the model")
+                             "qjax.with_tflite_qparams(qm, params), which re-binds the model")
 
     changed_q: set[int] = set()
     changed_any = False
