@@ -131,9 +131,9 @@ def test_binary_ties_and_broadcasts(kind):
     for i, (sa, sb) in enumerate(SHAPES):
         for decimal in (False, True):
             a, b, qa, qb, qy = tie_binary_case(rng, kind, sa, sb, decimal)
-            for act in ("NONE", ["RELU", "RELU6", "RELU_N1_TO_1"][i % 3]):
-                for k, v in mismatches(run_binary(kind, a, b, qa, qb, qy, act)).items():
-                    total[k] = total.get(k, 0) + v
+            act = list(ACT)[(2 * i + decimal) % 4]  # every activation over the cases (one model each: suite time)
+            for k, v in mismatches(run_binary(kind, a, b, qa, qb, qy, act)).items():
+                total[k] = total.get(k, 0) + v
     assert total == {k: 0 for k in KERNELS}  # every family ran (XNNPACK took every node)
 
 
@@ -328,6 +328,8 @@ def test_jit(kernels):
     for op, fn in checked.items():
         with pytest.raises(EngineRefusal, match="ensure_compile_time_eval"):
             jax.jit(lambda u, v: fn(_qa_traced(u, q), _qa_traced(v, qb)).values)(a, b)
+        if op == "CONCATENATION":  # a byte copy (suite time)
+            continue
 
         def static(u, v):
             with jax.ensure_compile_time_eval():
