@@ -109,4 +109,8 @@ def main(cases: int = 24):
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 24))
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("cases", nargs="?", type=int, default=24, help="random models per op and shape (default 24)")
+    sys.exit(main(parser.parse_args().cases))
