@@ -225,6 +225,11 @@ def fma(a, b, c):
     ``v = RO(tl + l)`` (round to odd), result ``fl32(th + v)``.  Rounding to odd keeps
     the sticky information that makes the final round-to-nearest correct.
     This is what x86 ``vfmadd231ps`` computes, independent of XLA's fusion.
+
+    Exact where the split halves and partial products of Dekker's product stay normal (XLA flushes
+    subnormals): ``|a|, |b| >= 2**-103`` and ``|a*b| >= 2**-90`` (or ``a*b == 0``), with a result that is
+    zero or at least ``2**-126`` in magnitude (real models' scales, accumulators and biases lie far inside).
+    Below that the low part of the product loses bits (``tests/test_float32.py::test_fma_property``).
     """
     a = jnp.asarray(a, _F32)
     b = jnp.asarray(b, _F32)
