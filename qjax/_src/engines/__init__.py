@@ -16,6 +16,7 @@ from .hardware import PRESETS, HardwareSpec, get_spec
 from .inductor import Inductor
 from .litert import LiteRT, parse_litert
 from .onednn import Onednn
+from .onnxruntime import OnnxRuntime, parse_onnxruntime
 from .qnnpack import Qnnpack
 from .reference import Reference
 from .resolve import layer_engine, register_engine, registered_engines, resolve
@@ -23,7 +24,7 @@ from .torch_cpu import TorchCpuOps
 from .x86 import X86
 
 __all__ = ["Engine", "ENGINE_METHODS", "EngineRefusal", "refuse", "ConvGeometry", "ConvTransposeGeometry",
-           "TorchCpuOps", "Fbgemm", "Onednn", "Inductor", "LiteRT", "Qnnpack", "Reference", "X86", "HardwareSpec", "resolve",
+           "TorchCpuOps", "Fbgemm", "Onednn", "Inductor", "LiteRT", "OnnxRuntime", "Qnnpack", "Reference", "X86", "HardwareSpec", "resolve",
            "PRESETS", "get_spec", "layer_engine", "register_engine", "registered_engines", "host_engine"]
 
 
@@ -44,6 +45,8 @@ register_engine("onednn", lambda _name: Onednn())
 register_engine("inductor", lambda _name: Inductor())
 register_engine("x86", lambda _name: X86())
 register_engine("reference", lambda _name: Reference())
+register_engine("onnxruntime", parse_onnxruntime)  # ONNX Runtime CPU EP (MLAS)
+register_engine("ort", parse_onnxruntime)
 register_engine("litert", parse_litert)  # "litert" (XNNPACK), "litert:reference", "litert:optimized"
 for _preset in PRESETS:
     register_engine(_preset, get_spec)  # "gemmlowp" or "gemmlowp:bits=16,acc=24"
