@@ -235,3 +235,26 @@ def test_mean_refused_when_not_exact():
     xq = _q(np.zeros((1, 2, 4, 4), np.uint8), np.float32(0.0137), 0, np.uint8)
     with pytest.raises(EngineRefusal, match="gap1.*2\\*\\*24"):
         ENG.ort_float_global_avg_pool(xq, node="gap1")
+
+
+def test_conv_and_mean_under_jit():
+    """Traced activations with concrete (closed-over) qparams, as the importer calls them."""
+    import jax
+    sx = np.float32(3 * 2.0 ** -7)
+    sw = np.float32([5 * 2.0 ** -9, 2.0 ** -6, 7 * 2.0 ** -10, 3 * 2.0 ** -8, 2.0 ** -9, 9 * 2.0 ** -11])
+    m, x, xq, wq, bq = _conv_case(np.uint8, sx, 5, sw)
+    def conv(v):
+        with jax.ensure_compile_time_eval():
+            return ENG.ort_float_conv(QArray(v, sx, np.int32(5), "quint8"), wq, bq, strides=(1, 2),
+                                      pads=(1, 0, 1, 2), dilations=(1, 1))
+
+    def gap(v):
+        with jax.ensure_compile_time_eval():
+            return ENG.ort_float_global_avg_pool(QArray(v, sx, np.int32(5), "quint8"))
+
+    f = jax.jit(conv)
+    assert _bits_equal(f(x), ort_run(m, [x])[0]) == 0
+    g = jax.jit(gap)
+    with pytest.raises(EngineRefusal, match="ensure_compile_time_eval"):
+        jax.jit(lambda v: ENG.ort_float_global_avg_pool(QArray(v, sx, np.int32(5), "quint8")))(x)
+    assert _bits_equal(g(x), ENG.ort_float_global_avg_pool(xq)) == 0

@@ -21,6 +21,7 @@ from jax import lax
 from ..checks import is_concrete
 from ..float32 import div_rn
 from ..qops import onnx_float as F
+from ..qops.tflite_common import STATIC_QPARAMS
 from .base import refuse
 
 __all__ = ["OrtFloat"]
@@ -99,7 +100,7 @@ class OrtFloat:
     def _check_static(self, node, *qs):
         for q in qs:
             if not (is_concrete(q.scale) and is_concrete(q.zero_point)):
-                refuse(self, node, "qparams must be concrete (the exactness proof runs on the host)")
+                refuse(self, node, "the exactness proof runs on the host: " + STATIC_QPARAMS)
             if q.axis is not None and q is qs[0]:
                 refuse(self, node, "a per-axis activation is not supported")
 
@@ -148,7 +149,7 @@ class OrtFloat:
             kb = jnp.swapaxes(kb, -1, -2)
         n_out = kb.shape[-1]
         sb = np.broadcast_to(np.asarray(b.scale, np.float32), (n_out,))
-        if is_concrete(b.values) and b.axis is None or is_concrete(b.values):
+        if is_concrete(b.values):
             kbn = np.asarray(b.values, np.int64) - np.asarray(b.zero_point, np.int64)
             if trans_b:
                 kbn = np.swapaxes(kbn, -1, -2)
