@@ -159,7 +159,7 @@ def sweep_means(rng, n):
 
 
 def info_realistic_conv(rng, n):
-    agree = tot = 0
+    agree = tot = proven = bad_proven = bad_unproven = 0
     for i in range(n):
         x = rng.integers(0, 256, (1, 16, 10, 10)).astype(np.uint8)
         w = rng.integers(-127, 128, (16, 16, 3, 3)).astype(np.int8)
@@ -186,7 +186,17 @@ def info_realistic_conv(rng, n):
         yq = np.clip(np.rint(acc / np.float64(sy)) + zy, 0, 255)
         agree += int(np.sum(yq == ref[0]))
         tot += ref.size
-    print(f"(info) realistic DQ-Conv-Q, exact arithmetic + rint vs ORT: {agree} / {tot} agree (qjax refuses these)")
+        wq = QArray(w, sw, np.zeros(16, np.int32), "qint8", axis=0)
+        bq = QArray(b, sb, np.zeros(16, np.int32), "qint32", axis=0)
+        y, pr = ENG.ort_float_conv_q(q(x, sx, zx, np.uint8), wq, bq, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
+                                     out_scale=sy, out_zero_point=zy, out_dtype="quint8")
+        pr, diff = np.asarray(pr), np.asarray(y.values) != ref
+        proven += int(pr.sum())
+        bad_proven += int(diff[pr].sum())
+        bad_unproven += int(diff[~pr].sum())
+    print(f"(info) realistic DQ-Conv-Q, exact arithmetic + rint vs ORT: {agree} / {tot} agree")
+    print(f"ort_float_conv_q decimal scales: proven {proven} / {tot}, mismatches among proven {bad_proven}, "
+          f"among unproven {bad_unproven}")
 
 
 def main():

@@ -258,3 +258,33 @@ def test_conv_and_mean_under_jit():
     with pytest.raises(EngineRefusal, match="ensure_compile_time_eval"):
         jax.jit(lambda v: ENG.ort_float_global_avg_pool(QArray(v, sx, np.int32(5), "quint8")))(x)
     assert _bits_equal(g(x), ENG.ort_float_global_avg_pool(xq)) == 0
+
+
+def _conv_q_model(x_shape, sx, zx, w, sw, b, sy, zy):
+    o = w.shape[0]
+    sb = (np.float32(sx) * sw).astype(np.float32)
+    inits = [init("x_s", np.float32(sx)), init("x_z", np.array(zx, np.uint8)), init("w", w), init("w_s", sw),
+             init("w_z", np.zeros(o, np.int8)), init("b", b), init("b_s", sb), init("b_z", np.zeros(o, np.int32)),
+             init("y_s", np.float32(sy)), init("y_z", np.array(zy, np.uint8))]
+    nodes = _dq_nodes(["x", "w", "b"], {"w": 0, "b": 0}) + [
+        helper.make_node("Conv", ["x_f", "w_f", "b_f"], ["yf"], pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["yf", "y_s", "y_z"], ["y"])]
+    m = make_model(nodes, [("x", np.uint8, list(x_shape))], [("y", np.uint8, None)], inits)
+    return m, QArray(w, sw, np.zeros(o, np.int32), "qint8", axis=0), QArray(b, sb, np.zeros(o, np.int32), "qint32", axis=0)
+
+
+def test_conv_q_proven_outputs_match_ort():
+    """Decimal scales (not exact): every output marked proven equals ORT's float Conv + QuantizeLinear; the
+    unproven ones are the near-ties (some exist: tie-seeking output scale)."""
+    x = RNG.integers(0, 256, (1, 8, 8, 8)).astype(np.uint8)
+    w = RNG.integers(-127, 128, (8, 8, 3, 3)).astype(np.int8)
+    sx, sw = np.float32(0.0173), RNG.uniform(2e-3, 9e-3, 8).astype(np.float32)
+    b = RNG.integers(-3000, 3000, 8).astype(np.int32)
+    sy = np.float32(0.05)
+    m, wq, bq = _conv_q_model(x.shape, sx, 7, w, sw, b, sy, 128)
+    ref = ort_run(m, [x], optimization="basic")[0]  # "basic": the Conv stays float
+    y, proven = ENG.ort_float_conv_q(_q(x, sx, 7, np.uint8), wq, bq, strides=(1, 1), pads=(1, 1, 1, 1),
+                                     dilations=(1, 1), out_scale=sy, out_zero_point=128, out_dtype="quint8")
+    proven = np.asarray(proven)
+    assert proven.mean() > 0.9
+    assert int(np.sum((np.asarray(y.values) != ref)[proven])) == 0

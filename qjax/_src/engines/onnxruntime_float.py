@@ -94,7 +94,8 @@ class OrtFloat:
             refuse(self, node, "the bias must be a constant (its exactness is checked on the host)")
         u = F.bias_units(np.asarray(bias.values), np.asarray(bias.scale), sa, sb)
         if u is None:
-            refuse(self, node, "the dequantized bias is not an exact integer multiple of the products' last place")
+            refuse(self, node, "the float result depends on MLAS's summation order / FMA and exactness is not provable: "
+                               "the dequantized bias is not an exact integer multiple of the products' last place")
         return np.broadcast_to(u, (n_out,))
 
     def _check_static(self, node, *qs):
@@ -214,3 +215,66 @@ class OrtFloat:
         axes = tuple(a % x.ndim for a in axes)
         n = int(np.prod([x.shape[a] for a in axes]))
         return self._mean(node, x, n, jnp.sum(_k(x), axis=axes, keepdims=bool(keepdims)), np.float32(n))
+
+    # -- Conv fused with its QuantizeLinear: per-output proof -------------------------------------------------------
+    def ort_float_conv_q(self, x, w, bias=None, *, strides, pads, dilations, group=1, out_scale, out_zero_point,
+                         out_dtype, node="Conv"):
+        """Float Conv followed by its sole consumer QuantizeLinear (MLAS ``quantize.cpp``: ``fl(v / out_scale)``,
+        saturate, round half to even, ``+ zp``): ``(QArray (N, O, *out_sp), proven bool (N, O, *out_sp))``.
+
+        When :meth:`ort_float_conv` is exact the result is ORT's and ``proven`` is all True.  Otherwise, for any
+        summation order and FMA use (``|fl(sum) - sum| <= gamma_{K+2} * sum |terms|``, ``gamma_n = n u / (1 - n u)``,
+        ``u = 2**-24``; the DQ roundings ``|fl(k s) - k s| <= u |k s|``), the exact-arithmetic quotient
+        ``T = (acc * sx * sw + db) / sy`` lies within a margin ``M`` of ORT's ``fl(V / sy)``; where ``T`` is farther
+        than ``M`` from every half-integer both round to the same integer and ``proven`` is True.  Elsewhere the
+        integer is the exact-arithmetic one, NOT guaranteed to be ORT's: callers must report ``~proven``."""
+        from ..dtypes import as_qdtype
+        from ..qarray import QArray
+
+        qd = as_qdtype(out_dtype)
+        qlo, qhi = int(np.iinfo(np.dtype(qd.storage)).min), int(np.iinfo(np.dtype(qd.storage)).max)
+        sy, zy = np.float32(out_scale), int(out_zero_point)
+        nd = x.ndim - 2
+
+        def finish(t):
+            t = jnp.clip(t, jnp.float32(qlo - zy), jnp.float32(qhi - zy))
+            vals = (jnp.round(t).astype(_I32) + zy).astype(qd.storage)
+            return QArray(vals, sy, np.int32(zy), qd, check=False)
+
+        try:
+            v = self.ort_float_conv(x, w, bias, strides=strides, pads=pads, dilations=dilations, group=group, node=node)
+            return finish(div_rn(v, jnp.full(v.shape, sy, jnp.float32))), jnp.ones(v.shape, bool)
+        except Exception as e:  # noqa: BLE001 - the exactness refusal; other errors re-raised below
+            if "exactness is not provable" not in str(e):
+                raise
+        self._check_static(node, x, w)
+        kw = np.asarray(w.values, np.int64) - np.asarray(w.zero_point, np.int64).reshape((-1,) + (1,) * (w.ndim - 1))
+        n_out = kw.shape[0]
+        sw = np.broadcast_to(np.asarray(w.scale, np.float32), (n_out,))
+        if bias is not None:
+            db = (np.asarray(bias.values).astype(np.float32) * np.asarray(bias.scale, np.float32)).astype(np.float32)
+        else:
+            db = np.zeros(n_out, np.float32)
+        conv = lambda a, b: lax.conv_general_dilated(  # noqa: E731
+            a, jnp.asarray(b, _I32), tuple(strides), [(pads[i], pads[nd + i]) for i in range(nd)],
+            rhs_dilation=tuple(dilations), feature_group_count=group, preferred_element_type=_I32)
+        kx = _k(x)
+        acc = conv(kx, kw)
+        sabs = conv(jnp.abs(kx), np.abs(kw))  # sum |kx| |kw| (< 2**31: 255 * 128 * K)
+        shape = (1, n_out) + (1,) * nd
+        # products' scale fl(sx*sw) and the quotient in float32; each step's rounding is charged to the margin
+        pscale = jnp.asarray((np.float32(x.scale) * sw).astype(np.float32).reshape(shape))
+        dbv = jnp.asarray(db.reshape(shape))
+        c = F.binary_f32("Add", F.binary_f32("Mul", acc.astype(jnp.float32), pscale), dbv)
+        t = div_rn(c, jnp.full(c.shape, sy, jnp.float32))
+        u = 2.0 ** -24
+        k_terms = int(np.prod(kw.shape[1:])) + 2
+        gamma = k_terms * u / (1 - k_terms * u)
+        mag = F.binary_f32("Add", F.binary_f32("Mul", sabs.astype(jnp.float32), pscale), jnp.abs(dbv))
+        # |V_exact - c_real| <= (2u + u^2) sabs*sx*sw ; |V_ort - V_exact| <= gamma (1+u)^2 mag ;
+        # float32 evaluation of c and t: <= 6u (mag) / sy + 2u |t| ; x1.01 and +2**-20 slack for the bound's own roundings
+        margin = (mag * np.float32((2 * u + u * u + gamma * (1 + u) ** 2 + 6 * u) * 1.01) / sy
+                  + jnp.abs(t) * np.float32(2 * u * 1.01) + np.float32(2.0 ** -20))
+        dist = jnp.abs(t - jnp.floor(t) - np.float32(0.5))  # exact for |t| < 2**22
+        proven = (dist > margin) | (t <= np.float32(qlo - zy - 1)) | (t >= np.float32(qhi - zy + 1))
+        return finish(t), proven
