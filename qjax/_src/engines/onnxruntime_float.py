@@ -30,7 +30,20 @@ _I32 = jnp.int32
 
 
 def _qrange(q):
-    return int(np.iinfo(np.dtype(q.dtype.storage)).min), int(np.iinfo(np.dtype(q.dtype.storage)).max)
+    return q.dtype.qmin, q.dtype.qmax
+
+
+def _weight_units(w):
+    """``w.values - w.zero_point`` on the host (int64, zero point per output channel along axis 0)."""
+    return np.asarray(w.values, np.int64) - np.asarray(w.zero_point, np.int64).reshape((-1,) + (1,) * (w.ndim - 1))
+
+
+def _conv_int32(a, b, strides, pads, dilations, group):
+    """The exact int32 convolution of integer arrays ``a`` ``(N, C, *sp)`` and ``b`` ``(O, C/group, *k)``."""
+    nd = len(strides)
+    return lax.conv_general_dilated(a, jnp.asarray(b, _I32), tuple(strides),
+                                    [(pads[i], pads[nd + i]) for i in range(nd)], rhs_dilation=tuple(dilations),
+                                    feature_group_count=group, preferred_element_type=_I32)
 
 
 def _k(q):
@@ -41,6 +54,9 @@ def _kmax(q):
     lo, hi = _qrange(q)
     return int(np.max(np.maximum(np.abs(lo - np.asarray(q.zero_point, np.int64)),
                                  np.abs(hi - np.asarray(q.zero_point, np.int64)))))
+
+
+_BIAS_NOT_EXACT = "the dequantized bias is not an exact integer multiple of the products' last place"
 
 
 class OrtFloat:
@@ -87,16 +103,19 @@ class OrtFloat:
             refuse(self, node, "the float result depends on MLAS's summation order / FMA and exactness is not "
                                f"provable: {why}")
 
-    def _bias(self, node, bias, sa, sb, n_out):
+    def _bias_units(self, node, bias, sa, sb, n_out):
+        """The bias in units of the products' last place ``(n_out,)``, or None when it is not an integer there."""
         if bias is None:
             return np.zeros(n_out, np.int64)
         if not is_concrete(bias.values):
             refuse(self, node, "the bias must be a constant (its exactness is checked on the host)")
         u = F.bias_units(np.asarray(bias.values), np.asarray(bias.scale), sa, sb)
-        if u is None:
-            refuse(self, node, "the float result depends on MLAS's summation order / FMA and exactness is not provable: "
-                               "the dequantized bias is not an exact integer multiple of the products' last place")
-        return np.broadcast_to(u, (n_out,))
+        return None if u is None else np.broadcast_to(u, (n_out,))
+
+    def _bias(self, node, bias, sa, sb, n_out):
+        u = self._bias_units(node, bias, sa, sb, n_out)
+        self._exact_or_refuse(node, _BIAS_NOT_EXACT if u is None else None)
+        return u
 
     def _check_static(self, node, *qs):
         for q in qs:
@@ -113,20 +132,11 @@ class OrtFloat:
         int32 QArray ``(O,)`` or None.  Exact (then returns ORT's float32 ``(N, O, *out_sp)``) when every
         partial sum is exact (:func:`~qjax._src.qops.onnx_float.exact_products_check`): the value is
         ``(sum k_x k_w * m_x m_w[o] + bias_units[o]) * 2**(e_x + e_w[o])`` computed in int32."""
-        self._check_static(node, x, w)
-        if not is_concrete(w.values):
-            refuse(self, node, "the weight must be a constant")
-        kw = np.asarray(w.values, np.int64) - np.asarray(w.zero_point, np.int64).reshape((-1,) + (1,) * (w.ndim - 1))
+        why, kw, sw, bu = self._conv_exactness(x, w, bias, node)
+        self._exact_or_refuse(node, why)
         n_out = kw.shape[0]
-        sw = np.broadcast_to(np.asarray(w.scale, np.float32), (n_out,))
-        terms = _kmax(x) * np.abs(kw).reshape(n_out, -1).sum(1)
-        bu = self._bias(node, bias, x.scale, sw, n_out)
-        self._exact_or_refuse(node, F.exact_products_check(x.scale, x.zero_point, None, sw, w.zero_point, None,
-                                                           terms, bu))
         nd = x.ndim - 2
-        acc = lax.conv_general_dilated(_k(x), jnp.asarray(kw, _I32), tuple(strides),
-                                       [(pads[i], pads[nd + i]) for i in range(nd)], rhs_dilation=tuple(dilations),
-                                       feature_group_count=group, preferred_element_type=_I32)
+        acc = _conv_int32(_k(x), kw, strides, pads, dilations, group)
         ma, ea = F.odd_mantissa(x.scale)
         me = [F.odd_mantissa(s) for s in sw]
         mult = jnp.asarray([ma * m for m, _ in me], _I32).reshape((1, n_out) + (1,) * nd)
@@ -137,6 +147,22 @@ class OrtFloat:
             p = list(activation_params or [])
             y = self.ort_float_unary(activation, y, lo=p[0] if p else None, hi=p[1] if len(p) > 1 else None)
         return y
+
+    def _conv_exactness(self, x, w, bias, node):
+        """``(why, kw, sw, bias_units)``: ``why`` None when every partial sum of the float Conv is exact in float32
+        (:func:`~qjax._src.qops.onnx_float.exact_products_check`), else the violated condition; ``bias_units``
+        None when the dequantized bias is not an integer multiple of the products' last place."""
+        self._check_static(node, x, w)
+        if not is_concrete(w.values):
+            refuse(self, node, "the weight must be a constant")
+        kw = _weight_units(w)
+        n_out = kw.shape[0]
+        sw = np.broadcast_to(np.asarray(w.scale, np.float32), (n_out,))
+        bu = self._bias_units(node, bias, x.scale, sw, n_out)
+        if bu is None:
+            return _BIAS_NOT_EXACT, kw, sw, None
+        terms = _kmax(x) * np.abs(kw).reshape(n_out, -1).sum(1)
+        return F.exact_products_check(x.scale, x.zero_point, None, sw, w.zero_point, None, terms, bu), kw, sw, bu
 
     def _matmul(self, a, b, c, node, trans_a=0, trans_b=0):
         self._check_static(node, a, b)
@@ -232,7 +258,7 @@ class OrtFloat:
         from ..qarray import QArray
 
         qd = as_qdtype(out_dtype)
-        qlo, qhi = int(np.iinfo(np.dtype(qd.storage)).min), int(np.iinfo(np.dtype(qd.storage)).max)
+        qlo, qhi = qd.qmin, qd.qmax
         sy, zy = np.float32(out_scale), int(out_zero_point)
         nd = x.ndim - 2
 
@@ -241,26 +267,18 @@ class OrtFloat:
             vals = (jnp.round(t).astype(_I32) + zy).astype(qd.storage)
             return QArray(vals, sy, np.int32(zy), qd, check=False)
 
-        try:
+        why, kw, sw, _ = self._conv_exactness(x, w, bias, node)
+        if why is None:
             v = self.ort_float_conv(x, w, bias, strides=strides, pads=pads, dilations=dilations, group=group, node=node)
             return finish(div_rn(v, jnp.full(v.shape, sy, jnp.float32))), jnp.ones(v.shape, bool)
-        except Exception as e:  # noqa: BLE001 - the exactness refusal; other errors re-raised below
-            if "exactness is not provable" not in str(e):
-                raise
-        self._check_static(node, x, w)
-        kw = np.asarray(w.values, np.int64) - np.asarray(w.zero_point, np.int64).reshape((-1,) + (1,) * (w.ndim - 1))
         n_out = kw.shape[0]
-        sw = np.broadcast_to(np.asarray(w.scale, np.float32), (n_out,))
         if bias is not None:
             db = (np.asarray(bias.values).astype(np.float32) * np.asarray(bias.scale, np.float32)).astype(np.float32)
         else:
             db = np.zeros(n_out, np.float32)
-        conv = lambda a, b: lax.conv_general_dilated(  # noqa: E731
-            a, jnp.asarray(b, _I32), tuple(strides), [(pads[i], pads[nd + i]) for i in range(nd)],
-            rhs_dilation=tuple(dilations), feature_group_count=group, preferred_element_type=_I32)
         kx = _k(x)
-        acc = conv(kx, kw)
-        sabs = conv(jnp.abs(kx), np.abs(kw))  # sum |kx| |kw| (< 2**31: 255 * 128 * K)
+        acc = _conv_int32(kx, kw, strides, pads, dilations, group)
+        sabs = _conv_int32(jnp.abs(kx), np.abs(kw), strides, pads, dilations, group)  # sum |kx| |kw| (< 2**31: 255 * 128 * K)
         shape = (1, n_out) + (1,) * nd
         # products' scale fl(sx*sw) and the quotient in float32; each step's rounding is charged to the margin
         pscale = jnp.asarray((np.float32(x.scale) * sw).astype(np.float32).reshape(shape))
